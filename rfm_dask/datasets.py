@@ -1,0 +1,28 @@
+"""Synthetic tasks from the RFM papers (DESIGN section 4 and 6), generated from a seed."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def low_rank_golden(n_train: int = 4000, n_test: int = 4000, d: int = 20, seed: int = 0):
+    """The reference notebook's task: x ~ N(0, 0.25 I_d), y = x0 * x1 * 1[x5 > 0].
+
+    Returns (X_train, y_train, X_test, y_test), float32 features and float64 targets.
+    """
+    rng = np.random.default_rng(seed)
+    X = rng.normal(scale=0.5, size=(n_train + n_test, d))
+    y = X[:, 0] * X[:, 1] * (X[:, 5] > 0)
+    X = X.astype(np.float32)
+    return X[:n_train], y[:n_train], X[n_train:], y[n_train:]
+
+
+def low_rank_projection(n: int, d: int = 20, seed: int = 0, task_seed: int = 1234):
+    """DESIGN section 6 task: y = 5 z0 z1 + sin(3 z0), z = U^T x, U (d, 2) Gaussian / sqrt(d), x ~ N(0, I).
+
+    U is drawn from ``task_seed`` before any X, so the task does not depend on n. Returns (X float32, y float64).
+    """
+    U = np.random.default_rng(task_seed).normal(size=(d, 2)) / np.sqrt(d)
+    X = np.random.default_rng(seed).normal(size=(n, d))
+    Z = X @ U
+    return X.astype(np.float32), 5 * Z[:, 0] * Z[:, 1] + np.sin(3 * Z[:, 0])

@@ -1,0 +1,286 @@
+"""scikit-learn estimators RFMRegressor and RFMClassifier over NumPy, pandas and dask inputs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dask.array as da
+import numpy as np
+from distributed import Client
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, clone
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+
+from . import config
+from .cluster import resolve_client, total_threads
+from .inputs import check_dask_features, check_finite_targets, is_dask, to_host_targets
+from .kernels import KernelSpec
+from .krr import SOLVERS
+from .model import KernelModel
+from .row_blocks import RowBlocks, block_rows, check_finite, persist_rows, scatter_rows
+from .training import RFMSettings, classification_metrics, regression_metrics, run_rfm
+
+
+def _place(client: Client, X: Any) -> RowBlocks:
+    """Put checked features on the workers: dask arrays are persisted, NumPy arrays scattered in row blocks."""
+    if isinstance(X, da.Array):
+        rows = persist_rows(client, X)
+        check_finite(client, rows)
+        return rows
+    return scatter_rows(client, X, block_rows(X.shape[0], X.shape[1], total_threads(client)))
+
+
+def _split(X: Any, Y: np.ndarray, fraction: float, rng: np.random.Generator):
+    """Seeded random train/validation split of rows; returns (X_train, Y_train, X_val, Y_val), val None if too few."""
+    n = Y.shape[0]
+    n_val = int(fraction * n)
+    if n_val < 1 or n - n_val < 2:
+        return X, Y, None, None
+    is_val = np.zeros(n, dtype=bool)
+    is_val[rng.choice(n, n_val, replace=False)] = True
+    if isinstance(X, da.Array):
+        mask = da.from_array(is_val, chunks=(X.chunks[0],))
+        return X[~mask], Y[~is_val], X[mask], Y[is_val]
+    return X[~is_val], Y[~is_val], X[is_val], Y[is_val]
+
+
+class _RFMBase(BaseEstimator):
+    """Shared parameters, input handling and fitting of the RFM estimators."""
+
+    def __init__(
+        self,
+        kernel: str = "laplace",
+        bandwidth: float = 10.0,
+        exponent: float = 1.0,
+        reg: float = 1e-3,
+        iters: int = 5,
+        diag: bool = False,
+        agop_power: float = 1.0,
+        centre_agop: bool = False,
+        solver: str = "auto",
+        tol: float = 1e-6,
+        validation_fraction: float = 0.1,
+        patience: int | None = 2,
+        agop_samples: int | None = None,
+        random_state: int | None = None,
+        client: Client | None = None,
+    ) -> None:
+        self.kernel = kernel
+        self.bandwidth = bandwidth
+        self.exponent = exponent
+        self.reg = reg
+        self.iters = iters
+        self.diag = diag
+        self.agop_power = agop_power
+        self.centre_agop = centre_agop
+        self.solver = solver
+        self.tol = tol
+        self.validation_fraction = validation_fraction
+        self.patience = patience
+        self.agop_samples = agop_samples
+        self.random_state = random_state
+        self.client = client
+
+    # -- scikit-learn and pickling contract ---------------------------------------------------------------------
+    def __sklearn_clone__(self):
+        """Clone parameters as scikit-learn does, but share the client (a Client cannot be deep-copied)."""
+        params = self.get_params(deep=False)
+        client = params.pop("client")
+        return type(self)(client=client, **{k: clone(v, safe=False) for k, v in params.items()})
+
+    def __getstate__(self) -> dict:
+        """Pickles never carry the client: it is replaced by None."""
+        state = super().__getstate__()
+        state["client"] = None
+        return state
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.non_deterministic = self.random_state is None
+        return tags
+
+    # -- fitting ------------------------------------------------------------------------------------------------
+    def _settings(self) -> RFMSettings:
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
+        if not (isinstance(self.iters, (int, np.integer)) and self.iters >= 0):
+            raise ValueError(f"iters must be an integer >= 0, got {self.iters!r}")
+        if not self.reg >= 0:
+            raise ValueError(f"reg must be >= 0, got {self.reg!r}")
+        if not 0 < self.agop_power:
+            raise ValueError(f"agop_power must be > 0, got {self.agop_power!r}")
+        if not 0 <= self.validation_fraction < 1:
+            raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}")
+        samples = self.agop_samples if self.agop_samples is not None else int(config.get("agop-sample"))
+        return RFMSettings(
+            spec=KernelSpec(self.kernel, float(self.bandwidth), float(self.exponent)),
+            reg=float(self.reg),
+            iters=int(self.iters),
+            diag=bool(self.diag),
+            agop_power=float(self.agop_power),
+            centre_agop=bool(self.centre_agop),
+            solver=self.solver,
+            tol=float(self.tol),
+            agop_samples=int(samples),
+            patience=self.patience,
+        )
+
+    def _check_features(self, X: Any, reset: bool) -> Any:
+        """Checked float32 features: a dask array stays lazy, anything else becomes NumPy."""
+        if is_dask(X):
+            X = check_dask_features(X, None if reset else self.n_features_in_)
+            if reset:
+                self.n_features_in_ = X.shape[1]
+            return X
+        return validate_data(self, X, reset=reset, dtype=np.float32)
+
+    def _check_xy(self, X: Any, y: Any, reset: bool) -> tuple[Any, np.ndarray]:
+        if y is None:
+            raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y is None")
+        if is_dask(X):
+            X = self._check_features(X, reset)
+            y = to_host_targets(y)
+        else:
+            X, y = validate_data(
+                self, X, y, reset=reset, dtype=np.float32, multi_output=True, y_numeric=self._y_numeric
+            )
+        if y.shape[0] != X.shape[0]:
+            raise ValueError(f"X has {X.shape[0]} rows but y has {y.shape[0]}")
+        return X, y
+
+    def _fit_targets(self, X: Any, y: Any, X_val: Any, y_val: Any, metrics) -> None:
+        """Shared fit: ``self._encode(y)`` maps targets to an (n, c) float64 matrix."""
+        settings = self._settings()
+        X, y = self._check_xy(X, y, reset=True)
+        Y = self._encode(y, fitting=True)
+        rng = np.random.default_rng(self.random_state)
+        if (X_val is None) != (y_val is None):
+            raise ValueError("pass both X_val and y_val, or neither")
+        if X_val is None:
+            X, Y, X_val, Y_val = _split(X, Y, self.validation_fraction, rng)
+        else:
+            X_val, y_val = self._check_xy(X_val, y_val, reset=False)
+            Y_val = self._encode(y_val, fitting=False)
+        client = resolve_client(self.client)
+        train = _place(client, X)
+        val = _place(client, X_val) if X_val is not None else None
+        result = run_rfm(client, train, Y, settings, rng, val, Y_val, metrics)
+        centres = np.concatenate(client.gather(train.futures), axis=0)
+        self.model_ = KernelModel(centres, result.coef, result.feature_matrix, settings.spec)
+        self.feature_matrix_ = result.feature_matrix
+        diag = result.feature_matrix if result.feature_matrix.ndim == 1 else np.diag(result.feature_matrix)
+        self.feature_importances_ = diag / diag.sum() if diag.sum() > 0 else np.full_like(diag, 1.0 / diag.size)
+        self.best_iter_ = result.best_iter
+        self.history_ = result.history
+
+    def _decision(self, X: Any) -> Any:
+        """Raw predictor outputs (n, c): lazy for dask input, NumPy otherwise."""
+        check_is_fitted(self, "model_")
+        X = self._check_features(X, reset=False)
+        if isinstance(X, da.Array):
+            return self.model_.decision_dask(X)
+        return self.model_.decision(X)
+
+
+class RFMRegressor(RegressorMixin, _RFMBase):
+    """Recursive Feature Machine for regression (single or multiple outputs).
+
+    Parameters mirror the RFM papers: a Laplace (exponent q) or Gaussian Mahalanobis kernel with bandwidth L, ridge
+    ``reg`` as in (K + reg I) alpha = y, ``iters`` AGOP updates of M (full or diagonal), ``agop_power`` 1 or 1/2.
+    Fitted: ``feature_matrix_``, ``feature_importances_``, ``best_iter_`` (0 = lazy kernel), ``history_``.
+    """
+
+    _y_numeric = True
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
+
+    def _encode(self, y: np.ndarray, fitting: bool) -> np.ndarray:
+        y = np.asarray(y, dtype=np.float64)
+        check_finite_targets(y)
+        if fitting:
+            self._single_output = y.ndim == 1
+        return y.reshape(y.shape[0], -1)
+
+    def fit(self, X: Any, y: Any, X_val: Any = None, y_val: Any = None) -> "RFMRegressor":
+        """Fit on X (n, d) and y (n,) or (n, k); validation rows are split off when X_val/y_val are not given."""
+        self._fit_targets(X, y, X_val, y_val, regression_metrics)
+        return self
+
+    def predict(self, X: Any) -> Any:
+        """Predictions (n,) or (n, k); a dask array in gives a lazy dask array out."""
+        F = self._decision(X)
+        return F[:, 0] if self._single_output else F
+
+
+class RFMClassifier(ClassifierMixin, _RFMBase):
+    """Recursive Feature Machine for classification: kernel regression on one-hot labels (one column if binary).
+
+    ``predict_proba`` clips the regression scores to be non-negative and normalises them (not calibrated).
+    """
+
+    _y_numeric = False
+
+    def _encode(self, y: np.ndarray, fitting: bool) -> np.ndarray:
+        y = column_or_1d(y, warn=True)
+        if fitting:
+            check_classification_targets(y)
+            self.classes_, index = np.unique(y, return_inverse=True)
+            if len(self.classes_) < 2:
+                raise ValueError(
+                    f"{type(self).__name__} needs samples of at least 2 classes in the data, "
+                    f"but the data contains only one class: {self.classes_[0]!r}"
+                )
+        else:
+            unseen = np.setdiff1d(np.unique(y), self.classes_)
+            if unseen.size:
+                raise ValueError(f"y_val has labels not seen in y: {unseen.tolist()}")
+            index = np.searchsorted(self.classes_, y)
+        if len(self.classes_) == 2:
+            return index.astype(np.float64)[:, None]
+        return np.eye(len(self.classes_))[index]
+
+    def fit(self, X: Any, y: Any, X_val: Any = None, y_val: Any = None) -> "RFMClassifier":
+        """Fit on X (n, d) and labels y (n,); validation rows are split off when X_val/y_val are not given."""
+        self._fit_targets(X, y, X_val, y_val, classification_metrics)
+        return self
+
+    def predict_proba(self, X: Any) -> Any:
+        """Class scores turned into probabilities (n, n_classes); lazy for dask input."""
+        F = self._decision(X)
+        if isinstance(F, da.Array):
+            k = len(self.classes_)
+            return F.map_blocks(_scores_to_proba, chunks=(F.chunks[0], (k,)), meta=np.empty((0, k)))
+        return _scores_to_proba(F)
+
+    def predict(self, X: Any) -> Any:
+        """Predicted labels (n,); lazy for dask input."""
+        F = self._decision(X)
+        if isinstance(F, da.Array):
+            return F.map_blocks(
+                _scores_to_index, drop_axis=1, dtype=np.intp, meta=np.empty((0,), dtype=np.intp)
+            ).map_blocks(self.classes_.take, dtype=self.classes_.dtype, meta=np.empty((0,), self.classes_.dtype))
+        return self.classes_[_scores_to_index(F)]
+
+
+def _scores_to_index(F: np.ndarray) -> np.ndarray:
+    """Class index per row from scores (n, c): threshold 0.5 for one column, argmax otherwise."""
+    return (F[:, 0] > 0.5).astype(np.intp) if F.shape[1] == 1 else np.argmax(F, axis=1)
+
+
+def _scores_to_proba(F: np.ndarray) -> np.ndarray:
+    """Probabilities (n, k) from scores (n, c): clipped to [0, 1] for binary, clipped at 0 and normalised otherwise.
+
+    Rows with no positive score put all mass on their largest score, so argmax(proba) always matches predict.
+    """
+    if F.shape[1] == 1:
+        p = np.clip(F[:, 0], 0.0, 1.0)
+        return np.column_stack([1.0 - p, p])
+    P = np.maximum(F, 0.0)
+    total = P.sum(axis=1, keepdims=True)
+    empty = total[:, 0] == 0
+    P[empty, np.argmax(F[empty], axis=1)] = 1.0
+    total[empty] = 1.0
+    return P / total

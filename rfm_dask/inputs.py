@@ -1,0 +1,48 @@
+"""Turning user inputs (NumPy, pandas, dask arrays and DataFrames) into checked float32 features and targets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+
+def is_dask(X: Any) -> bool:
+    """True for dask arrays and dask DataFrames/Series."""
+    return isinstance(X, da.Array) or hasattr(X, "to_dask_array")
+
+
+def as_dask_array(X: Any) -> da.Array:
+    """A dask DataFrame/Series becomes a dask array with known chunk sizes; a dask array is returned as is."""
+    return X if isinstance(X, da.Array) else X.to_dask_array(lengths=True)
+
+
+def check_dask_features(X: Any, n_features: int | None) -> da.Array:
+    """Check a lazy 2-D numeric feature array (shape and dtype only; values are checked once persisted).
+
+    Returns it as float32 with one chunk across columns.
+    """
+    X = as_dask_array(X)
+    if X.ndim != 2:
+        raise ValueError(f"Expected a 2D array of features, got a {X.ndim}D dask array")
+    if not (np.issubdtype(X.dtype, np.number) or X.dtype == bool) or np.issubdtype(X.dtype, np.complexfloating):
+        raise ValueError(f"Features must be real numbers, got dtype {X.dtype}")
+    if X.shape[1] == 0:
+        raise ValueError("0 feature(s) (shape=(?, 0)) while a minimum of 1 is required")
+    if n_features is not None and X.shape[1] != n_features:
+        raise ValueError(f"X has {X.shape[1]} features, but the model is expecting {n_features} features as input")
+    return X.astype(np.float32).rechunk({1: -1})
+
+
+def to_host_targets(y: Any) -> np.ndarray:
+    """Targets as a NumPy array (dask collections are computed: n values are small)."""
+    if is_dask(y):
+        y = as_dask_array(y).compute()
+    return np.asarray(y)
+
+
+def check_finite_targets(y: np.ndarray) -> None:
+    """Raise a clear error for NaN or infinite regression targets."""
+    if not np.all(np.isfinite(y)):
+        raise ValueError("Input y contains NaN or infinity")

@@ -1,0 +1,61 @@
+"""One kernel ridge regression solve under a fixed feature matrix: pick the solver and run it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import config
+from .passes import KernelPasses
+from .row_blocks import RowBlocks
+from .solvers.cg import conjugate_gradient
+from .solvers.preconditioner import nystrom_preconditioner
+
+SOLVERS = ("auto", "direct", "cg")
+
+
+@dataclass
+class Solution:
+    """Coefficients on the centres (m, c), the solver used, its CG iterations (0 if direct) and relative residual."""
+
+    coef: np.ndarray
+    solver: str
+    iterations: int
+    residual: float
+
+
+def choose_solver(solver: str, n: int) -> str:
+    """Resolve ``solver="auto"`` by the number of training rows."""
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    if solver != "auto":
+        return solver
+    return "direct" if n <= int(config.get("direct-max-rows")) else "cg"
+
+
+def solve_krr(
+    passes: KernelPasses,
+    train: RowBlocks,
+    Y: np.ndarray,
+    reg: float,
+    solver: str,
+    tol: float,
+    rng: np.random.Generator,
+) -> Solution:
+    """Solve (K + reg I) alpha = Y over the training rows (the centres) with the ``solver`` named (not "auto")."""
+    if solver == "direct":
+        coef, residual = passes.direct_solve(Y, reg)
+        return Solution(coef, solver, 0, residual)
+    rank = min(int(config.get("cg.preconditioner-rank")), train.n)
+    landmarks = np.sort(rng.choice(train.n, size=rank, replace=False))
+    precond = nystrom_preconditioner(passes.landmark_columns(train, landmarks), landmarks, reg)
+    result = conjugate_gradient(
+        lambda V: passes.matvec(train, V) + reg * V,
+        Y,
+        preconditioner=precond,
+        tol=tol,
+        max_iter=int(config.get("cg.max-iter")),
+        refresh_every=int(config.get("cg.refresh-every")),
+    )
+    return Solution(result.x, solver, result.iterations, result.residual)

@@ -1,0 +1,64 @@
+"""A fitted kernel predictor f(x) = K_M(x, C) beta, evaluated in-process (NumPy) or lazily over a dask array."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import dask.array as da
+import numpy as np
+from dask import delayed
+
+from . import config
+from . import kernels as kn
+from .backend import like, namespace_of, to_host
+from .features import matrix_sqrt
+
+
+def _decision_block(X: Any, packed: dict, spec: kn.KernelSpec) -> np.ndarray:
+    """f on one (b, d) block: (b, c) float64 on the host, for NumPy or CuPy blocks."""
+    xp = namespace_of(X)
+    X = X.astype(np.float32, copy=False)
+    Xt = kn.transform(xp, X, like(xp, packed["S"], X.dtype))
+    Ct, c_sq, coef = (like(xp, packed[k]) for k in ("Ct", "c_sq", "coef"))
+    return to_host(kn.kernel_matvec(xp, Xt, Ct, c_sq, coef, spec, int(config.get("tile"))))
+
+
+@dataclass
+class KernelModel:
+    """centres (m, d) float32, coef (m, c) float64, feature_matrix (d, d) or (d,), and the kernel."""
+
+    centres: np.ndarray
+    coef: np.ndarray
+    feature_matrix: np.ndarray
+    spec: kn.KernelSpec
+
+    @cached_property
+    def _packed(self) -> dict:
+        S = matrix_sqrt(self.feature_matrix).astype(np.float32)
+        Ct = kn.transform(np, self.centres, S)
+        return {"S": S, "Ct": Ct, "c_sq": kn.sq_norms(np, Ct), "coef": self.coef}
+
+    @property
+    def n_outputs(self) -> int:
+        return int(self.coef.shape[1])
+
+    def decision(self, X: np.ndarray) -> np.ndarray:
+        """f(X) for a NumPy (n, d) array, computed here in row chunks: (n, c) float64."""
+        step = int(config.get("predict-chunk-rows"))
+        parts = [_decision_block(X[s : s + step], self._packed, self.spec) for s in range(0, X.shape[0], step)]
+        return np.concatenate(parts, axis=0) if parts else np.zeros((0, self.n_outputs))
+
+    def decision_dask(self, X: da.Array) -> da.Array:
+        """f(X) for a dask (n, d) array, lazily: (n, c) float64 with X's row chunks. The model enters the graph once."""
+        X = X.rechunk({1: -1})
+        c = self.n_outputs
+        return X.map_blocks(
+            _decision_block,
+            packed=delayed(self._packed, pure=True),
+            spec=self.spec,
+            chunks=(X.chunks[0], (c,)),
+            dtype=np.float64,
+            meta=np.empty((0, c), dtype=np.float64),
+        )

@@ -1,0 +1,67 @@
+"""Distributed kernel passes for one feature matrix M: each is one flat map over row blocks, reduced on the client.
+
+A ``KernelPasses`` is made once per RFM iteration. It puts S = M^(1/2) and the transformed centres on the cluster as
+keys of their own (recomputable tasks, not raw arguments repeated on every submit); each pass then submits one task
+per row block and gathers small results, so the task graph does not grow with the number of CG iterations.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from distributed import Client, Future
+
+from . import worker_tasks as wt
+from .kernels import KernelSpec
+from .row_blocks import RowBlocks
+
+
+def _value(x: Any) -> Any:
+    return x
+
+
+class KernelPasses:
+    """Kernel products against the centres (the training rows) under one feature matrix."""
+
+    def __init__(self, client: Client, centres: RowBlocks, S: np.ndarray, spec: KernelSpec) -> None:
+        self.client = client
+        self.spec = spec
+        self.S = S
+        self.n_centres = centres.n
+        self._S = client.submit(_value, S.astype(np.float32))
+        self._centres = client.submit(wt.transformed_centres, self._S, *centres.futures)
+
+    def _put(self, a: np.ndarray) -> Future:
+        return self.client.scatter(a, broadcast=len(self.client.nthreads()) > 1, hash=False)
+
+    def _map(self, fn, rows: RowBlocks, *args: Any) -> list:
+        futures = [self.client.submit(fn, block, *args) for block in rows.futures]
+        return self.client.gather(futures)
+
+    def matvec(self, rows: RowBlocks, V: np.ndarray) -> np.ndarray:
+        """K(X_rows, C) @ V for V (m, c): returns (n_rows, c) float64."""
+        parts = self._map(wt.matvec, rows, self._S, self._centres, self._put(V), self.spec)
+        return np.concatenate(parts, axis=0)
+
+    def landmark_columns(self, rows: RowBlocks, landmarks: np.ndarray) -> np.ndarray:
+        """K(X_rows, C[landmarks]): (n_rows, l) float64, for the CG preconditioner."""
+        subset = self.client.submit(wt.select_centres, self._centres, landmarks)
+        return np.concatenate(self._map(wt.kernel_columns, rows, self._S, subset, self.spec), axis=0)
+
+    def agop_sums(
+        self, rows: RowBlocks, sample: np.ndarray, beta: np.ndarray, diag: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Gradient outer-product sums at the sampled rows: ((d, d) or (d,), (c, d)), summed in block order."""
+        beta_f = self._put(beta)
+        futures = [
+            self.client.submit(wt.agop_sums, block, local, self._S, self._centres, beta_f, self.spec, diag)
+            for block, local in zip(rows.futures, rows.split_index(sample))
+            if local.size
+        ]
+        parts = self.client.gather(futures)
+        return sum(p[0] for p in parts), sum(p[1] for p in parts)
+
+    def direct_solve(self, Y: np.ndarray, reg: float) -> tuple[np.ndarray, float]:
+        """Dense Cholesky solve on one worker: (alpha (m, c), relative residual)."""
+        return self.client.submit(wt.direct_solve, self._centres, Y, self.spec, reg).result()

@@ -1,0 +1,1 @@
+"""Kernel ridge regression solvers: dense ``direct`` (Cholesky) and client-side preconditioned ``cg``."""

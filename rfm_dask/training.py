@@ -1,0 +1,119 @@
+"""The RFM loop: solve KRR, score on validation rows, update M from the AGOP, keep the best iteration."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+from distributed import Client
+
+from .features import agop_feature_matrix, matrix_sqrt
+from .kernels import KernelSpec
+from .krr import choose_solver, solve_krr
+from .passes import KernelPasses
+from .row_blocks import RowBlocks
+
+logger = logging.getLogger("rfm_dask")
+
+Metrics = Callable[[np.ndarray, np.ndarray], dict]
+
+
+def regression_metrics(pred: np.ndarray, Y: np.ndarray) -> dict:
+    """Validation MSE (mean over outputs) of predictions (n, c) against targets (n, c)."""
+    return {"val_mse": float(np.mean((pred - Y) ** 2))}
+
+
+def classification_metrics(pred: np.ndarray, Y: np.ndarray) -> dict:
+    """Accuracy and MSE of scores (n, c) against 0/1 targets (n, c); c = 1 means a binary problem."""
+    if Y.shape[1] == 1:
+        correct = (pred[:, 0] > 0.5) == (Y[:, 0] > 0.5)
+    else:
+        correct = np.argmax(pred, axis=1) == np.argmax(Y, axis=1)
+    return {"val_accuracy": float(np.mean(correct)), "val_mse": float(np.mean((pred - Y) ** 2))}
+
+
+def _quality(metrics: dict) -> tuple:
+    """Sort key, larger is better: accuracy first where there is one, then lower MSE."""
+    return (metrics.get("val_accuracy", 0.0), -metrics["val_mse"])
+
+
+@dataclass(frozen=True)
+class RFMSettings:
+    """Hyperparameters of one RFM fit (the estimator's parameters, validated)."""
+
+    spec: KernelSpec
+    reg: float = 1e-3
+    iters: int = 5
+    diag: bool = False
+    agop_power: float = 1.0
+    centre_agop: bool = False
+    solver: str = "auto"
+    tol: float = 1e-6
+    agop_samples: int = 20000
+    patience: int | None = 2
+
+
+@dataclass
+class FitResult:
+    """Best iteration's feature matrix and coefficients on the training rows, and the per-iteration history."""
+
+    feature_matrix: np.ndarray
+    coef: np.ndarray
+    best_iter: int
+    history: list[dict] = field(default_factory=list)
+
+
+def run_rfm(
+    client: Client,
+    train: RowBlocks,
+    Y: np.ndarray,
+    settings: RFMSettings,
+    rng: np.random.Generator,
+    val: RowBlocks | None = None,
+    Y_val: np.ndarray | None = None,
+    metrics: Metrics = regression_metrics,
+) -> FitResult:
+    """Fit an RFM on row blocks ``train`` with targets Y (n, c); select the best iteration on ``val`` if given.
+
+    Iteration 0 uses M = I (the lazy kernel); iteration t > 0 uses the M learned from iteration t - 1's predictor.
+    Without validation rows the last iteration is kept.
+    """
+    d = train.n_features
+    M = np.ones(d) if settings.diag else np.eye(d)
+    solver = choose_solver(settings.solver, train.n)
+    n_sample = min(train.n, settings.agop_samples)
+    best: FitResult | None = None
+    best_quality: tuple | None = None
+    history: list[dict] = []
+    stale = 0
+    for t in range(settings.iters + 1):
+        start = time.perf_counter()
+        passes = KernelPasses(client, train, matrix_sqrt(M), settings.spec)
+        sol = solve_krr(passes, train, Y, settings.reg, solver, settings.tol, rng)
+        record = {"iteration": t, "solver": sol.solver, "cg_iterations": sol.iterations, "residual": sol.residual}
+        if val is not None:
+            record.update(metrics(passes.matvec(val, sol.coef), Y_val))
+            quality = _quality(record)
+            improved = best_quality is None or quality > best_quality
+        else:
+            improved, quality = True, None
+        if improved:
+            best, best_quality, stale = FitResult(M, sol.coef, t), quality, 0
+        else:
+            stale += 1
+        stop = t == settings.iters or (settings.patience is not None and stale >= settings.patience)
+        if not stop:
+            sample = np.arange(train.n) if n_sample == train.n else rng.choice(train.n, n_sample, replace=False)
+            outer, grad_sum = passes.agop_sums(train, sample, sol.coef, settings.diag)
+            M = agop_feature_matrix(outer, grad_sum, n_sample, settings.agop_power, settings.centre_agop)
+        record["seconds"] = time.perf_counter() - start
+        history.append(record)
+        logger.info("rfm iteration %s", record)
+        if stop:
+            break
+    assert best is not None
+    best.history = history
+    return best

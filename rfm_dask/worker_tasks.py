@@ -1,0 +1,80 @@
+"""Task bodies that run on Dask workers: unpack arguments, call the pure block functions, return NumPy results.
+
+Blocks arrive as NumPy or CuPy arrays; the namespace follows the block, so the same task serves CPU and GPU workers.
+Centres travel as a tuple ``(Ct, c_sq)``: transformed centres (m, d) and their squared norms (m,).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import kernels as kn
+from .backend import like, namespace_of, to_host
+from .solvers.direct import cholesky_solve
+
+Centres = tuple[Any, Any]
+
+
+def transformed_centres(S: np.ndarray, *blocks: Any) -> Centres:
+    """Concatenate row blocks into centres and transform them: returns (Ct (m, d), c_sq (m,))."""
+    xp = namespace_of(blocks[0])
+    C = xp.concatenate(blocks, axis=0) if len(blocks) > 1 else blocks[0]
+    Ct = kn.transform(xp, C, like(xp, S, C.dtype))
+    return Ct, kn.sq_norms(xp, Ct)
+
+
+def select_centres(centres: Centres, index: np.ndarray) -> Centres:
+    """A subset of the centres (landmarks), by index."""
+    Ct, c_sq = centres
+    xp = namespace_of(Ct)
+    idx = like(xp, index)
+    return Ct[idx], c_sq[idx]
+
+
+def matvec(X: Any, S: np.ndarray, centres: Centres, V: np.ndarray, spec: kn.KernelSpec) -> np.ndarray:
+    """K(X, C) @ V for one row block: (b, c) float64 on the host."""
+    xp = namespace_of(X)
+    Ct, c_sq = centres
+    Xt = kn.transform(xp, X, like(xp, S, X.dtype))
+    return to_host(kn.kernel_matvec(xp, Xt, Ct, c_sq, like(xp, V), spec))
+
+
+def kernel_columns(X: Any, S: np.ndarray, centres: Centres, spec: kn.KernelSpec) -> np.ndarray:
+    """The kernel block K(X, C) (b, m) as float64 on the host; for a few landmark columns only."""
+    xp = namespace_of(X)
+    Ct, c_sq = centres
+    Xt = kn.transform(xp, X, like(xp, S, X.dtype))
+    return to_host(kn.kernel_tile(xp, Xt, kn.sq_norms(xp, Xt), Ct, c_sq, spec)).astype(np.float64)
+
+
+def agop_sums(
+    X: Any,
+    rows: np.ndarray,
+    S: np.ndarray,
+    centres: Centres,
+    beta: np.ndarray,
+    spec: kn.KernelSpec,
+    diag: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """AGOP partial sums at the sampled ``rows`` of one block: ((d, d) or (d,), (c, d)), float64 on the host."""
+    xp = namespace_of(X)
+    Ct, c_sq = centres
+    Xs = X[like(xp, rows)]
+    G = kn.predictor_gradients(xp, Xs, like(xp, S, X.dtype), Ct, c_sq, like(xp, beta), spec)
+    outer, gsum = kn.agop_partial(xp, G, diag)
+    return to_host(outer), to_host(gsum)
+
+
+def direct_solve(centres: Centres, Y: np.ndarray, spec: kn.KernelSpec, reg: float) -> tuple[np.ndarray, float]:
+    """Exact KRR on one worker: alpha (n, c) with (K + reg I) alpha = Y, and the relative residual."""
+    xp = namespace_of(centres[0])
+    Ct, c_sq = centres
+    K = to_host(kn.kernel_tile(xp, Ct, c_sq, Ct, c_sq, spec)).astype(np.float64)
+    K = (K + K.T) / 2  # a float32 GEMM is not exactly symmetric; Cholesky reads one triangle only
+    alpha = cholesky_solve(K, Y, reg)
+    residual = K @ alpha + reg * alpha - Y
+    y_norm = np.linalg.norm(Y, axis=0)
+    rel = np.linalg.norm(residual, axis=0) / np.where(y_norm > 0, y_norm, 1.0)
+    return alpha, float(np.max(rel))
