@@ -29,14 +29,14 @@ class KernelPasses:
         self.spec = spec
         self.S = S
         self.n_centres = centres.n
-        self._S = client.submit(_value, S.astype(np.float32))
-        self._centres = client.submit(wt.transformed_centres, self._S, *centres.futures)
+        self._S = client.submit(_value, S.astype(np.float32), pure=False)
+        self._centres = client.submit(wt.transformed_centres, self._S, *centres.futures, pure=False)
 
     def _put(self, a: np.ndarray) -> Future:
         return self.client.scatter(a, broadcast=len(self.client.nthreads()) > 1, hash=False)
 
     def _map(self, fn, rows: RowBlocks, *args: Any) -> list:
-        futures = [self.client.submit(fn, block, *args) for block in rows.futures]
+        futures = [self.client.submit(fn, block, *args, pure=False) for block in rows.futures]
         return self.client.gather(futures)
 
     def matvec(self, rows: RowBlocks, V: np.ndarray) -> np.ndarray:
@@ -46,7 +46,7 @@ class KernelPasses:
 
     def landmark_columns(self, rows: RowBlocks, landmarks: np.ndarray) -> np.ndarray:
         """K(X_rows, C[landmarks]): (n_rows, l) float64, for the CG preconditioner."""
-        subset = self.client.submit(wt.select_centres, self._centres, landmarks)
+        subset = self.client.submit(wt.select_centres, self._centres, landmarks, pure=False)
         return np.concatenate(self._map(wt.kernel_columns, rows, self._S, subset, self.spec), axis=0)
 
     def agop_sums(
@@ -55,7 +55,9 @@ class KernelPasses:
         """Gradient outer-product sums at the sampled rows: ((d, d) or (d,), (c, d)), summed in block order."""
         beta_f = self._put(beta)
         futures = [
-            self.client.submit(wt.agop_sums, block, local, self._S, self._centres, beta_f, self.spec, diag)
+            self.client.submit(
+                wt.agop_sums, block, local, self._S, self._centres, beta_f, self.spec, diag, pure=False
+            )
             for block, local in zip(rows.futures, rows.split_index(sample))
             if local.size
         ]
@@ -64,4 +66,4 @@ class KernelPasses:
 
     def direct_solve(self, Y: np.ndarray, reg: float) -> tuple[np.ndarray, float]:
         """Dense Cholesky solve on one worker: (alpha (m, c), relative residual)."""
-        return self.client.submit(wt.direct_solve, self._centres, Y, self.spec, reg).result()
+        return self.client.submit(wt.direct_solve, self._centres, Y, self.spec, reg, pure=False).result()

@@ -45,7 +45,7 @@ def scatter_rows(client: Client, X: np.ndarray, rows_per_block: int) -> RowBlock
     """Scatter a NumPy matrix to the workers in row blocks."""
     starts = range(0, X.shape[0], rows_per_block)
     blocks = [np.ascontiguousarray(X[s : s + rows_per_block]) for s in starts]
-    futures = client.scatter(blocks)
+    futures = client.scatter(blocks, hash=False)
     return RowBlocks(list(futures), [b.shape[0] for b in blocks], X.shape[1])
 
 
