@@ -14,6 +14,9 @@ from typing import Any
 
 KERNELS = ("laplace", "gaussian")
 
+#: Squared distances within this many machine epsilons of the squared norms are rounding noise and read as 0.
+RESOLUTION = 32
+
 #: Column-tile width: a (b x TILE) kernel tile is the largest temporary a block function allocates.
 DEFAULT_TILE = 2048
 
@@ -51,12 +54,20 @@ def sq_norms(xp: Any, Xt: Any) -> Any:
 
 
 def sq_distances(xp: Any, Xt: Any, x_sq: Any, Ct: Any, c_sq: Any) -> Any:
-    """Squared distances (b, m) from ||x||^2 + ||c||^2 - 2 x.c, clamped at 0."""
+    """Squared distances (b, m) from ||x||^2 + ||c||^2 - 2 x.c.
+
+    Values below the formula's rounding error, ``RESOLUTION * eps * (max ||x||^2 + max ||c||^2)``, are set to
+    exactly 0 (this also clamps negatives): the self-term and duplicate rows get distance 0 and kernel value 1
+    whatever BLAS does, and downstream code recognises them as ``d2 == 0``.
+    """
     d2 = Xt @ Ct.T
     d2 *= -2
     d2 += x_sq[:, None]
     d2 += c_sq[None, :]
-    return xp.maximum(d2, 0, out=d2)
+    if d2.size:
+        floor = RESOLUTION * xp.finfo(d2.dtype).eps * (float(x_sq.max()) + float(c_sq.max())) + 1e-20
+        d2[d2 < floor] = 0
+    return d2
 
 
 def kernel_from_sq(xp: Any, d2: Any, spec: KernelSpec) -> Any:
@@ -85,37 +96,38 @@ def _tiles(m: int, tile: int):
 def kernel_matvec(
     xp: Any, Xt: Any, Ct: Any, c_sq: Any, V: Any, spec: KernelSpec, tile: int = DEFAULT_TILE
 ) -> Any:
-    """K(X, C) @ V for a (b, d) block against (m, d) centres and V of shape (m, c); returns (b, c) float64.
+    """K(X, C) @ V for a (b, d) block against (m, d) centres and V (m, c); returns (b, c) float64.
 
-    Works tile by tile over the centres so only a (b, tile) kernel block is ever held.
+    Works tile by tile over the centres so only a (b, tile) kernel block is ever held. Kernel values are computed in
+    the data's dtype; the products with V are summed in float64, because KRR coefficients are large and of mixed
+    sign, and a float32 sum of K alpha loses about eps32 * sum|K alpha| / |f| (1e-4 relative at reg = 1e-3).
     """
     x_sq = sq_norms(xp, Xt)
+    V = V.astype(xp.float64, copy=False)
     out = xp.zeros((Xt.shape[0], V.shape[1]), dtype=xp.float64)
-    Vt = V.astype(Xt.dtype, copy=False)
     for cols in _tiles(Ct.shape[0], tile):
         K = kernel_tile(xp, Xt, x_sq, Ct[cols], c_sq[cols], spec)
-        out += K @ Vt[cols]
+        out += K.astype(xp.float64) @ V[cols]
     return out
 
 
-def gradient_weights(xp: Any, d2: Any, x_sq: Any, c_sq: Any, spec: KernelSpec) -> Any:
-    """Weights w (b, m) with dk/dx = S w (c~ - x~), overwriting ``d2``.
+def gradient_weights(xp: Any, d2: Any, spec: KernelSpec) -> Any:
+    """Weights w (b, m) with dk/dx = S w (c~ - x~), from squared distances ``d2`` (overwritten).
 
-    Laplace: w = (q / L^q) k r^(q-2); Gaussian: w = k / L^2.  Pairs whose distance is below what the working precision
-    resolves (the self-term and duplicate rows) get w = 0 instead of a division by a rounding error.
+    Laplace: w = (q / L^q) k r^(q-2); Gaussian: w = k / L^2. Pairs at distance 0 (the self-term and duplicate rows,
+    see ``sq_distances``) get w = 0 instead of a division by zero.
     """
-    eps = xp.finfo(d2.dtype).eps
-    duplicate = d2 <= 1e-20 + 32 * eps * (x_sq[:, None] + c_sq[None, :])
     if spec.kind == "gaussian":
         w = kernel_from_sq(xp, d2, spec)
         w *= 1.0 / spec.bandwidth**2
-    else:
-        q, L = spec.exponent, spec.bandwidth
-        d2[duplicate] = 1.0  # any positive value: these entries are zeroed below
-        r_pow = xp.power(d2, 0.5 * q - 1.0)  # r^(q-2)
-        w = kernel_from_sq(xp, d2, spec)
-        w *= r_pow
-        w *= q / L**q
+        return w
+    q, L = spec.exponent, spec.bandwidth
+    duplicate = d2 == 0
+    d2[duplicate] = 1.0  # any positive value: these weights are zeroed below
+    r_pow = xp.power(d2, 0.5 * q - 1.0)  # r^(q-2)
+    w = kernel_from_sq(xp, d2, spec)
+    w *= r_pow
+    w *= q / L**q
     w[duplicate] = 0
     return w
 
@@ -131,14 +143,16 @@ def predictor_gradients(
     Xt = transform(xp, X, S)
     x_sq = sq_norms(xp, Xt)
     b, c = Xt.shape[0], beta.shape[1]
-    beta_t = beta.astype(Xt.dtype, copy=False)
+    beta = beta.astype(xp.float64, copy=False)
+    Xt64 = Xt.astype(xp.float64)
     Gt = xp.zeros((b, c, Xt.shape[1]), dtype=xp.float64)
     for cols in _tiles(Ct.shape[0], tile):
-        W = gradient_weights(xp, sq_distances(xp, Xt, x_sq, Ct[cols], c_sq[cols]), x_sq, c_sq[cols], spec)
-        Wb = W @ beta_t[cols]  # (b, c)
-        for l in range(c):
-            Gt[:, l, :] += W @ (beta_t[cols, l, None] * Ct[cols])
-            Gt[:, l, :] -= Wb[:, l, None] * Xt
+        W = gradient_weights(xp, sq_distances(xp, Xt, x_sq, Ct[cols], c_sq[cols]), spec).astype(xp.float64)
+        Ct64 = Ct[cols].astype(xp.float64)
+        Wb = W @ beta[cols]  # (b, c)
+        for l in range(c):  # summed in float64 for the same reason as in kernel_matvec
+            Gt[:, l, :] += W @ (beta[cols, l, None] * Ct64)
+            Gt[:, l, :] -= Wb[:, l, None] * Xt64
     # grad = S (c~ - x~)-weighted sum; S is symmetric, so for row vectors G = G~ S.
     S64 = S.astype(xp.float64)
     return Gt * S64 if S.ndim == 1 else Gt @ S64

@@ -13,9 +13,11 @@ from dask import delayed
 from . import config
 from . import kernels as kn
 from .backend import like, namespace_of, to_host
+from .blas_threads import single_blas_thread
 from .features import matrix_sqrt
 
 
+@single_blas_thread
 def _decision_block(X: Any, packed: dict, spec: kn.KernelSpec) -> np.ndarray:
     """f on one (b, d) block: (b, c) float64 on the host, for NumPy or CuPy blocks."""
     xp = namespace_of(X)

@@ -12,11 +12,13 @@ import numpy as np
 
 from . import kernels as kn
 from .backend import like, namespace_of, to_host
+from .blas_threads import single_blas_thread
 from .solvers.direct import cholesky_solve
 
 Centres = tuple[Any, Any]
 
 
+@single_blas_thread
 def transformed_centres(S: np.ndarray, *blocks: Any) -> Centres:
     """Concatenate row blocks into centres and transform them: returns (Ct (m, d), c_sq (m,))."""
     xp = namespace_of(blocks[0])
@@ -33,6 +35,7 @@ def select_centres(centres: Centres, index: np.ndarray) -> Centres:
     return Ct[idx], c_sq[idx]
 
 
+@single_blas_thread
 def matvec(X: Any, S: np.ndarray, centres: Centres, V: np.ndarray, spec: kn.KernelSpec) -> np.ndarray:
     """K(X, C) @ V for one row block: (b, c) float64 on the host."""
     xp = namespace_of(X)
@@ -41,6 +44,7 @@ def matvec(X: Any, S: np.ndarray, centres: Centres, V: np.ndarray, spec: kn.Kern
     return to_host(kn.kernel_matvec(xp, Xt, Ct, c_sq, like(xp, V), spec))
 
 
+@single_blas_thread
 def kernel_columns(X: Any, S: np.ndarray, centres: Centres, spec: kn.KernelSpec) -> np.ndarray:
     """The kernel block K(X, C) (b, m) as float64 on the host; for a few landmark columns only."""
     xp = namespace_of(X)
@@ -49,6 +53,7 @@ def kernel_columns(X: Any, S: np.ndarray, centres: Centres, spec: kn.KernelSpec)
     return to_host(kn.kernel_tile(xp, Xt, kn.sq_norms(xp, Xt), Ct, c_sq, spec)).astype(np.float64)
 
 
+@single_blas_thread
 def agop_sums(
     X: Any,
     rows: np.ndarray,
@@ -67,11 +72,16 @@ def agop_sums(
     return to_host(outer), to_host(gsum)
 
 
+@single_blas_thread
+def _tile(xp: Any, Ct: Any, c_sq: Any, spec: kn.KernelSpec) -> Any:
+    return kn.kernel_tile(xp, Ct, c_sq, Ct, c_sq, spec)
+
+
 def direct_solve(centres: Centres, Y: np.ndarray, spec: kn.KernelSpec, reg: float) -> tuple[np.ndarray, float]:
     """Exact KRR on one worker: alpha (n, c) with (K + reg I) alpha = Y, and the relative residual."""
     xp = namespace_of(centres[0])
     Ct, c_sq = centres
-    K = to_host(kn.kernel_tile(xp, Ct, c_sq, Ct, c_sq, spec)).astype(np.float64)
+    K = to_host(_tile(xp, Ct, c_sq, spec)).astype(np.float64)
     K = (K + K.T) / 2  # a float32 GEMM is not exactly symmetric; Cholesky reads one triangle only
     alpha = cholesky_solve(K, Y, reg)
     residual = K @ alpha + reg * alpha - Y

@@ -1,0 +1,22 @@
+"""Thin cluster fixtures of our own (distributed.utils_test is not a stable API)."""
+
+from __future__ import annotations
+
+import pytest
+from distributed import Client, LocalCluster
+
+
+@pytest.fixture(scope="session")
+def client():
+    """An in-process LocalCluster: one worker, two threads."""
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
+        with Client(cluster, set_as_default=False) as c:
+            yield c
+
+
+@pytest.fixture(scope="module")
+def process_client():
+    """A LocalCluster of two worker processes, one thread each."""
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        with Client(cluster, set_as_default=False) as c:
+            yield c
