@@ -166,7 +166,7 @@ class _RFMBase(BaseEstimator):
         val = _place(client, X_val) if X_val is not None else None
         result = run_rfm(client, train, Y, settings, rng, val, Y_val, metrics)
         centres = np.concatenate(client.gather(train.futures), axis=0)
-        self.model_ = KernelModel(centres, result.coef, result.feature_matrix, settings.spec)
+        self.model_ = KernelModel(centres, result.coef, result.feature_matrix, settings.spec, result.shift)
         self.feature_matrix_ = result.feature_matrix
         diag = result.feature_matrix if result.feature_matrix.ndim == 1 else np.diag(result.feature_matrix)
         self.feature_importances_ = diag / diag.sum() if diag.sum() > 0 else np.full_like(diag, 1.0 / diag.size)

@@ -41,8 +41,14 @@ class KernelSpec:
             raise ValueError(f"exponent must be in (0, 2], got {self.exponent!r}")
 
 
-def transform(xp: Any, X: Any, S: Any) -> Any:
-    """Map rows into the learned feature space: (b, d) -> (b, d), ``X S`` (S symmetric) or ``X * s`` (diagonal)."""
+def transform(xp: Any, X: Any, S: Any, shift: Any = None) -> Any:
+    """Map rows into the learned feature space: (b, d) -> (b, d), ``(X - shift) S``, or ``(X - shift) * s``.
+
+    The kernels are translation invariant, so ``shift`` (d,) changes no kernel value; it is the centres' mean, which
+    keeps ||x||^2 + ||c||^2 - 2 x.c from cancelling catastrophically in float32 on data far from the origin.
+    """
+    if shift is not None:
+        X = X - shift
     if S.ndim == 1:
         return X * S
     return X @ S
@@ -56,17 +62,18 @@ def sq_norms(xp: Any, Xt: Any) -> Any:
 def sq_distances(xp: Any, Xt: Any, x_sq: Any, Ct: Any, c_sq: Any) -> Any:
     """Squared distances (b, m) from ||x||^2 + ||c||^2 - 2 x.c.
 
-    Values below the formula's rounding error, ``RESOLUTION * eps * (max ||x||^2 + max ||c||^2)``, are set to
+    Values below the formula's rounding error, ``RESOLUTION * eps * (||x||^2 + max ||c||^2)`` per row, are set to
     exactly 0 (this also clamps negatives): the self-term and duplicate rows get distance 0 and kernel value 1
-    whatever BLAS does, and downstream code recognises them as ``d2 == 0``.
+    whatever BLAS does, and downstream code recognises them as ``d2 == 0``. The floor depends on the row and the
+    centres only, so a row's result does not depend on which other rows share its block.
     """
     d2 = Xt @ Ct.T
     d2 *= -2
     d2 += x_sq[:, None]
     d2 += c_sq[None, :]
     if d2.size:
-        floor = RESOLUTION * xp.finfo(d2.dtype).eps * (float(x_sq.max()) + float(c_sq.max())) + 1e-20
-        d2[d2 < floor] = 0
+        floor = RESOLUTION * xp.finfo(d2.dtype).eps * (x_sq + c_sq.max()) + 1e-20
+        d2[d2 < floor[:, None]] = 0
     return d2
 
 
@@ -133,14 +140,22 @@ def gradient_weights(xp: Any, d2: Any, spec: KernelSpec) -> Any:
 
 
 def predictor_gradients(
-    xp: Any, X: Any, S: Any, Ct: Any, c_sq: Any, beta: Any, spec: KernelSpec, tile: int = DEFAULT_TILE
+    xp: Any,
+    X: Any,
+    S: Any,
+    Ct: Any,
+    c_sq: Any,
+    beta: Any,
+    spec: KernelSpec,
+    tile: int = DEFAULT_TILE,
+    shift: Any = None,
 ) -> Any:
     """Input gradients of f(x) = K(x, C) beta at the rows of X.
 
-    X (b, d) raw rows, S (d, d) or (d,), Ct (m, d) transformed centres, beta (m, c).
+    X (b, d) raw rows, S (d, d) or (d,), Ct (m, d) transformed centres, beta (m, c), shift as in ``transform``.
     Returns G (b, c, d) float64 with G[i, l] = grad f_l(x_i) in the original coordinates.
     """
-    Xt = transform(xp, X, S)
+    Xt = transform(xp, X, S, shift)
     x_sq = sq_norms(xp, Xt)
     b, c = Xt.shape[0], beta.shape[1]
     beta = beta.astype(xp.float64, copy=False)

@@ -22,25 +22,28 @@ def _decision_block(X: Any, packed: dict, spec: kn.KernelSpec) -> np.ndarray:
     """f on one (b, d) block: (b, c) float64 on the host, for NumPy or CuPy blocks."""
     xp = namespace_of(X)
     X = X.astype(np.float32, copy=False)
-    Xt = kn.transform(xp, X, like(xp, packed["S"], X.dtype))
+    Xt = kn.transform(xp, X, like(xp, packed["S"], X.dtype), like(xp, packed["shift"], X.dtype))
     Ct, c_sq, coef = (like(xp, packed[k]) for k in ("Ct", "c_sq", "coef"))
     return to_host(kn.kernel_matvec(xp, Xt, Ct, c_sq, coef, spec, int(config.get("tile"))))
 
 
 @dataclass
 class KernelModel:
-    """centres (m, d) float32, coef (m, c) float64, feature_matrix (d, d) or (d,), and the kernel."""
+    """centres (m, d) float32, coef (m, c) float64, feature_matrix (d, d) or (d,), the kernel, and the shift (d,)
+    subtracted before the feature map (see ``kernels.transform``)."""
 
     centres: np.ndarray
     coef: np.ndarray
     feature_matrix: np.ndarray
     spec: kn.KernelSpec
+    shift: np.ndarray
 
     @cached_property
     def _packed(self) -> dict:
         S = matrix_sqrt(self.feature_matrix).astype(np.float32)
-        Ct = kn.transform(np, self.centres, S)
-        return {"S": S, "Ct": Ct, "c_sq": kn.sq_norms(np, Ct), "coef": self.coef}
+        shift = self.shift.astype(np.float32)
+        Ct = single_blas_thread(kn.transform)(np, self.centres, S, shift)
+        return {"S": S, "shift": shift, "Ct": Ct, "c_sq": kn.sq_norms(np, Ct), "coef": self.coef}
 
     @property
     def n_outputs(self) -> int:

@@ -1,6 +1,6 @@
 """Distributed kernel passes for one feature matrix M: each is one flat map over row blocks, reduced on the client.
 
-A ``KernelPasses`` is made once per RFM iteration. It puts S = M^(1/2) and the transformed centres on the cluster as
+A ``KernelPasses`` is made once per RFM iteration. It puts the feature map (S = M^(1/2), shift) and the transformed centres on the cluster as
 keys of their own (recomputable tasks, not raw arguments repeated on every submit); each pass then submits one task
 per row block and gathers small results, so the task graph does not grow with the number of CG iterations.
 """
@@ -13,6 +13,7 @@ import numpy as np
 from distributed import Client, Future
 
 from . import worker_tasks as wt
+from .backend import to_host
 from .kernels import KernelSpec
 from .row_blocks import RowBlocks
 
@@ -21,16 +22,27 @@ def _value(x: Any) -> Any:
     return x
 
 
+def _column_sums(block: Any) -> np.ndarray:
+    return to_host(block.sum(axis=0, dtype=np.float64))
+
+
+def column_means(client: Client, rows: RowBlocks) -> np.ndarray:
+    """Mean of the rows (d,) float64, from one task per block."""
+    sums = client.gather([client.submit(_column_sums, f, pure=False) for f in rows.futures])
+    return np.sum(sums, axis=0) / max(rows.n, 1)
+
+
 class KernelPasses:
     """Kernel products against the centres (the training rows) under one feature matrix."""
 
-    def __init__(self, client: Client, centres: RowBlocks, S: np.ndarray, spec: KernelSpec) -> None:
+    def __init__(
+        self, client: Client, centres: RowBlocks, S: np.ndarray, shift: np.ndarray, spec: KernelSpec
+    ) -> None:
         self.client = client
         self.spec = spec
-        self.S = S
-        self.n_centres = centres.n
-        self._S = client.submit(_value, S.astype(np.float32), pure=False)
-        self._centres = client.submit(wt.transformed_centres, self._S, *centres.futures, pure=False)
+        fmap = (S.astype(np.float32), shift.astype(np.float32))
+        self._fmap = client.submit(_value, fmap, pure=False)
+        self._centres = client.submit(wt.transformed_centres, self._fmap, *centres.futures, pure=False)
 
     def _put(self, a: np.ndarray) -> Future:
         return self.client.scatter(a, broadcast=len(self.client.nthreads()) > 1, hash=False)
@@ -41,13 +53,13 @@ class KernelPasses:
 
     def matvec(self, rows: RowBlocks, V: np.ndarray) -> np.ndarray:
         """K(X_rows, C) @ V for V (m, c): returns (n_rows, c) float64."""
-        parts = self._map(wt.matvec, rows, self._S, self._centres, self._put(V), self.spec)
+        parts = self._map(wt.matvec, rows, self._fmap, self._centres, self._put(V), self.spec)
         return np.concatenate(parts, axis=0)
 
     def landmark_columns(self, rows: RowBlocks, landmarks: np.ndarray) -> np.ndarray:
         """K(X_rows, C[landmarks]): (n_rows, l) float64, for the CG preconditioner."""
         subset = self.client.submit(wt.select_centres, self._centres, landmarks, pure=False)
-        return np.concatenate(self._map(wt.kernel_columns, rows, self._S, subset, self.spec), axis=0)
+        return np.concatenate(self._map(wt.kernel_columns, rows, self._fmap, subset, self.spec), axis=0)
 
     def agop_sums(
         self, rows: RowBlocks, sample: np.ndarray, beta: np.ndarray, diag: bool
@@ -56,7 +68,7 @@ class KernelPasses:
         beta_f = self._put(beta)
         futures = [
             self.client.submit(
-                wt.agop_sums, block, local, self._S, self._centres, beta_f, self.spec, diag, pure=False
+                wt.agop_sums, block, local, self._fmap, self._centres, beta_f, self.spec, diag, pure=False
             )
             for block, local in zip(rows.futures, rows.split_index(sample))
             if local.size

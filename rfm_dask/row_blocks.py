@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from . import config
 import dask.array as da
 import numpy as np
-from distributed import Client, Future, futures_of, wait
+from distributed import Client, Future, futures_of
 
 
 @dataclass
@@ -49,16 +50,21 @@ def scatter_rows(client: Client, X: np.ndarray, rows_per_block: int) -> RowBlock
     return RowBlocks(list(futures), [b.shape[0] for b in blocks], X.shape[1])
 
 
+def _n_rows(block: Any) -> int:
+    return int(block.shape[0])
+
+
 def persist_rows(client: Client, X: da.Array) -> RowBlocks:
-    """Persist a dask array (rows chunked, one chunk across columns) and list its block futures in row order."""
-    X = X.rechunk({1: -1})
-    Xp = client.persist(X)
-    if any(math.isnan(c) for c in Xp.chunks[0]):
-        Xp = Xp.compute_chunk_sizes()
+    """Persist a dask array (rows chunked, one chunk across columns) and list its block futures in row order.
+
+    Row counts are read from the persisted blocks (this also waits for them), so unknown chunk sizes (after boolean
+    selection) are fine.
+    """
+    Xp = client.persist(X.rechunk({1: -1}))
     by_key = {f.key: f for f in futures_of(Xp)}
     futures = [by_key[key] for (key,) in Xp.__dask_keys__()]
-    wait(futures)
-    return RowBlocks(futures, [int(c) for c in Xp.chunks[0]], int(X.shape[1]))
+    sizes = client.gather([client.submit(_n_rows, f, pure=False) for f in futures])
+    return RowBlocks(futures, sizes, int(X.shape[1]))
 
 
 def _block_is_finite(block) -> bool:

@@ -13,7 +13,7 @@ from distributed import Client
 from .features import agop_feature_matrix, matrix_sqrt
 from .kernels import KernelSpec
 from .krr import choose_solver, solve_krr
-from .passes import KernelPasses
+from .passes import KernelPasses, column_means
 from .row_blocks import RowBlocks
 
 logger = logging.getLogger("rfm_dask")
@@ -58,10 +58,12 @@ class RFMSettings:
 
 @dataclass
 class FitResult:
-    """Best iteration's feature matrix and coefficients on the training rows, and the per-iteration history."""
+    """Best iteration's feature matrix and coefficients on the training rows, the shift (the training rows' mean,
+    see ``kernels.transform``), and the per-iteration history."""
 
     feature_matrix: np.ndarray
     coef: np.ndarray
+    shift: np.ndarray
     best_iter: int
     history: list[dict] = field(default_factory=list)
 
@@ -85,13 +87,14 @@ def run_rfm(
     M = np.ones(d) if settings.diag else np.eye(d)
     solver = choose_solver(settings.solver, train.n)
     n_sample = min(train.n, settings.agop_samples)
+    shift = column_means(client, train)
     best: FitResult | None = None
     best_quality: tuple | None = None
     history: list[dict] = []
     stale = 0
     for t in range(settings.iters + 1):
         start = time.perf_counter()
-        passes = KernelPasses(client, train, matrix_sqrt(M), settings.spec)
+        passes = KernelPasses(client, train, matrix_sqrt(M), shift, settings.spec)
         sol = solve_krr(passes, train, Y, settings.reg, solver, settings.tol, rng)
         record = {"iteration": t, "solver": sol.solver, "cg_iterations": sol.iterations, "residual": sol.residual}
         if val is not None:
@@ -101,7 +104,7 @@ def run_rfm(
         else:
             improved, quality = True, None
         if improved:
-            best, best_quality, stale = FitResult(M, sol.coef, t), quality, 0
+            best, best_quality, stale = FitResult(M, sol.coef, shift, t), quality, 0
         else:
             stale += 1
         stop = t == settings.iters or (settings.patience is not None and stale >= settings.patience)

@@ -1,7 +1,8 @@
 """Task bodies that run on Dask workers: unpack arguments, call the pure block functions, return NumPy results.
 
 Blocks arrive as NumPy or CuPy arrays; the namespace follows the block, so the same task serves CPU and GPU workers.
-Centres travel as a tuple ``(Ct, c_sq)``: transformed centres (m, d) and their squared norms (m,).
+The feature map travels as a tuple ``(S, shift)`` (see ``kernels.transform``), the centres as a tuple ``(Ct, c_sq)``:
+transformed centres (m, d) and their squared norms (m,).
 """
 
 from __future__ import annotations
@@ -16,14 +17,20 @@ from .blas_threads import single_blas_thread
 from .solvers.direct import cholesky_solve
 
 Centres = tuple[Any, Any]
+FeatureMap = tuple[np.ndarray, np.ndarray]
+
+
+def _transform(xp: Any, X: Any, fmap: FeatureMap) -> Any:
+    S, shift = fmap
+    return kn.transform(xp, X, like(xp, S, X.dtype), like(xp, shift, X.dtype))
 
 
 @single_blas_thread
-def transformed_centres(S: np.ndarray, *blocks: Any) -> Centres:
+def transformed_centres(fmap: FeatureMap, *blocks: Any) -> Centres:
     """Concatenate row blocks into centres and transform them: returns (Ct (m, d), c_sq (m,))."""
     xp = namespace_of(blocks[0])
     C = xp.concatenate(blocks, axis=0) if len(blocks) > 1 else blocks[0]
-    Ct = kn.transform(xp, C, like(xp, S, C.dtype))
+    Ct = _transform(xp, C, fmap)
     return Ct, kn.sq_norms(xp, Ct)
 
 
@@ -36,20 +43,20 @@ def select_centres(centres: Centres, index: np.ndarray) -> Centres:
 
 
 @single_blas_thread
-def matvec(X: Any, S: np.ndarray, centres: Centres, V: np.ndarray, spec: kn.KernelSpec) -> np.ndarray:
+def matvec(X: Any, fmap: FeatureMap, centres: Centres, V: np.ndarray, spec: kn.KernelSpec) -> np.ndarray:
     """K(X, C) @ V for one row block: (b, c) float64 on the host."""
     xp = namespace_of(X)
     Ct, c_sq = centres
-    Xt = kn.transform(xp, X, like(xp, S, X.dtype))
+    Xt = _transform(xp, X, fmap)
     return to_host(kn.kernel_matvec(xp, Xt, Ct, c_sq, like(xp, V), spec))
 
 
 @single_blas_thread
-def kernel_columns(X: Any, S: np.ndarray, centres: Centres, spec: kn.KernelSpec) -> np.ndarray:
+def kernel_columns(X: Any, fmap: FeatureMap, centres: Centres, spec: kn.KernelSpec) -> np.ndarray:
     """The kernel block K(X, C) (b, m) as float64 on the host; for a few landmark columns only."""
     xp = namespace_of(X)
     Ct, c_sq = centres
-    Xt = kn.transform(xp, X, like(xp, S, X.dtype))
+    Xt = _transform(xp, X, fmap)
     return to_host(kn.kernel_tile(xp, Xt, kn.sq_norms(xp, Xt), Ct, c_sq, spec)).astype(np.float64)
 
 
@@ -57,7 +64,7 @@ def kernel_columns(X: Any, S: np.ndarray, centres: Centres, spec: kn.KernelSpec)
 def agop_sums(
     X: Any,
     rows: np.ndarray,
-    S: np.ndarray,
+    fmap: FeatureMap,
     centres: Centres,
     beta: np.ndarray,
     spec: kn.KernelSpec,
@@ -67,7 +74,8 @@ def agop_sums(
     xp = namespace_of(X)
     Ct, c_sq = centres
     Xs = X[like(xp, rows)]
-    G = kn.predictor_gradients(xp, Xs, like(xp, S, X.dtype), Ct, c_sq, like(xp, beta), spec)
+    S, shift = (like(xp, a, X.dtype) for a in fmap)
+    G = kn.predictor_gradients(xp, Xs, S, Ct, c_sq, like(xp, beta), spec, shift=shift)
     outer, gsum = kn.agop_partial(xp, G, diag)
     return to_host(outer), to_host(gsum)
 

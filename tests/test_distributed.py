@@ -35,7 +35,7 @@ def test_distributed_cg_matches_dense_solve(client):
     spec = kn.KernelSpec("laplace", bandwidth=2.0)
     reg = 1e-2
     rows = scatter_rows(client, X, rows_per_block=70)
-    passes = KernelPasses(client, rows, matrix_sqrt(M), spec)
+    passes = KernelPasses(client, rows, matrix_sqrt(M), X.mean(axis=0), spec)
     sol = solve_krr(passes, rows, Y, reg, "cg", tol=1e-10, rng=np.random.default_rng(0))
     K = _dense_kernel(X, M, spec)
     expected = np.linalg.solve(K + reg * np.eye(len(X)), Y)
@@ -49,7 +49,7 @@ def test_task_graph_does_not_grow_with_cg_iterations(client):
     """Each CG step is one flat map over the row blocks: the scheduler holds the same number of tasks throughout."""
     X, M, Y = _problem(n=300)
     rows = scatter_rows(client, X, rows_per_block=50)
-    passes = KernelPasses(client, rows, matrix_sqrt(M), kn.KernelSpec(bandwidth=2.0))
+    passes = KernelPasses(client, rows, matrix_sqrt(M), X.mean(axis=0), kn.KernelSpec(bandwidth=2.0))
     counts: list[int] = []
     matvec = passes.matvec
 

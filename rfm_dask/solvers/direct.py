@@ -13,14 +13,13 @@ def cholesky_solve(K: np.ndarray, Y: np.ndarray, reg: float, max_tries: int = 6)
     """
     n = K.shape[0]
     scale = float(np.mean(np.diag(K))) or 1.0
-    jitter = 0.0
-    for attempt in range(max_tries):
+    jitters = [0.0] + [scale * 1e-10 * 100.0**k for k in range(max_tries - 1)]
+    for jitter in jitters:
         A = K.copy()
         A[np.diag_indices(n)] += reg + jitter
         try:
             factor = scipy.linalg.cho_factor(A, lower=True, overwrite_a=True, check_finite=False)
         except np.linalg.LinAlgError:
-            jitter = scale * 1e-10 * 100.0**attempt
             continue
         return scipy.linalg.cho_solve(factor, Y, check_finite=False)
-    raise np.linalg.LinAlgError(f"kernel matrix not positive definite even with jitter {jitter:.3g}")
+    raise np.linalg.LinAlgError(f"kernel matrix not positive definite even with jitter {jitters[-1]:.3g}")

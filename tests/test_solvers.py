@@ -1,0 +1,212 @@
+"""Client-side solvers: preconditioned CG, the Nystrom preconditioner and the dense Cholesky solve."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import scipy.linalg
+
+import reference as ref
+from rfm_dask.solvers.cg import conjugate_gradient
+from rfm_dask.solvers.direct import cholesky_solve
+from rfm_dask.solvers.preconditioner import nystrom_preconditioner
+
+N, DIM, BANDWIDTH, REG, N_LANDMARKS = 200, 5, 10.0, 1e-2, 40
+
+
+@pytest.fixture(scope="module")
+def system():
+    """Dense float64 Laplace kernel K (n, n) on random rows, the SPD matrix A = K + reg I, and landmarks."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((N, DIM))
+    K = ref.kernel(X, X, np.eye(DIM), "laplace", BANDWIDTH, 1.0)
+    A = K + REG * np.eye(N)
+    landmarks = rng.choice(N, N_LANDMARKS, replace=False)
+    return K, A, landmarks, rng
+
+
+def rel_err(x, expected):
+    return np.linalg.norm(x - expected) / np.linalg.norm(expected)
+
+
+def operator_of(A):
+    calls = []
+
+    def op(V):
+        assert V.ndim == 2  # the solver always hands the operator an (n, c) block
+        calls.append(V.shape)
+        return A @ V
+
+    op.calls = calls
+    return op
+
+
+# --------------------------------------------------------------------------------------------- conjugate_gradient
+
+
+@pytest.mark.parametrize("precondition", [False, True], ids=["plain", "nystrom"])
+@pytest.mark.parametrize("n_rhs", [None, 1, 3], ids=["vector", "one-column", "three-columns"])
+def test_cg_matches_dense_solve(system, n_rhs, precondition):
+    K, A, landmarks, _ = system
+    rng = np.random.default_rng(1)
+    b = rng.standard_normal(N if n_rhs is None else (N, n_rhs))
+    P = nystrom_preconditioner(K[:, landmarks], landmarks, REG) if precondition else None
+    res = conjugate_gradient(operator_of(A), b, preconditioner=P, tol=1e-10, max_iter=500)
+    assert res.x.shape == b.shape
+    assert res.iterations < 500
+    expected = np.linalg.solve(A, b)
+    assert rel_err(res.x, expected) < 1e-6
+    # the reported residual is the true relative residual, max over columns, and below tol
+    B, Xs = b.reshape(N, -1), res.x.reshape(N, -1)
+    true = np.max(np.linalg.norm(B - A @ Xs, axis=0) / np.linalg.norm(B, axis=0))
+    assert res.residual == pytest.approx(true, rel=1e-6)
+    assert res.residual <= 1e-10
+
+
+def test_nystrom_preconditioner_reduces_iterations(system):
+    K, A, landmarks, _ = system
+    b = np.random.default_rng(2).standard_normal((N, 2))
+    plain = conjugate_gradient(operator_of(A), b, tol=1e-10)
+    pre = conjugate_gradient(
+        operator_of(A), b, preconditioner=nystrom_preconditioner(K[:, landmarks], landmarks, REG), tol=1e-10
+    )
+    assert pre.residual <= 1e-10 and plain.residual <= 1e-10
+    assert pre.iterations < plain.iterations
+
+
+def test_nystrom_preconditioner_is_spd(system):
+    K, _, landmarks, _ = system
+    P = nystrom_preconditioner(K[:, landmarks], landmarks, REG)
+    Pinv = P(np.eye(N))
+    np.testing.assert_allclose(Pinv, Pinv.T, rtol=0, atol=1e-12)
+    assert np.min(np.linalg.eigvalsh(Pinv)) > 0
+
+
+def test_nystrom_preconditioner_with_all_landmarks_is_near_exact(system):
+    """With every row a landmark the Nystrom approximation is K itself, so P^-1 (K + mu I) ~ const * I on the
+    retained eigenspace and CG needs only a handful of iterations."""
+    K, A, _, _ = system
+    everything = np.arange(N)
+    P = nystrom_preconditioner(K, everything, REG)
+    b = np.random.default_rng(3).standard_normal((N, 2))
+    res = conjugate_gradient(operator_of(A), b, preconditioner=P, tol=1e-10)
+    assert res.iterations <= 5
+    assert rel_err(res.x, np.linalg.solve(A, b)) < 1e-6
+
+
+@pytest.mark.parametrize("max_iter", [1, 5, 17])
+def test_cg_respects_max_iter(system, max_iter):
+    _, A, _, _ = system
+    b = np.random.default_rng(4).standard_normal((N, 2))
+    op = operator_of(A)
+    res = conjugate_gradient(op, b, tol=1e-14, max_iter=max_iter)
+    assert res.iterations == max_iter
+    assert res.residual > 1e-14
+    assert np.all(np.isfinite(res.x))
+    # one operator call per iteration, plus at most one residual refresh per refresh_every and the final check
+    assert len(op.calls) <= max_iter + max_iter // 10 + 1
+
+
+def test_cg_zero_max_iter_returns_start(system):
+    _, A, _, _ = system
+    b = np.random.default_rng(5).standard_normal(N)
+    res = conjugate_gradient(operator_of(A), b, max_iter=0)
+    assert res.iterations == 0
+    np.testing.assert_array_equal(res.x, np.zeros(N))
+
+
+@pytest.mark.parametrize("shape", [(N,), (N, 3)])
+def test_cg_zero_rhs_returns_zeros(system, shape):
+    _, A, _, _ = system
+    op = operator_of(A)
+    res = conjugate_gradient(op, np.zeros(shape), tol=1e-10)
+    assert res.x.shape == shape
+    np.testing.assert_array_equal(res.x, 0.0)
+    assert res.iterations == 0
+    assert res.residual == 0.0
+    assert not np.any(np.isnan(res.x))
+
+
+def test_cg_zero_column_among_others(system):
+    _, A, _, _ = system
+    b = np.random.default_rng(6).standard_normal((N, 3))
+    b[:, 1] = 0.0
+    res = conjugate_gradient(operator_of(A), b, tol=1e-10)
+    np.testing.assert_array_equal(res.x[:, 1], 0.0)
+    expected = np.linalg.solve(A, b)
+    assert rel_err(res.x[:, [0, 2]], expected[:, [0, 2]]) < 1e-6
+
+
+def test_cg_warm_start(system):
+    _, A, _, _ = system
+    rng = np.random.default_rng(7)
+    b = rng.standard_normal((N, 2))
+    exact = np.linalg.solve(A, b)
+    res = conjugate_gradient(operator_of(A), b, tol=1e-10, x0=exact)
+    assert res.iterations == 0
+    np.testing.assert_allclose(res.x, exact, rtol=1e-12)
+    res = conjugate_gradient(operator_of(A), b, tol=1e-10, x0=exact + 1e-3 * rng.standard_normal((N, 2)))
+    assert rel_err(res.x, exact) < 1e-6
+
+
+# --------------------------------------------------------------------------------------------- cholesky_solve
+
+
+@pytest.mark.parametrize("n_rhs", [None, 1, 3], ids=["vector", "one-column", "three-columns"])
+def test_cholesky_solve_matches_dense_solve(system, n_rhs):
+    K, A, _, _ = system
+    Y = np.random.default_rng(8).standard_normal(N if n_rhs is None else (N, n_rhs))
+    K_before = K.copy()
+    out = cholesky_solve(K, Y, REG)
+    assert out.shape == Y.shape
+    assert rel_err(out, np.linalg.solve(A, Y)) < 1e-10
+    np.testing.assert_array_equal(K, K_before)  # input not overwritten
+
+
+@pytest.fixture
+def count_factorisations(monkeypatch):
+    """Wrap scipy.linalg.cho_factor to record the diagonal shift each attempt used (A_ii - K_ii)."""
+    real = scipy.linalg.cho_factor
+    shifts = []
+
+    def wrapped(a, *args, **kwargs):
+        shifts.append(a.copy())
+        return real(a, *args, **kwargs)
+
+    monkeypatch.setattr(scipy.linalg, "cho_factor", wrapped)
+    return shifts
+
+
+def test_cholesky_solve_jitter_retry_on_singular_kernel(count_factorisations):
+    rng = np.random.default_rng(9)
+    B = rng.standard_normal((60, 4))
+    K = B @ B.T  # PSD, rank 4 of 60: plain Cholesky with reg=0 fails
+    with pytest.raises(np.linalg.LinAlgError):
+        np.linalg.cholesky(K)
+    Y = K @ rng.standard_normal((60, 2))  # in the range of K, so K A = Y is consistent
+    out = cholesky_solve(K, Y, reg=0.0)
+    assert np.all(np.isfinite(out))
+    assert len(count_factorisations) >= 2  # the first attempt failed and a jittered one succeeded
+    jitters = [np.mean(np.diag(a) - np.diag(K)) for a in count_factorisations]
+    assert jitters[0] == 0.0 and jitters[-1] > 0
+    scale = np.mean(np.diag(K))
+    np.testing.assert_allclose(jitters[1], 1e-10 * scale, rtol=1e-6)
+    # (K + j I) A = Y with tiny j: K A reproduces Y up to ~ j
+    assert np.linalg.norm(K @ out - Y) / np.linalg.norm(Y) < 1e-4
+
+
+def test_cholesky_solve_gives_up_on_indefinite_matrix():
+    K = np.diag([1.0, 1.0, -1.0])
+    with pytest.raises(np.linalg.LinAlgError):
+        cholesky_solve(K, np.ones((3, 1)), reg=0.0)
+
+
+def test_cholesky_solve_error_reports_largest_jitter_tried(count_factorisations):
+    K = np.diag([1.0, 1.0, -1.0])
+    with pytest.raises(np.linalg.LinAlgError) as info:
+        cholesky_solve(K, np.ones((3, 1)), reg=0.0, max_tries=3)
+    tried = max(np.mean(np.diag(a) - np.diag(K)) for a in count_factorisations)
+    reported = float(re.search(r"jitter ([0-9.eE+-]+)", str(info.value)).group(1))
+    assert reported == pytest.approx(tried, rel=1e-2)
