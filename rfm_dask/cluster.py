@@ -12,7 +12,8 @@ _lock = threading.Lock()
 _local: Client | None = None
 
 
-def _close_local() -> None:
+def close_local_client() -> None:
+    """Shut down the shared in-process cluster, if one was started (it is also closed at interpreter exit)."""
     global _local
     if _local is not None:
         cluster = _local.cluster
@@ -32,7 +33,7 @@ def local_client() -> Client:
                 n_workers=1, threads_per_worker=threads, processes=False, dashboard_address=None
             )
             _local = Client(cluster, set_as_default=False)
-            atexit.register(_close_local)
+            atexit.register(close_local_client)
         return _local
 
 

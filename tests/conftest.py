@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from distributed import Client, LocalCluster
 
+from rfm_dask.cluster import close_local_client
+
 
 @pytest.fixture(scope="session")
 def client():
@@ -20,3 +22,10 @@ def process_client():
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         with Client(cluster, set_as_default=False) as c:
             yield c
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_shared_local_cluster():
+    """Close the estimators' shared in-process cluster while pytest's output streams are still open."""
+    yield
+    close_local_client()
