@@ -62,6 +62,7 @@ class _RFMBase(BaseEstimator):
         validation_fraction: float = 0.1,
         patience: int | None = 2,
         agop_samples: int | None = None,
+        n_centers: int | None = None,
         random_state: int | None = None,
         client: Client | None = None,
     ) -> None:
@@ -78,6 +79,7 @@ class _RFMBase(BaseEstimator):
         self.validation_fraction = validation_fraction
         self.patience = patience
         self.agop_samples = agop_samples
+        self.n_centers = n_centers
         self.random_state = random_state
         self.client = client
 
@@ -112,6 +114,9 @@ class _RFMBase(BaseEstimator):
         if not 0 <= self.validation_fraction < 1:
             raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}")
         samples = self.agop_samples if self.agop_samples is not None else int(config.get("agop-sample"))
+        centres = self.n_centers if self.n_centers is not None else int(config.get("nystrom-centres"))
+        if not (isinstance(centres, (int, np.integer)) and centres >= 1):
+            raise ValueError(f"n_centers must be a positive integer, got {self.n_centers!r}")
         return RFMSettings(
             spec=KernelSpec(self.kernel, float(self.bandwidth), float(self.exponent)),
             reg=float(self.reg),
@@ -123,6 +128,7 @@ class _RFMBase(BaseEstimator):
             tol=float(self.tol),
             agop_samples=int(samples),
             patience=self.patience,
+            n_centers=int(centres),
         )
 
     def _check_features(self, X: Any, reset: bool) -> Any:
@@ -165,8 +171,7 @@ class _RFMBase(BaseEstimator):
         train = _place(client, X)
         val = _place(client, X_val) if X_val is not None else None
         result = run_rfm(client, train, Y, settings, rng, val, Y_val, metrics)
-        centres = np.concatenate(client.gather(train.futures), axis=0)
-        self.model_ = KernelModel(centres, result.coef, result.feature_matrix, settings.spec, result.shift)
+        self.model_ = KernelModel(result.centres, result.coef, result.feature_matrix, settings.spec, result.shift)
         self.feature_matrix_ = result.feature_matrix
         diag = result.feature_matrix if result.feature_matrix.ndim == 1 else np.diag(result.feature_matrix)
         self.feature_importances_ = diag / diag.sum() if diag.sum() > 0 else np.full_like(diag, 1.0 / diag.size)

@@ -17,8 +17,8 @@ KERNELS = ("laplace", "gaussian")
 #: Squared distances within this many machine epsilons of the squared norms are rounding noise and read as 0.
 RESOLUTION = 32
 
-#: Column-tile width: a (b x TILE) kernel tile is the largest temporary a block function allocates.
-DEFAULT_TILE = 2048
+#: Kernel entries per tile: a block function holds one (rows x m) tile, float32 plus its float64 copy.
+DEFAULT_TILE = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -95,9 +95,11 @@ def kernel_tile(xp: Any, Xt: Any, x_sq: Any, Ct: Any, c_sq: Any, spec: KernelSpe
     return kernel_from_sq(xp, sq_distances(xp, Xt, x_sq, Ct, c_sq), spec)
 
 
-def _tiles(m: int, tile: int):
-    for start in range(0, m, tile):
-        yield slice(start, min(start + tile, m))
+def _row_tiles(b: int, m: int, tile: int):
+    """Row slices of a (b, m) kernel block, each at most ``tile`` elements (at least one row)."""
+    step = max(1, tile // max(m, 1))
+    for start in range(0, b, step):
+        yield slice(start, min(start + step, b))
 
 
 def kernel_matvec(
@@ -105,16 +107,45 @@ def kernel_matvec(
 ) -> Any:
     """K(X, C) @ V for a (b, d) block against (m, d) centres and V (m, c); returns (b, c) float64.
 
-    Works tile by tile over the centres so only a (b, tile) kernel block is ever held. Kernel values are computed in
-    the data's dtype; the products with V are summed in float64, because KRR coefficients are large and of mixed
-    sign, and a float32 sum of K alpha loses about eps32 * sum|K alpha| / |f| (1e-4 relative at reg = 1e-3).
+    Works in row tiles of at most ``tile`` kernel entries, so memory is bounded by the tile, not by b or m. Kernel
+    values are computed in the data's dtype; products with V are summed in float64, because KRR coefficients are
+    large and of mixed sign, and a float32 sum of K alpha loses about eps32 * sum|K alpha| / |f| (1e-4 relative at
+    reg = 1e-3).
     """
     x_sq = sq_norms(xp, Xt)
     V = V.astype(xp.float64, copy=False)
-    out = xp.zeros((Xt.shape[0], V.shape[1]), dtype=xp.float64)
-    for cols in _tiles(Ct.shape[0], tile):
-        K = kernel_tile(xp, Xt, x_sq, Ct[cols], c_sq[cols], spec)
-        out += K.astype(xp.float64) @ V[cols]
+    out = xp.empty((Xt.shape[0], V.shape[1]), dtype=xp.float64)
+    for rows in _row_tiles(Xt.shape[0], Ct.shape[0], tile):
+        K = kernel_tile(xp, Xt[rows], x_sq[rows], Ct, c_sq, spec)
+        out[rows] = K.astype(xp.float64) @ V
+    return out
+
+
+def kernel_gram_matvec(
+    xp: Any, Xt: Any, Ct: Any, c_sq: Any, W: Any, spec: KernelSpec, tile: int = DEFAULT_TILE
+) -> Any:
+    """K_b^T (K_b W) with K_b = K(X, C) for a (b, d) block and W (m, c): returns (m, c) float64.
+
+    One kernel evaluation per entry: each row tile of K_b is used for K_r W and then for K_r^T (K_r W).
+    """
+    x_sq = sq_norms(xp, Xt)
+    W = W.astype(xp.float64, copy=False)
+    out = xp.zeros((Ct.shape[0], W.shape[1]), dtype=xp.float64)
+    for rows in _row_tiles(Xt.shape[0], Ct.shape[0], tile):
+        K = kernel_tile(xp, Xt[rows], x_sq[rows], Ct, c_sq, spec).astype(xp.float64)
+        out += K.T @ (K @ W)
+    return out
+
+
+def kernel_rmatvec(
+    xp: Any, Xt: Any, Ct: Any, c_sq: Any, Y: Any, spec: KernelSpec, tile: int = DEFAULT_TILE
+) -> Any:
+    """K(X, C)^T Y for a (b, d) block and its targets Y (b, c): returns (m, c) float64."""
+    x_sq = sq_norms(xp, Xt)
+    Y = Y.astype(xp.float64, copy=False)
+    out = xp.zeros((Ct.shape[0], Y.shape[1]), dtype=xp.float64)
+    for rows in _row_tiles(Xt.shape[0], Ct.shape[0], tile):
+        out += kernel_tile(xp, Xt[rows], x_sq[rows], Ct, c_sq, spec).astype(xp.float64).T @ Y[rows]
     return out
 
 
@@ -161,13 +192,12 @@ def predictor_gradients(
     beta = beta.astype(xp.float64, copy=False)
     Xt64 = Xt.astype(xp.float64)
     Gt = xp.zeros((b, c, Xt.shape[1]), dtype=xp.float64)
-    for cols in _tiles(Ct.shape[0], tile):
-        W = gradient_weights(xp, sq_distances(xp, Xt, x_sq, Ct[cols], c_sq[cols]), spec).astype(xp.float64)
-        Ct64 = Ct[cols].astype(xp.float64)
-        Wb = W @ beta[cols]  # (b, c)
+    Ct64 = Ct.astype(xp.float64)
+    for rows in _row_tiles(b, Ct.shape[0], tile):
+        W = gradient_weights(xp, sq_distances(xp, Xt[rows], x_sq[rows], Ct, c_sq), spec).astype(xp.float64)
+        Wb = W @ beta  # (r, c)
         for l in range(c):  # summed in float64 for the same reason as in kernel_matvec
-            Gt[:, l, :] += W @ (beta[cols, l, None] * Ct64)
-            Gt[:, l, :] -= Wb[:, l, None] * Xt64
+            Gt[rows, l, :] = W @ (beta[:, l, None] * Ct64) - Wb[:, l, None] * Xt64[rows]
     # grad = S (c~ - x~)-weighted sum; S is symmetric, so for row vectors G = G~ S.
     S64 = S.astype(xp.float64)
     return Gt * S64 if S.ndim == 1 else Gt @ S64

@@ -10,9 +10,10 @@ from . import config
 from .passes import KernelPasses
 from .row_blocks import RowBlocks
 from .solvers.cg import conjugate_gradient
+from .solvers.falkon import falkon_solve
 from .solvers.preconditioner import nystrom_preconditioner
 
-SOLVERS = ("auto", "direct", "cg")
+SOLVERS = ("auto", "direct", "cg", "nystrom")
 
 
 @dataclass
@@ -26,12 +27,14 @@ class Solution:
 
 
 def choose_solver(solver: str, n: int) -> str:
-    """Resolve ``solver="auto"`` by the number of training rows."""
+    """Resolve ``solver="auto"`` by the number of training rows: direct, then exact CG, then Nystrom (FALKON)."""
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
     if solver != "auto":
         return solver
-    return "direct" if n <= int(config.get("direct-max-rows")) else "cg"
+    if n <= int(config.get("direct-max-rows")):
+        return "direct"
+    return "cg" if n <= int(config.get("cg-max-rows")) else "nystrom"
 
 
 def solve_krr(
@@ -43,10 +46,27 @@ def solve_krr(
     tol: float,
     rng: np.random.Generator,
 ) -> Solution:
-    """Solve (K + reg I) alpha = Y over the training rows (the centres) with the ``solver`` named (not "auto")."""
+    """Solve KRR with the ``solver`` named (not "auto"); ``passes`` holds the centres.
+
+    direct and cg: the centres are the training rows, (K + reg I) alpha = Y. nystrom: the centres are m sampled
+    rows, (K_nm^T K_nm + reg K_mm) beta = K_nm^T Y.
+    """
+    max_iter, refresh = int(config.get("cg.max-iter")), int(config.get("cg.refresh-every"))
     if solver == "direct":
         coef, residual = passes.direct_solve(Y, reg)
         return Solution(coef, solver, 0, residual)
+    if solver == "nystrom":
+        result = falkon_solve(
+            lambda W: passes.gram_matvec(train, W),
+            passes.centre_kernel(),
+            passes.rmatvec(train, Y),
+            train.n,
+            reg,
+            tol=tol,
+            max_iter=max_iter,
+            refresh_every=refresh,
+        )
+        return Solution(result.x, solver, result.iterations, result.residual)
     rank = min(int(config.get("cg.preconditioner-rank")), train.n)
     landmarks = np.sort(rng.choice(train.n, size=rank, replace=False))
     precond = nystrom_preconditioner(passes.landmark_columns(train, landmarks), landmarks, reg)
@@ -55,7 +75,7 @@ def solve_krr(
         Y,
         preconditioner=precond,
         tol=tol,
-        max_iter=int(config.get("cg.max-iter")),
-        refresh_every=int(config.get("cg.refresh-every")),
+        max_iter=max_iter,
+        refresh_every=refresh,
     )
     return Solution(result.x, solver, result.iterations, result.residual)

@@ -24,7 +24,7 @@ def _decision_block(X: Any, packed: dict, spec: kn.KernelSpec) -> np.ndarray:
     X = X.astype(np.float32, copy=False)
     Xt = kn.transform(xp, X, like(xp, packed["S"], X.dtype), like(xp, packed["shift"], X.dtype))
     Ct, c_sq, coef = (like(xp, packed[k]) for k in ("Ct", "c_sq", "coef"))
-    return to_host(kn.kernel_matvec(xp, Xt, Ct, c_sq, coef, spec, int(config.get("tile"))))
+    return to_host(kn.kernel_matvec(xp, Xt, Ct, c_sq, coef, spec, int(config.get("tile-elements"))))
 
 
 @dataclass

@@ -1,17 +1,19 @@
 """Distributed kernel passes for one feature matrix M: each is one flat map over row blocks, reduced on the client.
 
-A ``KernelPasses`` is made once per RFM iteration. It puts the feature map (S = M^(1/2), shift) and the transformed centres on the cluster as
-keys of their own (recomputable tasks, not raw arguments repeated on every submit); each pass then submits one task
-per row block and gathers small results, so the task graph does not grow with the number of CG iterations.
+A ``KernelPasses`` is made once per RFM iteration. It puts the feature map (S = M^(1/2), shift) and the transformed
+centres on the cluster as keys of their own (recomputable tasks, not raw arguments repeated on every submit); each
+pass then submits one task per row block and gathers small results (n- or m-vectors), so the task graph does not
+grow with the number of CG iterations.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from distributed import Client, Future
 
+from . import config
 from . import worker_tasks as wt
 from .backend import to_host
 from .kernels import KernelSpec
@@ -33,13 +35,14 @@ def column_means(client: Client, rows: RowBlocks) -> np.ndarray:
 
 
 class KernelPasses:
-    """Kernel products against the centres (the training rows) under one feature matrix."""
+    """Kernel products against a set of centres (row blocks on the cluster) under one feature map."""
 
     def __init__(
         self, client: Client, centres: RowBlocks, S: np.ndarray, shift: np.ndarray, spec: KernelSpec
     ) -> None:
         self.client = client
         self.spec = spec
+        self.tile = int(config.get("tile-elements"))
         fmap = (S.astype(np.float32), shift.astype(np.float32))
         self._fmap = client.submit(_value, fmap, pure=False)
         self._centres = client.submit(wt.transformed_centres, self._fmap, *centres.futures, pure=False)
@@ -47,19 +50,40 @@ class KernelPasses:
     def _put(self, a: np.ndarray) -> Future:
         return self.client.scatter(a, broadcast=len(self.client.nthreads()) > 1, hash=False)
 
-    def _map(self, fn, rows: RowBlocks, *args: Any) -> list:
+    def _map(self, fn: Callable, rows: RowBlocks, *args: Any) -> list:
+        """One task per row block ``fn(block, *args)``; results gathered in block order."""
         futures = [self.client.submit(fn, block, *args, pure=False) for block in rows.futures]
         return self.client.gather(futures)
 
     def matvec(self, rows: RowBlocks, V: np.ndarray) -> np.ndarray:
         """K(X_rows, C) @ V for V (m, c): returns (n_rows, c) float64."""
-        parts = self._map(wt.matvec, rows, self._fmap, self._centres, self._put(V), self.spec)
+        parts = self._map(wt.matvec, rows, self._fmap, self._centres, self._put(V), self.spec, self.tile)
         return np.concatenate(parts, axis=0)
+
+    def gram_matvec(self, rows: RowBlocks, W: np.ndarray) -> np.ndarray:
+        """sum_b K_b^T (K_b W) over the row blocks, K_b = K(X_b, C): (m, c) float64. Only m-vectors travel."""
+        parts = self._map(wt.gram_matvec, rows, self._fmap, self._centres, W, self.spec, self.tile)
+        return np.sum(parts, axis=0)
+
+    def rmatvec(self, rows: RowBlocks, Y: np.ndarray) -> np.ndarray:
+        """K(X_rows, C)^T Y for targets Y (n_rows, c) on the client: (m, c) float64."""
+        offsets = rows.offsets
+        futures = [
+            self.client.submit(
+                wt.rmatvec, block, Y[lo:hi], self._fmap, self._centres, self.spec, self.tile, pure=False
+            )
+            for block, lo, hi in zip(rows.futures, offsets[:-1], offsets[1:])
+        ]
+        return np.sum(self.client.gather(futures), axis=0)
 
     def landmark_columns(self, rows: RowBlocks, landmarks: np.ndarray) -> np.ndarray:
         """K(X_rows, C[landmarks]): (n_rows, l) float64, for the CG preconditioner."""
         subset = self.client.submit(wt.select_centres, self._centres, landmarks, pure=False)
         return np.concatenate(self._map(wt.kernel_columns, rows, self._fmap, subset, self.spec), axis=0)
+
+    def centre_kernel(self) -> np.ndarray:
+        """K(C, C): (m, m) float64, computed on one worker."""
+        return self.client.submit(wt.centre_kernel, self._centres, self.spec, pure=False).result()
 
     def agop_sums(
         self, rows: RowBlocks, sample: np.ndarray, beta: np.ndarray, diag: bool
@@ -68,7 +92,7 @@ class KernelPasses:
         beta_f = self._put(beta)
         futures = [
             self.client.submit(
-                wt.agop_sums, block, local, self._fmap, self._centres, beta_f, self.spec, diag, pure=False
+                wt.agop_sums, block, local, self._fmap, self._centres, beta_f, self.spec, diag, self.tile, pure=False
             )
             for block, local in zip(rows.futures, rows.split_index(sample))
             if local.size

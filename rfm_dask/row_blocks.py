@@ -50,6 +50,11 @@ def scatter_rows(client: Client, X: np.ndarray, rows_per_block: int) -> RowBlock
     return RowBlocks(list(futures), [b.shape[0] for b in blocks], X.shape[1])
 
 
+def select_rows(block: Any, local: np.ndarray) -> Any:
+    """Rows ``local`` of one block (NumPy or CuPy)."""
+    return block[local.tolist()] if type(block).__module__.startswith("cupy") else block[local]
+
+
 def _n_rows(block: Any) -> int:
     return int(block.shape[0])
 
@@ -75,3 +80,10 @@ def check_finite(client: Client, rows: RowBlocks) -> None:
     """Raise ValueError if any block holds NaN or infinity (one small task per block)."""
     if not all(client.gather([client.submit(_block_is_finite, f) for f in rows.futures])):
         raise ValueError("Input X contains NaN or infinity")
+
+
+def take_rows(client: Client, rows: RowBlocks, index: np.ndarray) -> RowBlocks:
+    """A new RowBlocks of the selected global rows (in sorted order), gathered block by block on the workers."""
+    parts = [(f, local) for f, local in zip(rows.futures, rows.split_index(index)) if local.size]
+    futures = [client.submit(select_rows, f, local, pure=False) for f, local in parts]
+    return RowBlocks(futures, [int(local.size) for _, local in parts], rows.n_features)

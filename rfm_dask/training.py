@@ -14,7 +14,7 @@ from .features import agop_feature_matrix, matrix_sqrt
 from .kernels import KernelSpec
 from .krr import choose_solver, solve_krr
 from .passes import KernelPasses, column_means
-from .row_blocks import RowBlocks
+from .row_blocks import RowBlocks, take_rows
 
 logger = logging.getLogger("rfm_dask")
 
@@ -54,17 +54,19 @@ class RFMSettings:
     tol: float = 1e-6
     agop_samples: int = 20000
     patience: int | None = 2
+    n_centers: int = 2000
 
 
 @dataclass
 class FitResult:
-    """Best iteration's feature matrix and coefficients on the training rows, the shift (the training rows' mean,
-    see ``kernels.transform``), and the per-iteration history."""
+    """Best iteration's feature matrix and coefficients on the centres, the shift (the training rows' mean, see
+    ``kernels.transform``), the centres themselves (m, d), and the per-iteration history."""
 
     feature_matrix: np.ndarray
     coef: np.ndarray
     shift: np.ndarray
     best_iter: int
+    centres: np.ndarray | None = None
     history: list[dict] = field(default_factory=list)
 
 
@@ -81,20 +83,26 @@ def run_rfm(
     """Fit an RFM on row blocks ``train`` with targets Y (n, c); select the best iteration on ``val`` if given.
 
     Iteration 0 uses M = I (the lazy kernel); iteration t > 0 uses the M learned from iteration t - 1's predictor.
-    Without validation rows the last iteration is kept.
+    Without validation rows the last iteration is kept. The centres are the training rows (direct, cg) or
+    ``n_centers`` rows sampled once per fit (nystrom); the AGOP is taken at a fresh seeded sample of training rows
+    each iteration.
     """
     d = train.n_features
     M = np.ones(d) if settings.diag else np.eye(d)
     solver = choose_solver(settings.solver, train.n)
     n_sample = min(train.n, settings.agop_samples)
     shift = column_means(client, train)
+    centres = train
+    if solver == "nystrom":
+        m = min(train.n, settings.n_centers)
+        centres = take_rows(client, train, np.sort(rng.choice(train.n, m, replace=False)))
     best: FitResult | None = None
     best_quality: tuple | None = None
     history: list[dict] = []
     stale = 0
     for t in range(settings.iters + 1):
         start = time.perf_counter()
-        passes = KernelPasses(client, train, matrix_sqrt(M), shift, settings.spec)
+        passes = KernelPasses(client, centres, matrix_sqrt(M), shift, settings.spec)
         sol = solve_krr(passes, train, Y, settings.reg, solver, settings.tol, rng)
         record = {"iteration": t, "solver": sol.solver, "cg_iterations": sol.iterations, "residual": sol.residual}
         if val is not None:
@@ -119,4 +127,5 @@ def run_rfm(
             break
     assert best is not None
     best.history = history
+    best.centres = np.concatenate(client.gather(centres.futures), axis=0)
     return best

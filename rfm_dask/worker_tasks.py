@@ -2,7 +2,7 @@
 
 Blocks arrive as NumPy or CuPy arrays; the namespace follows the block, so the same task serves CPU and GPU workers.
 The feature map travels as a tuple ``(S, shift)`` (see ``kernels.transform``), the centres as a tuple ``(Ct, c_sq)``:
-transformed centres (m, d) and their squared norms (m,).
+transformed centres (m, d) and their squared norms (m,). Every task runs BLAS on one thread (see ``blas_threads``).
 """
 
 from __future__ import annotations
@@ -37,27 +37,53 @@ def transformed_centres(fmap: FeatureMap, *blocks: Any) -> Centres:
 def select_centres(centres: Centres, index: np.ndarray) -> Centres:
     """A subset of the centres (landmarks), by index."""
     Ct, c_sq = centres
-    xp = namespace_of(Ct)
-    idx = like(xp, index)
+    idx = like(namespace_of(Ct), index)
     return Ct[idx], c_sq[idx]
 
 
 @single_blas_thread
-def matvec(X: Any, fmap: FeatureMap, centres: Centres, V: np.ndarray, spec: kn.KernelSpec) -> np.ndarray:
+def matvec(X: Any, fmap: FeatureMap, centres: Centres, V: np.ndarray, spec: kn.KernelSpec, tile: int) -> np.ndarray:
     """K(X, C) @ V for one row block: (b, c) float64 on the host."""
     xp = namespace_of(X)
-    Ct, c_sq = centres
-    Xt = _transform(xp, X, fmap)
-    return to_host(kn.kernel_matvec(xp, Xt, Ct, c_sq, like(xp, V), spec))
+    return to_host(kn.kernel_matvec(xp, _transform(xp, X, fmap), *centres, like(xp, V), spec, tile))
+
+
+@single_blas_thread
+def gram_matvec(
+    X: Any, fmap: FeatureMap, centres: Centres, W: np.ndarray, spec: kn.KernelSpec, tile: int
+) -> np.ndarray:
+    """K_b^T (K_b W) for one row block: (m, c) float64 on the host."""
+    xp = namespace_of(X)
+    return to_host(kn.kernel_gram_matvec(xp, _transform(xp, X, fmap), *centres, like(xp, W), spec, tile))
+
+
+@single_blas_thread
+def rmatvec(X: Any, Y: np.ndarray, fmap: FeatureMap, centres: Centres, spec: kn.KernelSpec, tile: int) -> np.ndarray:
+    """K_b^T Y_b for one row block and its targets: (m, c) float64 on the host."""
+    xp = namespace_of(X)
+    return to_host(kn.kernel_rmatvec(xp, _transform(xp, X, fmap), *centres, like(xp, Y), spec, tile))
 
 
 @single_blas_thread
 def kernel_columns(X: Any, fmap: FeatureMap, centres: Centres, spec: kn.KernelSpec) -> np.ndarray:
     """The kernel block K(X, C) (b, m) as float64 on the host; for a few landmark columns only."""
     xp = namespace_of(X)
-    Ct, c_sq = centres
     Xt = _transform(xp, X, fmap)
-    return to_host(kn.kernel_tile(xp, Xt, kn.sq_norms(xp, Xt), Ct, c_sq, spec)).astype(np.float64)
+    return to_host(kn.kernel_tile(xp, Xt, kn.sq_norms(xp, Xt), *centres, spec)).astype(np.float64)
+
+
+@single_blas_thread
+def centre_kernel(centres: Centres, spec: kn.KernelSpec) -> np.ndarray:
+    """K(C, C) (m, m) in float64 on the host, symmetrised.
+
+    Computed in float64 (m x m is small): a float32 Laplace kernel of near-duplicate centres is off by up to
+    sqrt(eps32 |c|^2) / L ~ 1e-3, enough to make K_mm indefinite, which breaks the Cholesky-based solvers.
+    """
+    Ct = centres[0].astype(np.float64)
+    xp = namespace_of(Ct)
+    c_sq = kn.sq_norms(xp, Ct)
+    K = to_host(kn.kernel_tile(xp, Ct, c_sq, Ct, c_sq, spec))
+    return (K + K.T) / 2
 
 
 @single_blas_thread
@@ -69,28 +95,20 @@ def agop_sums(
     beta: np.ndarray,
     spec: kn.KernelSpec,
     diag: bool,
+    tile: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """AGOP partial sums at the sampled ``rows`` of one block: ((d, d) or (d,), (c, d)), float64 on the host."""
     xp = namespace_of(X)
-    Ct, c_sq = centres
-    Xs = X[like(xp, rows)]
     S, shift = (like(xp, a, X.dtype) for a in fmap)
-    G = kn.predictor_gradients(xp, Xs, S, Ct, c_sq, like(xp, beta), spec, shift=shift)
+    Xs = X[like(xp, rows)]
+    G = kn.predictor_gradients(xp, Xs, S, *centres, like(xp, beta), spec, tile, shift=shift)
     outer, gsum = kn.agop_partial(xp, G, diag)
     return to_host(outer), to_host(gsum)
 
 
-@single_blas_thread
-def _tile(xp: Any, Ct: Any, c_sq: Any, spec: kn.KernelSpec) -> Any:
-    return kn.kernel_tile(xp, Ct, c_sq, Ct, c_sq, spec)
-
-
 def direct_solve(centres: Centres, Y: np.ndarray, spec: kn.KernelSpec, reg: float) -> tuple[np.ndarray, float]:
     """Exact KRR on one worker: alpha (n, c) with (K + reg I) alpha = Y, and the relative residual."""
-    xp = namespace_of(centres[0])
-    Ct, c_sq = centres
-    K = to_host(_tile(xp, Ct, c_sq, spec)).astype(np.float64)
-    K = (K + K.T) / 2  # a float32 GEMM is not exactly symmetric; Cholesky reads one triangle only
+    K = centre_kernel(centres, spec)
     alpha = cholesky_solve(K, Y, reg)
     residual = K @ alpha + reg * alpha - Y
     y_norm = np.linalg.norm(Y, axis=0)

@@ -9,9 +9,9 @@ from rfm_dask import RFMRegressor
 from rfm_dask import kernels as kn
 from rfm_dask.datasets import low_rank_golden
 from rfm_dask.features import matrix_sqrt
-from rfm_dask.krr import solve_krr
+from rfm_dask.krr import choose_solver, solve_krr
 from rfm_dask.passes import KernelPasses
-from rfm_dask.row_blocks import scatter_rows
+from rfm_dask.row_blocks import scatter_rows, take_rows
 
 
 def _dense_kernel(X: np.ndarray, M: np.ndarray, spec: kn.KernelSpec) -> np.ndarray:
@@ -85,3 +85,37 @@ def test_cg_solver_matches_direct_solver_through_the_estimator(client):
     assert all(h["solver"] == "cg" and h["cg_iterations"] > 0 for h in cg.history_)
     assert all(h["residual"] < 1e-7 for h in cg.history_)
     np.testing.assert_allclose(cg.predict(X_test), direct.predict(X_test), rtol=1e-4, atol=1e-5)
+
+
+def test_distributed_nystrom_matches_dense_falkon_system(client):
+    """FALKON over float64 row blocks solves (K_nm^T K_nm + reg K_mm) beta = K_nm^T Y to 1e-6 relative."""
+    X, M, Y = _problem(n=500)
+    spec = kn.KernelSpec("laplace", bandwidth=2.0)
+    reg = 1e-2
+    rows = scatter_rows(client, X, rows_per_block=90)
+    index = np.sort(np.random.default_rng(1).choice(len(X), 120, replace=False))
+    centres = take_rows(client, rows, index)
+    passes = KernelPasses(client, centres, matrix_sqrt(M), X.mean(axis=0), spec)
+    sol = solve_krr(passes, rows, Y, reg, "nystrom", tol=1e-11, rng=np.random.default_rng(0))
+    K = _dense_kernel(X, M, spec)
+    K_nm, K_mm = K[:, index], K[np.ix_(index, index)]
+    expected = np.linalg.solve(K_nm.T @ K_nm + reg * K_mm, K_nm.T @ Y)
+    assert sol.solver == "nystrom" and sol.iterations > 0
+    np.testing.assert_allclose(sol.coef, expected, rtol=1e-6, atol=1e-6 * np.abs(expected).max())
+
+
+def test_nystrom_estimator_keeps_m_centres(client):
+    X_train, y_train, X_test, y_test = low_rank_golden(n_train=3000, n_test=1000, seed=4)
+    model = RFMRegressor(solver="nystrom", n_centers=800, iters=3, random_state=0, client=client)
+    model.fit(X_train, y_train, X_val=X_test, y_val=y_test)
+    assert model.model_.centres.shape == (800, X_train.shape[1])
+    assert all(h["solver"] == "nystrom" and h["cg_iterations"] > 0 for h in model.history_)
+    mse = [h["val_mse"] for h in model.history_]
+    assert min(mse[1:]) < 0.6 * mse[0]  # feature learning helps on the low-rank task with Nystrom too
+
+
+def test_auto_solver_picks_by_size():
+    assert choose_solver("auto", 100) == "direct"
+    assert choose_solver("auto", 8000) == "cg"
+    assert choose_solver("auto", 50000) == "nystrom"
+    assert choose_solver("nystrom", 100) == "nystrom"
