@@ -17,31 +17,24 @@ from .inputs import check_dask_features, check_finite_targets, is_dask, to_host_
 from .kernels import KernelSpec
 from .krr import SOLVERS
 from .model import KernelModel
-from .row_blocks import RowBlocks, block_rows, check_finite, persist_rows, scatter_rows
+from .row_blocks import RowBlocks, block_rows, place_rows, scatter_rows, take_rows
 from .training import RFMSettings, classification_metrics, regression_metrics, run_rfm
 
 
 def _place(client: Client, X: Any) -> RowBlocks:
-    """Put checked features on the workers: dask arrays are persisted, NumPy arrays scattered in row blocks."""
+    """Put checked features on the cluster: dask arrays are persisted or streamed (see ``place_rows``), NumPy
+    arrays scattered in row blocks."""
     if isinstance(X, da.Array):
-        rows = persist_rows(client, X)
-        check_finite(client, rows)
-        return rows
+        return place_rows(client, X)
     return scatter_rows(client, X, block_rows(X.shape[0], X.shape[1], total_threads(client)))
 
 
-def _split(X: Any, Y: np.ndarray, fraction: float, rng: np.random.Generator):
-    """Seeded random train/validation split of rows; returns (X_train, Y_train, X_val, Y_val), val None if too few."""
-    n = Y.shape[0]
+def _validation_rows(n: int, fraction: float, rng: np.random.Generator) -> np.ndarray | None:
+    """Seeded random validation row indices (sorted), or None when there are too few rows to split."""
     n_val = int(fraction * n)
     if n_val < 1 or n - n_val < 2:
-        return X, Y, None, None
-    is_val = np.zeros(n, dtype=bool)
-    is_val[rng.choice(n, n_val, replace=False)] = True
-    if isinstance(X, da.Array):
-        mask = da.from_array(is_val, chunks=(X.chunks[0],))
-        return X[~mask], Y[~is_val], X[mask], Y[is_val]
-    return X[~is_val], Y[~is_val], X[is_val], Y[is_val]
+        return None
+    return np.sort(rng.choice(n, n_val, replace=False))
 
 
 class _RFMBase(BaseEstimator):
@@ -162,14 +155,17 @@ class _RFMBase(BaseEstimator):
         rng = np.random.default_rng(self.random_state)
         if (X_val is None) != (y_val is None):
             raise ValueError("pass both X_val and y_val, or neither")
-        if X_val is None:
-            X, Y, X_val, Y_val = _split(X, Y, self.validation_fraction, rng)
-        else:
+        if X_val is not None:
             X_val, y_val = self._check_xy(X_val, y_val, reset=False)
-            Y_val = self._encode(y_val, fitting=False)
         client = resolve_client(self.client)
-        train = _place(client, X)
-        val = _place(client, X_val) if X_val is not None else None
+        train, val, Y_val = _place(client, X), None, None
+        if X_val is not None:
+            val, Y_val = _place(client, X_val), self._encode(y_val, fitting=False)
+        elif (val_rows := _validation_rows(Y.shape[0], self.validation_fraction, rng)) is not None:
+            is_val = np.zeros(Y.shape[0], dtype=bool)
+            is_val[val_rows] = True
+            train, val = take_rows(client, train, np.flatnonzero(~is_val)), take_rows(client, train, val_rows)
+            Y, Y_val = Y[~is_val], Y[is_val]
         result = run_rfm(client, train, Y, settings, rng, val, Y_val, metrics)
         self.model_ = KernelModel(result.centres, result.coef, result.feature_matrix, settings.spec, result.shift)
         self.feature_matrix_ = result.feature_matrix

@@ -17,7 +17,7 @@ from . import config
 from . import worker_tasks as wt
 from .backend import to_host
 from .kernels import KernelSpec
-from .row_blocks import RowBlocks
+from .row_blocks import RowBlocks, materialise
 
 
 def _value(x: Any) -> Any:
@@ -25,13 +25,16 @@ def _value(x: Any) -> Any:
 
 
 def _column_sums(block: Any) -> np.ndarray:
-    return to_host(block.sum(axis=0, dtype=np.float64))
+    return to_host(materialise(block).sum(axis=0, dtype=np.float64))
 
 
 def column_means(client: Client, rows: RowBlocks) -> np.ndarray:
-    """Mean of the rows (d,) float64, from one task per block."""
+    """Mean of the rows (d,) float64, from one task per block; raises ValueError if X holds NaN or infinity."""
     sums = client.gather([client.submit(_column_sums, f, pure=False) for f in rows.futures])
-    return np.sum(sums, axis=0) / max(rows.n, 1)
+    total = np.sum(sums, axis=0)
+    if not np.all(np.isfinite(total)):
+        raise ValueError("Input X contains NaN or infinity")
+    return total / max(rows.n, 1)
 
 
 class KernelPasses:

@@ -12,11 +12,38 @@ import numpy as np
 from distributed import Client, Future, futures_of
 
 
+@dataclass(frozen=True)
+class LazyBlock:
+    """A row block kept as its recipe (a one-chunk dask array) and computed inside each task that needs it.
+
+    This is how data larger than the cluster's memory is streamed: every pass re-reads the block (from Zarr,
+    typically), so a worker holds only the blocks its threads are working on.
+    """
+
+    recipe: da.Array
+    rows: np.ndarray | None = None  # local rows to keep after loading (a selection made without a task)
+
+    def load(self) -> Any:
+        block = self.recipe.compute(scheduler="sync")
+        return block if self.rows is None else block[self.rows]
+
+    def select(self, local: np.ndarray) -> "LazyBlock":
+        return LazyBlock(self.recipe, local if self.rows is None else self.rows[local])
+
+
+def materialise(block: Any) -> Any:
+    """The block's array: loaded here if it is a LazyBlock, as is otherwise."""
+    return block.load() if isinstance(block, LazyBlock) else block
+
+
 @dataclass
 class RowBlocks:
-    """Futures of consecutive (b_i, d) row blocks, their row counts, and d."""
+    """Consecutive (b_i, d) row blocks on the cluster, their row counts, and d.
 
-    futures: list[Future]
+    Each entry of ``futures`` is a Future of a block held in worker memory, or a ``LazyBlock`` streamed per pass.
+    """
+
+    futures: list[Future | LazyBlock]
     sizes: list[int]
     n_features: int
 
@@ -51,8 +78,32 @@ def scatter_rows(client: Client, X: np.ndarray, rows_per_block: int) -> RowBlock
 
 
 def select_rows(block: Any, local: np.ndarray) -> Any:
-    """Rows ``local`` of one block (NumPy or CuPy)."""
+    """Rows ``local`` of one block (NumPy or CuPy, held or lazy)."""
+    block = materialise(block)
     return block[local.tolist()] if type(block).__module__.startswith("cupy") else block[local]
+
+
+def stream_rows(X: da.Array) -> RowBlocks:
+    """Row blocks that stay on disk: each pass computes every block inside its task (needs known chunk sizes)."""
+    X = X.rechunk({1: -1})
+    if any(math.isnan(c) for c in X.chunks[0]):
+        raise ValueError("streaming needs known chunk sizes along rows")
+    blocks = [LazyBlock(X.blocks[i]) for i in range(X.numblocks[0])]
+    return RowBlocks(blocks, [int(c) for c in X.chunks[0]], int(X.shape[1]))
+
+
+def cluster_memory(client: Client) -> int:
+    """Total memory limit of the cluster's workers in bytes (0 when the workers set none)."""
+    return int(sum(w.get("memory_limit") or 0 for w in client.scheduler_info()["workers"].values()))
+
+
+def place_rows(client: Client, X: da.Array) -> RowBlocks:
+    """Persist X when it fits ``rfm.persist-fraction`` of the cluster's memory, else stream it block by block."""
+    budget = float(config.get("persist-fraction")) * cluster_memory(client)
+    nbytes = X.dtype.itemsize * int(np.prod(X.shape)) if not any(math.isnan(s) for s in X.shape) else np.inf
+    if budget and nbytes > budget:
+        return stream_rows(X)
+    return persist_rows(client, X)
 
 
 def _n_rows(block: Any) -> int:
@@ -72,18 +123,22 @@ def persist_rows(client: Client, X: da.Array) -> RowBlocks:
     return RowBlocks(futures, sizes, int(X.shape[1]))
 
 
-def _block_is_finite(block) -> bool:
-    return bool(block.size == 0 or (block == block).all() and abs(block).max() < float("inf"))
 
 
-def check_finite(client: Client, rows: RowBlocks) -> None:
-    """Raise ValueError if any block holds NaN or infinity (one small task per block)."""
-    if not all(client.gather([client.submit(_block_is_finite, f) for f in rows.futures])):
-        raise ValueError("Input X contains NaN or infinity")
+def fetch_rows(client: Client, rows: RowBlocks) -> np.ndarray:
+    """All rows gathered to the client as one (n, d) NumPy array (for the centres of a fitted model)."""
+    from .backend import to_host
+
+    parts = client.gather([client.submit(materialise, f, pure=False) for f in rows.futures])
+    return np.concatenate([to_host(p) for p in parts], axis=0)
 
 
 def take_rows(client: Client, rows: RowBlocks, index: np.ndarray) -> RowBlocks:
-    """A new RowBlocks of the selected global rows (in sorted order), gathered block by block on the workers."""
+    """A new RowBlocks of the selected global rows (in sorted order): held blocks are cut on the workers, streamed
+    blocks just remember the selection."""
     parts = [(f, local) for f, local in zip(rows.futures, rows.split_index(index)) if local.size]
-    futures = [client.submit(select_rows, f, local, pure=False) for f, local in parts]
+    futures = [
+        f.select(local) if isinstance(f, LazyBlock) else client.submit(select_rows, f, local, pure=False)
+        for f, local in parts
+    ]
     return RowBlocks(futures, [int(local.size) for _, local in parts], rows.n_features)

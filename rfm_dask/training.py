@@ -14,7 +14,7 @@ from .features import agop_feature_matrix, matrix_sqrt
 from .kernels import KernelSpec
 from .krr import choose_solver, solve_krr
 from .passes import KernelPasses, column_means
-from .row_blocks import RowBlocks, take_rows
+from .row_blocks import RowBlocks, fetch_rows, take_rows
 
 logger = logging.getLogger("rfm_dask")
 
@@ -127,5 +127,5 @@ def run_rfm(
             break
     assert best is not None
     best.history = history
-    best.centres = np.concatenate(client.gather(centres.futures), axis=0)
+    best.centres = fetch_rows(client, centres)
     return best

@@ -14,6 +14,7 @@ import numpy as np
 from . import kernels as kn
 from .backend import like, namespace_of, to_host
 from .blas_threads import single_blas_thread
+from .row_blocks import materialise
 from .solvers.direct import cholesky_solve
 
 Centres = tuple[Any, Any]
@@ -28,6 +29,7 @@ def _transform(xp: Any, X: Any, fmap: FeatureMap) -> Any:
 @single_blas_thread
 def transformed_centres(fmap: FeatureMap, *blocks: Any) -> Centres:
     """Concatenate row blocks into centres and transform them: returns (Ct (m, d), c_sq (m,))."""
+    blocks = tuple(materialise(b) for b in blocks)
     xp = namespace_of(blocks[0])
     C = xp.concatenate(blocks, axis=0) if len(blocks) > 1 else blocks[0]
     Ct = _transform(xp, C, fmap)
@@ -44,6 +46,7 @@ def select_centres(centres: Centres, index: np.ndarray) -> Centres:
 @single_blas_thread
 def matvec(X: Any, fmap: FeatureMap, centres: Centres, V: np.ndarray, spec: kn.KernelSpec, tile: int) -> np.ndarray:
     """K(X, C) @ V for one row block: (b, c) float64 on the host."""
+    X = materialise(X)
     xp = namespace_of(X)
     return to_host(kn.kernel_matvec(xp, _transform(xp, X, fmap), *centres, like(xp, V), spec, tile))
 
@@ -53,6 +56,7 @@ def gram_matvec(
     X: Any, fmap: FeatureMap, centres: Centres, W: np.ndarray, spec: kn.KernelSpec, tile: int
 ) -> np.ndarray:
     """K_b^T (K_b W) for one row block: (m, c) float64 on the host."""
+    X = materialise(X)
     xp = namespace_of(X)
     return to_host(kn.kernel_gram_matvec(xp, _transform(xp, X, fmap), *centres, like(xp, W), spec, tile))
 
@@ -60,6 +64,7 @@ def gram_matvec(
 @single_blas_thread
 def rmatvec(X: Any, Y: np.ndarray, fmap: FeatureMap, centres: Centres, spec: kn.KernelSpec, tile: int) -> np.ndarray:
     """K_b^T Y_b for one row block and its targets: (m, c) float64 on the host."""
+    X = materialise(X)
     xp = namespace_of(X)
     return to_host(kn.kernel_rmatvec(xp, _transform(xp, X, fmap), *centres, like(xp, Y), spec, tile))
 
@@ -67,6 +72,7 @@ def rmatvec(X: Any, Y: np.ndarray, fmap: FeatureMap, centres: Centres, spec: kn.
 @single_blas_thread
 def kernel_columns(X: Any, fmap: FeatureMap, centres: Centres, spec: kn.KernelSpec) -> np.ndarray:
     """The kernel block K(X, C) (b, m) as float64 on the host; for a few landmark columns only."""
+    X = materialise(X)
     xp = namespace_of(X)
     Xt = _transform(xp, X, fmap)
     return to_host(kn.kernel_tile(xp, Xt, kn.sq_norms(xp, Xt), *centres, spec)).astype(np.float64)
@@ -98,6 +104,7 @@ def agop_sums(
     tile: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """AGOP partial sums at the sampled ``rows`` of one block: ((d, d) or (d,), (c, d)), float64 on the host."""
+    X = materialise(X)
     xp = namespace_of(X)
     S, shift = (like(xp, a, X.dtype) for a in fmap)
     Xs = X[like(xp, rows)]
