@@ -69,7 +69,8 @@ def solve_krr(
         return Solution(result.x, solver, result.iterations, result.residual)
     rank = min(int(config.get("cg.preconditioner-rank")), train.n)
     landmarks = np.sort(rng.choice(train.n, size=rank, replace=False))
-    precond = nystrom_preconditioner(passes.landmark_columns(train, landmarks), landmarks, reg)
+    K_nl = passes.landmark_columns(train, landmarks)
+    precond = nystrom_preconditioner(K_nl, passes.centre_kernel(landmarks), reg)
     result = conjugate_gradient(
         lambda V: passes.matvec(train, V) + reg * V,
         Y,

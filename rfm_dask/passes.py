@@ -24,14 +24,34 @@ def _value(x: Any) -> Any:
     return x
 
 
+def _add(*parts: Any) -> Any:
+    """Sum of partial results: arrays, or tuples of arrays summed elementwise."""
+    if isinstance(parts[0], tuple):
+        return tuple(sum(items) for items in zip(*parts))
+    return sum(parts)
+
+
+def tree_sum(client: Client, futures: list[Future], fan_in: int = 8) -> Any:
+    """Sum futures' results on the cluster in a tree, gathering only the total.
+
+    Reduction tasks get a higher priority than the leaves, so partial results (d x d AGOP sums, m-vectors) are
+    folded as they arrive instead of piling up on the workers: at most about ``fan_in`` per worker are alive.
+    """
+    while len(futures) > 1:
+        futures = [
+            client.submit(_add, *futures[i : i + fan_in], priority=1, pure=False)
+            for i in range(0, len(futures), fan_in)
+        ]
+    return futures[0].result()
+
+
 def _column_sums(block: Any) -> np.ndarray:
     return to_host(materialise(block).sum(axis=0, dtype=np.float64))
 
 
 def column_means(client: Client, rows: RowBlocks) -> np.ndarray:
     """Mean of the rows (d,) float64, from one task per block; raises ValueError if X holds NaN or infinity."""
-    sums = client.gather([client.submit(_column_sums, f, pure=False) for f in rows.futures])
-    total = np.sum(sums, axis=0)
+    total = tree_sum(client, [client.submit(_column_sums, f, pure=False) for f in rows.futures])
     if not np.all(np.isfinite(total)):
         raise ValueError("Input X contains NaN or infinity")
     return total / max(rows.n, 1)
@@ -53,10 +73,13 @@ class KernelPasses:
     def _put(self, a: np.ndarray) -> Future:
         return self.client.scatter(a, broadcast=len(self.client.nthreads()) > 1, hash=False)
 
+    def _submit(self, fn: Callable, rows: RowBlocks, *args: Any) -> list[Future]:
+        """One task per row block ``fn(block, *args)``, in block order."""
+        return [self.client.submit(fn, block, *args, pure=False) for block in rows.futures]
+
     def _map(self, fn: Callable, rows: RowBlocks, *args: Any) -> list:
-        """One task per row block ``fn(block, *args)``; results gathered in block order."""
-        futures = [self.client.submit(fn, block, *args, pure=False) for block in rows.futures]
-        return self.client.gather(futures)
+        """Results of one task per row block, gathered in block order (for per-row outputs)."""
+        return self.client.gather(self._submit(fn, rows, *args))
 
     def matvec(self, rows: RowBlocks, V: np.ndarray) -> np.ndarray:
         """K(X_rows, C) @ V for V (m, c): returns (n_rows, c) float64."""
@@ -65,8 +88,8 @@ class KernelPasses:
 
     def gram_matvec(self, rows: RowBlocks, W: np.ndarray) -> np.ndarray:
         """sum_b K_b^T (K_b W) over the row blocks, K_b = K(X_b, C): (m, c) float64. Only m-vectors travel."""
-        parts = self._map(wt.gram_matvec, rows, self._fmap, self._centres, W, self.spec, self.tile)
-        return np.sum(parts, axis=0)
+        futures = self._submit(wt.gram_matvec, rows, self._fmap, self._centres, W, self.spec, self.tile)
+        return tree_sum(self.client, futures)
 
     def rmatvec(self, rows: RowBlocks, Y: np.ndarray) -> np.ndarray:
         """K(X_rows, C)^T Y for targets Y (n_rows, c) on the client: (m, c) float64."""
@@ -77,16 +100,19 @@ class KernelPasses:
             )
             for block, lo, hi in zip(rows.futures, offsets[:-1], offsets[1:])
         ]
-        return np.sum(self.client.gather(futures), axis=0)
+        return tree_sum(self.client, futures)
 
     def landmark_columns(self, rows: RowBlocks, landmarks: np.ndarray) -> np.ndarray:
         """K(X_rows, C[landmarks]): (n_rows, l) float64, for the CG preconditioner."""
         subset = self.client.submit(wt.select_centres, self._centres, landmarks, pure=False)
         return np.concatenate(self._map(wt.kernel_columns, rows, self._fmap, subset, self.spec), axis=0)
 
-    def centre_kernel(self) -> np.ndarray:
-        """K(C, C): (m, m) float64, computed on one worker."""
-        return self.client.submit(wt.centre_kernel, self._centres, self.spec, pure=False).result()
+    def centre_kernel(self, index: np.ndarray | None = None) -> np.ndarray:
+        """K(C, C) (m, m), or among the centres ``index`` only, in float64, computed on one worker."""
+        centres = self._centres
+        if index is not None:
+            centres = self.client.submit(wt.select_centres, centres, index, pure=False)
+        return self.client.submit(wt.centre_kernel, centres, self.spec, pure=False).result()
 
     def agop_sums(
         self, rows: RowBlocks, sample: np.ndarray, beta: np.ndarray, diag: bool
@@ -100,8 +126,7 @@ class KernelPasses:
             for block, local in zip(rows.futures, rows.split_index(sample))
             if local.size
         ]
-        parts = self.client.gather(futures)
-        return sum(p[0] for p in parts), sum(p[1] for p in parts)
+        return tree_sum(self.client, futures)
 
     def direct_solve(self, Y: np.ndarray, reg: float) -> tuple[np.ndarray, float]:
         """Dense Cholesky solve on one worker: (alpha (m, c), relative residual)."""

@@ -43,9 +43,10 @@ def _fit_out_of_core(tmp_path, n: int, d: int, chunk_rows: int, memory_limit: in
 
 @pytest.mark.slow
 def test_fit_on_zarr_four_times_larger_than_cluster_memory(tmp_path):
-    limit = 350 * MIB
-    model, memory, before, after, logs = _fit_out_of_core(tmp_path, n=1_500_000, d=512, chunk_rows=8192,
-                                                          memory_limit=limit)
+    limit = 256 * MIB
+    model, memory, before, after, logs = _fit_out_of_core(
+        tmp_path, n=1_050_000, d=512, chunk_rows=4096, memory_limit=limit
+    )
     print(f"peak worker RSS {memory.peak / MIB:.0f} MiB of {limit / MIB:.0f} MiB limit ({memory.samples} samples)")
     assert len(model.history_) == 2
     assert before == after, "a worker was restarted (killed) during the fit"

@@ -6,20 +6,22 @@ import numpy as np
 import scipy.linalg
 
 from .cg import Operator
+from .falkon import jittered_cholesky
 
 
-def nystrom_preconditioner(K_nl: np.ndarray, landmarks: np.ndarray, mu: float) -> Operator:
+def nystrom_preconditioner(K_nl: np.ndarray, K_ll: np.ndarray, mu: float) -> Operator:
     """Inverse preconditioner r -> P^-1 r for K + mu I.
 
-    K_nl (n, l): the kernel between all n rows and the l landmark rows ``landmarks`` (indices into n).
+    K_nl (n, l): the kernel between all n rows and l landmark rows; K_ll (l, l): the landmarks' own kernel, best
+    computed in float64 (a float32 one can be indefinite for near-duplicate landmarks).
     The Nystrom approximation K_nl K_ll^-1 K_ln = U diag(lam) U^T gives
     P^-1 = (lam_l + mu) U diag(1 / (lam + mu)) U^T + (I - U U^T).
     """
     K_nl = np.asarray(K_nl, dtype=np.float64)
-    K_ll = K_nl[landmarks]
     K_ll = (K_ll + K_ll.T) / 2
-    shift = np.finfo(np.float64).eps * max(np.trace(K_ll), 1.0) * len(landmarks)
-    L = scipy.linalg.cholesky(K_ll + shift * np.eye(len(landmarks)), lower=True)
+    l = K_ll.shape[0]
+    shift = np.finfo(np.float64).eps * max(np.trace(K_ll), 1.0) * l
+    L = jittered_cholesky(K_ll, shift).T
     B = scipy.linalg.solve_triangular(L, K_nl.T, lower=True).T  # (n, l), B B^T = Nystrom approximation
     U, sigma, _ = np.linalg.svd(B, full_matrices=False)
     lam = np.maximum(sigma**2 - shift, 0.0)
