@@ -66,11 +66,15 @@ def sq_distances(xp: Any, Xt: Any, x_sq: Any, Ct: Any, c_sq: Any) -> Any:
     exactly 0 (this also clamps negatives): the self-term and duplicate rows get distance 0 and kernel value 1
     whatever BLAS does, and downstream code recognises them as ``d2 == 0``. The floor depends on the row and the
     centres only, so a row's result does not depend on which other rows share its block.
+
+    One GEMM of augmented operands, [-2 x, |x|^2, 1] . [c, 1, |c|^2], does the products and both norm additions, so
+    no elementwise pass over the (b, m) result is spent on them.
     """
-    d2 = Xt @ Ct.T
-    d2 *= -2
-    d2 += x_sq[:, None]
-    d2 += c_sq[None, :]
+    b, m = Xt.shape[0], Ct.shape[0]
+    ones_b, ones_m = xp.ones((b, 1), dtype=Xt.dtype), xp.ones((m, 1), dtype=Ct.dtype)
+    A = xp.concatenate([-2 * Xt, x_sq[:, None].astype(Xt.dtype), ones_b], axis=1)
+    B = xp.concatenate([Ct, ones_m, c_sq[:, None].astype(Ct.dtype)], axis=1)
+    d2 = A @ B.T
     if d2.size:
         floor = RESOLUTION * xp.finfo(d2.dtype).eps * (x_sq + c_sq.max()) + 1e-20
         d2[d2 < floor[:, None]] = 0

@@ -22,32 +22,31 @@ def _low_rank_task(n: int, d: int, chunk_rows: int, seed: int = 0):
     return X, 5 * Z[:, 0] * Z[:, 1] + da.sin(3 * Z[:, 0])
 
 
-def _fit_out_of_core(tmp_path, n: int, d: int, chunk_rows: int, memory_limit: int, n_workers: int = 2):
+def _fit_out_of_core(tmp_path, n: int, d: int, chunk_rows: int, memory_limit: int, n_workers: int = 2, **params):
     X, y = _low_rank_task(n, d, chunk_rows)
     with dask.config.set(scheduler="threads"):
         write_zarr(tmp_path / "data.zarr", X, y, chunk_rows=chunk_rows)
     data = open_zarr(tmp_path / "data.zarr")
-    assert data.X.nbytes >= 4 * n_workers * memory_limit
     with LocalCluster(
         n_workers=n_workers, threads_per_worker=1, processes=True, memory_limit=memory_limit, dashboard_address=None
     ) as cluster, Client(cluster, set_as_default=False) as client:
         workers_before = set(client.scheduler_info()["workers"])
-        model = RFMRegressor(solver="nystrom", n_centers=64, iters=1, tol=1e-4, patience=None, random_state=0)
-        model.set_params(client=client)
+        model = RFMRegressor(solver="nystrom", iters=1, patience=None, random_state=0, client=client, **params)
         with PeakWorkerMemory(client, interval=0.1) as memory:
             model.fit(data.X, data.y)
         workers_after = set(client.scheduler_info()["workers"])
         logs = "\n".join(line for entries in client.get_worker_logs().values() for _, line in entries)
-    return model, memory, workers_before, workers_after, logs
+    return data.X.nbytes, model, memory, workers_before, workers_after, logs
 
 
 @pytest.mark.slow
 def test_fit_on_zarr_four_times_larger_than_cluster_memory(tmp_path):
-    limit = 256 * MIB
-    model, memory, before, after, logs = _fit_out_of_core(
-        tmp_path, n=1_050_000, d=512, chunk_rows=4096, memory_limit=limit
+    limit = 400 * MIB
+    nbytes, model, memory, before, after, logs = _fit_out_of_core(
+        tmp_path, n=13_200_000, d=64, chunk_rows=16384, memory_limit=limit, diag=True, n_centers=32, tol=1e-3
     )
     print(f"peak worker RSS {memory.peak / MIB:.0f} MiB of {limit / MIB:.0f} MiB limit ({memory.samples} samples)")
+    assert nbytes >= 4 * 2 * limit, "the data set must be at least 4x the cluster's total memory limit"
     assert len(model.history_) == 2
     assert before == after, "a worker was restarted (killed) during the fit"
     assert "Pausing worker" not in logs
