@@ -1,0 +1,1 @@
+"""Benchmarks of rfm_dask: ``python -m pipelines.benchmarks.scaling --config pipelines/benchmarks/scaling.toml``."""
