@@ -14,8 +14,12 @@ from typing import Any
 
 KERNELS = ("laplace", "gaussian")
 
-#: Squared distances within this many machine epsilons of the squared norms are rounding noise and read as 0.
-RESOLUTION = 32
+#: Pairs whose GEMM-formula squared distance is below NEAR_FACTOR * eps * (squared norms) are recomputed directly.
+NEAR_FACTOR = 1024
+#: Points closer than this many ulps of their norms (after their transforms' rounding) are duplicates: distance 0.
+DUPLICATE_ULPS = 64
+#: Near pairs recomputed per batch (bounds the temporary (pairs, d) difference array).
+NEAR_CHUNK = 1 << 16
 
 #: Kernel entries per tile: a block function holds one (rows x m) tile, float32 plus its float64 copy.
 DEFAULT_TILE = 1 << 22
@@ -60,15 +64,14 @@ def sq_norms(xp: Any, Xt: Any) -> Any:
 
 
 def sq_distances(xp: Any, Xt: Any, x_sq: Any, Ct: Any, c_sq: Any) -> Any:
-    """Squared distances (b, m) from ||x||^2 + ||c||^2 - 2 x.c.
+    """Squared distances (b, m), accurate to a few ulps also for near-duplicate pairs.
 
-    Values below the formula's rounding error, ``RESOLUTION * eps * (||x||^2 + max ||c||^2)`` per row, are set to
-    exactly 0 (this also clamps negatives): the self-term and duplicate rows get distance 0 and kernel value 1
-    whatever BLAS does, and downstream code recognises them as ``d2 == 0``. The floor depends on the row and the
-    centres only, so a row's result does not depend on which other rows share its block.
-
-    One GEMM of augmented operands, [-2 x, |x|^2, 1] . [c, 1, |c|^2], does the products and both norm additions, so
-    no elementwise pass over the (b, m) result is spent on them.
+    One GEMM of augmented operands, [-2 x, |x|^2, 1] . [c, 1, |c|^2], gives |x|^2 + |c|^2 - 2 x.c with no elementwise
+    pass for the norms. That formula loses about eps * (|x|^2 + |c|^2) to cancellation, which for close pairs is
+    most of d2 (and, after the square root of a Laplace kernel, a kernel error of up to 1e-3 that can make K
+    indefinite). Pairs below ``NEAR_FACTOR * eps * (|x|^2 + max |c|^2)`` are therefore recomputed directly as
+    |x - c|^2, and those closer than ``DUPLICATE_ULPS`` ulps of their norms are set to 0: the self-term and duplicate
+    rows get exactly 0 (and kernel value 1). Negative values are clamped to 0.
     """
     b, m = Xt.shape[0], Ct.shape[0]
     ones_b, ones_m = xp.ones((b, 1), dtype=Xt.dtype), xp.ones((m, 1), dtype=Ct.dtype)
@@ -76,9 +79,18 @@ def sq_distances(xp: Any, Xt: Any, x_sq: Any, Ct: Any, c_sq: Any) -> Any:
     B = xp.concatenate([Ct, ones_m, c_sq[:, None].astype(Ct.dtype)], axis=1)
     d2 = A @ B.T
     if d2.size:
-        floor = RESOLUTION * xp.finfo(d2.dtype).eps * (x_sq + c_sq.max()) + 1e-20
-        d2[d2 < floor[:, None]] = 0
-    return d2
+        eps = xp.finfo(d2.dtype).eps
+        near_floor = NEAR_FACTOR * eps * (x_sq + c_sq.max())
+        near = d2 < near_floor[:, None]
+        rows, cols = xp.nonzero(near) if bool(near.any()) else (near[:0, 0], near[:0, 0])
+        for start in range(0, rows.shape[0], NEAR_CHUNK):
+            i, j = rows[start : start + NEAR_CHUNK], cols[start : start + NEAR_CHUNK]
+            diff = Xt[i] - Ct[j]
+            exact = xp.einsum("kd,kd->k", diff, diff)
+            # rows that differ only by the rounding of their transforms are the same point
+            exact[exact <= (DUPLICATE_ULPS * eps) ** 2 * (x_sq[i] + c_sq[j])] = 0
+            d2[i, j] = exact
+    return xp.maximum(d2, 0, out=d2)
 
 
 def kernel_from_sq(xp: Any, d2: Any, spec: KernelSpec) -> Any:
@@ -157,7 +169,7 @@ def gradient_weights(xp: Any, d2: Any, spec: KernelSpec) -> Any:
     """Weights w (b, m) with dk/dx = S w (c~ - x~), from squared distances ``d2`` (overwritten).
 
     Laplace: w = (q / L^q) k r^(q-2); Gaussian: w = k / L^2. Pairs at distance 0 (the self-term and duplicate rows,
-    see ``sq_distances``) get w = 0 instead of a division by zero.
+    exactly 0 by ``sq_distances``) get w = 0 instead of a division by zero.
     """
     if spec.kind == "gaussian":
         w = kernel_from_sq(xp, d2, spec)
