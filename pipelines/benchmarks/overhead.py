@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from distributed import Client, LocalCluster
+from distributed import Client, LocalCluster, get_task_stream
 
 from rfm_dask import config, kernels as kn
 from rfm_dask.cluster import total_threads
@@ -42,7 +42,7 @@ def measure(client: Client, n: int, m: int, passes: int) -> dict:
     threads = total_threads(client)
     walls, computes, overheads = [], [], []
     for _ in range(passes):
-        with client.get_task_stream() as stream:
+        with get_task_stream(client) as stream:
             start = time.perf_counter()
             kp.gram_matvec(rows, W)
             wall = time.perf_counter() - start
