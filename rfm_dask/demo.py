@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
 from . import RFMClassifier
+from .atomic import atomic_path, write_text
 
 
 def format_history(history: list[dict]) -> str:
@@ -31,13 +30,6 @@ def format_history(history: list[dict]) -> str:
     widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
     line = lambda cells: "  ".join(cell.rjust(w) for cell, w in zip(cells, widths))  # noqa: E731
     return "\n".join([line(cols), line(["-" * w for w in widths]), *map(line, rows)])
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 def _plot_feature_matrix(M: np.ndarray, path: Path) -> bool:
@@ -55,10 +47,9 @@ def _plot_feature_matrix(M: np.ndarray, path: Path) -> bool:
     axes[1].imshow(np.diag(M).reshape(8, 8), cmap="viridis")
     axes[1].set_title("diag(M) on the 8x8 pixel grid")
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
     return True
 
 
@@ -93,7 +84,7 @@ def run(out_dir: Path, iters: int = 5, seed: int = 0) -> dict:
     print(f"  lazy Laplace kernel (M = I): {metrics['lazy_laplace']['test_accuracy']:.4f}")
     print(f"  RFM (best iteration {rfm.best_iter_}):     {metrics['rfm']['test_accuracy']:.4f}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
+    write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
     written = [out_dir / "metrics.json"]
     if _plot_feature_matrix(rfm.feature_matrix_, out_dir / "feature_matrix.png"):
         written.append(out_dir / "feature_matrix.png")

@@ -82,8 +82,8 @@ def sq_distances(xp: Any, Xt: Any, x_sq: Any, Ct: Any, c_sq: Any) -> Any:
         eps = xp.finfo(d2.dtype).eps
         near_floor = NEAR_FACTOR * eps * (x_sq + c_sq.max())
         near = d2 < near_floor[:, None]
-        rows, cols = xp.nonzero(near) if bool(near.any()) else (near[:0, 0], near[:0, 0])
-        for start in range(0, rows.shape[0], NEAR_CHUNK):
+        rows, cols = xp.nonzero(near) if bool(near.any()) else ((), ())  # nonzero scans: skip it when none
+        for start in range(0, len(rows), NEAR_CHUNK):
             i, j = rows[start : start + NEAR_CHUNK], cols[start : start + NEAR_CHUNK]
             diff = Xt[i] - Ct[j]
             exact = xp.einsum("kd,kd->k", diff, diff)

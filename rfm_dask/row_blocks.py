@@ -6,10 +6,12 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from . import config
 import dask.array as da
 import numpy as np
 from distributed import Client, Future, futures_of
+
+from . import config
+from .backend import like, namespace_of, to_host
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,7 @@ def scatter_rows(client: Client, X: np.ndarray, rows_per_block: int) -> RowBlock
 def select_rows(block: Any, local: np.ndarray) -> Any:
     """Rows ``local`` of one block (NumPy or CuPy, held or lazy)."""
     block = materialise(block)
-    return block[local.tolist()] if type(block).__module__.startswith("cupy") else block[local]
+    return block[like(namespace_of(block), local)]
 
 
 def stream_rows(X: da.Array) -> RowBlocks:
@@ -125,12 +127,14 @@ def persist_rows(client: Client, X: da.Array) -> RowBlocks:
 
 
 
+def _host_block(block: Any) -> np.ndarray:
+    return to_host(materialise(block))
+
+
 def fetch_rows(client: Client, rows: RowBlocks) -> np.ndarray:
     """All rows gathered to the client as one (n, d) NumPy array (for the centres of a fitted model)."""
-    from .backend import to_host
-
-    parts = client.gather([client.submit(materialise, f, pure=False) for f in rows.futures])
-    return np.concatenate([to_host(p) for p in parts], axis=0)
+    parts = client.gather([client.submit(_host_block, f, pure=False) for f in rows.futures])
+    return np.concatenate(parts, axis=0)
 
 
 def take_rows(client: Client, rows: RowBlocks, index: np.ndarray) -> RowBlocks:

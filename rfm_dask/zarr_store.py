@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -12,6 +10,7 @@ import dask.array as da
 import numpy as np
 import zarr
 
+from .atomic import atomic_path
 from .inputs import as_dask_array, is_dask
 
 
@@ -62,19 +61,12 @@ def write_zarr(
     if y is not None and y.shape[0] != X.shape[0]:
         raise ValueError(f"X has {X.shape[0]} rows but y has {y.shape[0]}")
     chunk_rows = chunk_rows or _default_chunk_rows(X.shape[1])
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-    try:
+    with atomic_path(path) as tmp:
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         group.attrs.update({"rfm_dask_format": 1, **(attrs or {})})
         _write_array(tmp, "X", X.astype(np.float32), chunk_rows)
         if y is not None:
             _write_array(tmp, "y", y, chunk_rows)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 

@@ -88,7 +88,6 @@ def test_nystrom_preconditioner_with_all_landmarks_is_near_exact(system):
     """With every row a landmark the Nystrom approximation is K itself, so P^-1 (K + mu I) ~ const * I on the
     retained eigenspace and CG needs only a handful of iterations."""
     K, A, _, _ = system
-    everything = np.arange(N)
     P = nystrom_preconditioner(K, K, REG)
     b = np.random.default_rng(3).standard_normal((N, 2))
     res = conjugate_gradient(operator_of(A), b, preconditioner=P, tol=1e-10)

@@ -25,6 +25,7 @@ import numpy as np
 from distributed import Client, LocalCluster, get_task_stream
 
 from rfm_dask import config, kernels as kn
+from rfm_dask.atomic import write_text
 from rfm_dask.cluster import total_threads
 from rfm_dask.datasets import low_rank_projection
 from rfm_dask.passes import KernelPasses
@@ -88,8 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"block-bytes {config.get('block-bytes')}, median of {args.passes} passes")
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2))
-    (args.out / "results.md").write_text(table + "\n")
+    write_text(args.out / "results.json", json.dumps(results, indent=2))
+    write_text(args.out / "results.md", table + "\n")
 
 
 if __name__ == "__main__":

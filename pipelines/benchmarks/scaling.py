@@ -34,7 +34,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import tomllib
@@ -45,6 +44,8 @@ from typing import Any
 
 import numpy as np
 import psutil
+
+from rfm_dask.atomic import atomic_path, write_text
 
 FOREIGN_CPU_WARN = 0.05  # note fits during which other processes used more than this share of the CPUs
 MIB = 2**20
@@ -213,21 +214,6 @@ def rfm_dask_params(config: dict) -> dict:
 
 
 # -- small utilities ----------------------------------------------------------------------------------------------
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file next to ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
@@ -854,16 +840,11 @@ def plot(rows: list[dict], path: Path) -> bool:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return True
 
 
@@ -871,9 +852,9 @@ def write_outputs(results: dict, out_dir: Path, json_too: bool = True) -> list[P
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     if json_too:
-        _atomic_write(out_dir / "results.json", json.dumps(results, indent=2, default=_json_default).encode())
+        write_text(out_dir / "results.json", json.dumps(results, indent=2, default=_json_default))
         written.append(out_dir / "results.json")
-    _atomic_write(out_dir / "results.md", results_markdown(results).encode())
+    write_text(out_dir / "results.md", results_markdown(results))
     written.append(out_dir / "results.md")
     if plot(results["rows"], out_dir / "time_vs_n.png"):
         written.append(out_dir / "time_vs_n.png")

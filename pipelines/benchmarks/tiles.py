@@ -17,7 +17,6 @@ import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from rfm_dask import kernels as kn
+from rfm_dask.atomic import write_text
 
 
 def _median_seconds(fn, repeats: int) -> float:
@@ -73,13 +73,6 @@ def to_markdown(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=8192)
@@ -96,8 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {"machine": platform.platform(), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
-    _write_atomic(args.out / "results.json", json.dumps({"meta": meta, "results": results}, indent=2))
-    _write_atomic(args.out / "results.md", table + "\n")
+    write_text(args.out / "results.json", json.dumps({"meta": meta, "results": results}, indent=2))
+    write_text(args.out / "results.md", table + "\n")
 
 
 if __name__ == "__main__":
