@@ -12,6 +12,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
 from . import config
+from .blas_threads import restore_blas_threads
 from .cluster import resolve_client, total_threads
 from .inputs import check_dask_features, check_finite_targets, is_dask, to_host_targets
 from .kernels import KernelSpec
@@ -166,7 +167,10 @@ class _RFMBase(BaseEstimator):
             is_val[val_rows] = True
             train, val = take_rows(client, train, np.flatnonzero(~is_val)), take_rows(client, train, val_rows)
             Y, Y_val = Y[~is_val], Y[is_val]
-        result = run_rfm(client, train, Y, settings, rng, val, Y_val, metrics)
+        try:
+            result = run_rfm(client, train, Y, settings, rng, val, Y_val, metrics)
+        finally:
+            restore_blas_threads()
         self.model_ = KernelModel(result.centres, result.coef, result.feature_matrix, settings.spec, result.shift)
         self.feature_matrix_ = result.feature_matrix
         diag = result.feature_matrix if result.feature_matrix.ndim == 1 else np.diag(result.feature_matrix)
@@ -180,7 +184,10 @@ class _RFMBase(BaseEstimator):
         X = self._check_features(X, reset=False)
         if isinstance(X, da.Array):
             return self.model_.decision_dask(X)
-        return self.model_.decision(X)
+        try:
+            return self.model_.decision(X)
+        finally:
+            restore_blas_threads()
 
 
 class RFMRegressor(RegressorMixin, _RFMBase):

@@ -51,3 +51,35 @@ def test_fit_on_zarr_four_times_larger_than_cluster_memory(tmp_path):
     assert before == after, "a worker was restarted (killed) during the fit"
     assert "Pausing worker" not in logs
     assert memory.peak < limit
+
+
+def test_zarr_store_round_trip_and_refusals(tmp_path):
+    X = np.random.default_rng(0).normal(size=(1000, 5))
+    y = np.arange(1000.0)
+    path = write_zarr(tmp_path / "s.zarr", X, y, chunk_rows=300)
+    data = open_zarr(path)
+    assert data.X.dtype == np.float32 and data.X.chunks == ((300, 300, 300, 100), (5,))
+    np.testing.assert_array_equal(data.X.compute(), X.astype(np.float32))
+    np.testing.assert_array_equal(data.y.compute(), y)
+    with pytest.raises(FileExistsError):
+        write_zarr(path, X)
+    with pytest.raises(ValueError, match="rows"):
+        write_zarr(tmp_path / "bad.zarr", X, y[:10])
+    with pytest.raises(FileNotFoundError):
+        open_zarr(tmp_path / "missing.zarr")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]  # failed writes left nothing behind
+
+
+def test_streamed_fit_matches_persisted_fit(tmp_path, client):
+    """With a zero memory budget the data is streamed from Zarr every pass; the model is the same."""
+    X, y = _low_rank_task(3000, 8, chunk_rows=500)
+    write_zarr(tmp_path / "d.zarr", X, y, chunk_rows=500)
+    data = open_zarr(tmp_path / "d.zarr")
+    params = dict(solver="nystrom", n_centers=200, iters=2, random_state=0, client=client)
+    persisted = RFMRegressor(**params).fit(data.X, data.y)
+    with dask.config.set({"rfm.persist-fraction": 1e-12}):
+        streamed = RFMRegressor(**params).fit(data.X, data.y)
+    X_test = data.X[:400].compute()
+    expected = persisted.predict(X_test)
+    # same blocks and seed; BLAS threading on the client may differ between fits (see blas_threads)
+    np.testing.assert_allclose(streamed.predict(X_test), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
