@@ -19,7 +19,7 @@ from .kernels import KernelSpec
 from .krr import SOLVERS
 from .model import KernelModel
 from .row_blocks import RowBlocks, block_rows, place_rows, scatter_rows, take_rows
-from .training import RFMSettings, classification_metrics, regression_metrics, run_rfm
+from .training import FEATURE_UPDATES, RFMSettings, classification_metrics, regression_metrics, run_rfm
 
 
 def _place(client: Client, X: Any) -> RowBlocks:
@@ -51,6 +51,7 @@ class _RFMBase(BaseEstimator):
         diag: bool = False,
         agop_power: float = 1.0,
         centre_agop: bool = False,
+        feature_update: str = "agop",
         solver: str = "auto",
         tol: float = 1e-6,
         validation_fraction: float = 0.1,
@@ -68,6 +69,7 @@ class _RFMBase(BaseEstimator):
         self.diag = diag
         self.agop_power = agop_power
         self.centre_agop = centre_agop
+        self.feature_update = feature_update
         self.solver = solver
         self.tol = tol
         self.validation_fraction = validation_fraction
@@ -103,6 +105,8 @@ class _RFMBase(BaseEstimator):
             raise ValueError(f"iters must be an integer >= 0, got {self.iters!r}")
         if not self.reg >= 0:
             raise ValueError(f"reg must be >= 0, got {self.reg!r}")
+        if self.feature_update not in FEATURE_UPDATES:
+            raise ValueError(f"feature_update must be one of {FEATURE_UPDATES}, got {self.feature_update!r}")
         if not 0 < self.agop_power:
             raise ValueError(f"agop_power must be > 0, got {self.agop_power!r}")
         if not 0 <= self.validation_fraction < 1:
@@ -123,6 +127,7 @@ class _RFMBase(BaseEstimator):
             agop_samples=int(samples),
             patience=self.patience,
             n_centers=int(centres),
+            feature_update=self.feature_update,
         )
 
     def _check_features(self, X: Any, reset: bool) -> Any:
@@ -194,7 +199,9 @@ class RFMRegressor(RegressorMixin, _RFMBase):
     """Recursive Feature Machine for regression (single or multiple outputs).
 
     Parameters mirror the RFM papers: a Laplace (exponent q) or Gaussian Mahalanobis kernel with bandwidth L, ridge
-    ``reg`` as in (K + reg I) alpha = y, ``iters`` AGOP updates of M (full or diagonal), ``agop_power`` 1 or 1/2.
+    ``reg`` as in (K + reg I) alpha = y, ``iters`` updates of M (full or diagonal) by ``feature_update``: "agop"
+    (the average gradient outer product, to the power ``agop_power``, 1 or 1/2) or "fact" (the Features at
+    Convergence Theorem matrix F, M = (F F^T)^(1/2)).
     Fitted: ``feature_matrix_``, ``feature_importances_``, ``best_iter_`` (0 = lazy kernel), ``history_``.
     """
 

@@ -1,4 +1,7 @@
-"""The feature-matrix update: from AGOP partial sums to a normalised M, and M to S = M^(1/2). Client-side, float64."""
+"""The feature-matrix updates (AGOP and FACT): from partial sums to a normalised M, and M to S = M^(1/2).
+
+Client-side, float64.
+"""
 
 from __future__ import annotations
 
@@ -38,3 +41,14 @@ def agop_feature_matrix(
         mean = grad_sum / n_samples
         agop = agop - (np.einsum("lj,lj->j", mean, mean) if agop.ndim == 1 else mean.T @ mean)
     return normalise(psd_power(agop, power))
+
+
+def fact_feature_matrix(fact_sum: np.ndarray, n_samples: int) -> np.ndarray:
+    """M = normalise((F F^T)^(1/2)) with F = fact_sum / n_samples (d, d); for a diagonal (d,) F, M = normalise(|F|).
+
+    F is the FACT matrix (1/s) sum_i J_f(x_i)^T u_i x_i^T; it is not symmetric, hence the polar factor.
+    """
+    F = fact_sum / n_samples
+    if F.ndim == 1:
+        return normalise(np.abs(F))
+    return normalise(psd_power(F @ F.T, 0.5))

@@ -227,3 +227,13 @@ def agop_partial(xp: Any, G: Any, diag: bool) -> tuple[Any, Any]:
     flat = G.reshape(-1, G.shape[-1])
     outer = xp.einsum("ij,ij->j", flat, flat) if diag else flat.T @ flat
     return outer, G.sum(axis=0)
+
+
+def fact_partial(xp: Any, G: Any, U: Any, X: Any, diag: bool) -> Any:
+    """Partial FACT sum of gradients G (b, c, d), per-row output weights U (b, c) and (shifted) rows X (b, d).
+
+    Returns sum_i (sum_l U_il g_il) x_i^T as (d, d) float64, or its diagonal (d,) when ``diag``.
+    """
+    V = xp.einsum("ild,il->id", G, U.astype(xp.float64, copy=False))
+    X = X.astype(xp.float64, copy=False)
+    return xp.einsum("id,id->d", V, X) if diag else V.T @ X

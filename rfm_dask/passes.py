@@ -115,19 +115,38 @@ class KernelPasses:
             centres = self.client.submit(wt.select_centres, centres, index, pure=False)
         return self.client.submit(wt.centre_kernel, centres, self.spec, pure=False).result()
 
+    def _sampled_sum(self, fn: Callable, rows: RowBlocks, sample: np.ndarray, per_row: tuple, *args: Any) -> Any:
+        """Tree sum of ``fn(block, local_rows, *per_row_slices, *args)`` over the blocks holding sampled rows.
+
+        ``sample`` (s,) are sorted global row indices; each array in ``per_row`` has s rows aligned with it.
+        """
+        if np.any(np.diff(sample) < 0):
+            raise ValueError("sample indices must be sorted")
+        futures, start = [], 0
+        for block, local in zip(rows.futures, rows.split_index(sample)):
+            if local.size:
+                parts = tuple(a[start : start + local.size] for a in per_row)
+                futures.append(self.client.submit(fn, block, local, *parts, *args, pure=False))
+            start += local.size
+        return tree_sum(self.client, futures)
+
     def agop_sums(
         self, rows: RowBlocks, sample: np.ndarray, beta: np.ndarray, diag: bool
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Gradient outer-product sums at the sampled rows: ((d, d) or (d,), (c, d)), summed in block order."""
-        beta_f = self._put(beta)
-        futures = [
-            self.client.submit(
-                wt.agop_sums, block, local, self._fmap, self._centres, beta_f, self.spec, diag, self.tile, pure=False
-            )
-            for block, local in zip(rows.futures, rows.split_index(sample))
-            if local.size
-        ]
-        return tree_sum(self.client, futures)
+        """Gradient outer-product sums at the sorted sampled rows: ((d, d) or (d,), (c, d))."""
+        args = (self._fmap, self._centres, self._put(beta), self.spec, diag, self.tile)
+        return self._sampled_sum(wt.agop_sums, rows, sample, (), *args)
+
+    def fact_sums(
+        self, rows: RowBlocks, sample: np.ndarray, U: np.ndarray, residual: bool, beta: np.ndarray, diag: bool
+    ) -> np.ndarray:
+        """FACT sum over the sorted sampled rows, sum_i (sum_l u_il grad f_l(x_i)) (x_i - shift)^T: (d, d) or (d,).
+
+        U (s, c): the sampled rows' dual coefficients, or (``residual``) their targets, whose residuals y - f(x)
+        are used (see ``worker_tasks.fact_sums``).
+        """
+        args = (residual, self._fmap, self._centres, self._put(beta), self.spec, diag, self.tile)
+        return self._sampled_sum(wt.fact_sums, rows, sample, (U,), *args)
 
     def direct_solve(self, Y: np.ndarray, reg: float) -> tuple[np.ndarray, float]:
         """Dense Cholesky solve on one worker: (alpha (m, c), relative residual)."""

@@ -1,4 +1,4 @@
-"""The RFM loop: solve KRR, score on validation rows, update M from the AGOP, keep the best iteration."""
+"""The RFM loop: solve KRR, score on validation rows, update M (AGOP or FACT), keep the best iteration."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import Callable
 import numpy as np
 from distributed import Client
 
-from .features import agop_feature_matrix, matrix_sqrt
+from .features import agop_feature_matrix, fact_feature_matrix, matrix_sqrt
 from .kernels import KernelSpec
-from .krr import choose_solver, solve_krr
+from .krr import Solution, choose_solver, solve_krr
 from .passes import KernelPasses, column_means
 from .row_blocks import RowBlocks, fetch_rows, take_rows
 
@@ -55,6 +55,27 @@ class RFMSettings:
     agop_samples: int = 20000
     patience: int | None = 2
     n_centers: int = 2000
+    feature_update: str = "agop"
+
+
+FEATURE_UPDATES = ("agop", "fact")
+
+
+def _next_feature_matrix(
+    passes: KernelPasses, train: RowBlocks, Y: np.ndarray, sol: Solution, sample: np.ndarray, settings: RFMSettings
+) -> np.ndarray:
+    """The next M from the fitted predictor, at the sorted sampled training rows ``sample``.
+
+    AGOP: normalise(AGOP^p). FACT: the FACT matrix weighted by each row's dual coefficient alpha_i where the centres
+    are the training rows (direct, cg); for Nystrom, by the residual y_i - f(x_i), which equals reg * alpha_i for an
+    exact solve (a positive factor, removed by the normalisation).
+    """
+    if settings.feature_update == "agop":
+        outer, grad_sum = passes.agop_sums(train, sample, sol.coef, settings.diag)
+        return agop_feature_matrix(outer, grad_sum, sample.size, settings.agop_power, settings.centre_agop)
+    residual = sol.solver == "nystrom"
+    U = Y[sample] if residual else sol.coef[sample]
+    return fact_feature_matrix(passes.fact_sums(train, sample, U, residual, sol.coef, settings.diag), sample.size)
 
 
 @dataclass
@@ -84,8 +105,8 @@ def run_rfm(
 
     Iteration 0 uses M = I (the lazy kernel); iteration t > 0 uses the M learned from iteration t - 1's predictor.
     Without validation rows the last iteration is kept. The centres are the training rows (direct, cg) or
-    ``n_centers`` rows sampled once per fit (nystrom); the AGOP is taken at a fresh seeded sample of training rows
-    each iteration.
+    ``n_centers`` rows sampled once per fit (nystrom); the feature update (AGOP or FACT) is taken at a fresh seeded
+    sample of training rows each iteration.
     """
     d = train.n_features
     M = np.ones(d) if settings.diag else np.eye(d)
@@ -118,8 +139,7 @@ def run_rfm(
         stop = t == settings.iters or (settings.patience is not None and stale >= settings.patience)
         if not stop:
             sample = np.arange(train.n) if n_sample == train.n else rng.choice(train.n, n_sample, replace=False)
-            outer, grad_sum = passes.agop_sums(train, sample, sol.coef, settings.diag)
-            M = agop_feature_matrix(outer, grad_sum, n_sample, settings.agop_power, settings.centre_agop)
+            M = _next_feature_matrix(passes, train, Y, sol, np.sort(sample), settings)
         record["seconds"] = time.perf_counter() - start
         history.append(record)
         logger.info("rfm iteration %s", record)

@@ -113,6 +113,36 @@ def agop_sums(
     return to_host(outer), to_host(gsum)
 
 
+@single_blas_thread
+def fact_sums(
+    X: Any,
+    rows: np.ndarray,
+    U: np.ndarray,
+    subtract_prediction: bool,
+    fmap: FeatureMap,
+    centres: Centres,
+    beta: np.ndarray,
+    spec: kn.KernelSpec,
+    diag: bool,
+    tile: int,
+) -> np.ndarray:
+    """FACT partial sum at the sampled ``rows`` of one block: (d, d) or (d,), float64 on the host.
+
+    U (s_b, c) are the per-row output weights (the dual coefficients alpha of these rows), or, with
+    ``subtract_prediction``, the targets of these rows, whose residuals U - f(x) are used instead.
+    """
+    X = materialise(X)
+    xp = namespace_of(X)
+    S, shift = (like(xp, a, X.dtype) for a in fmap)
+    Xs = X[like(xp, rows)]
+    beta = like(xp, beta)
+    U = like(xp, U, xp.float64)
+    if subtract_prediction:
+        U = U - kn.kernel_matvec(xp, kn.transform(xp, Xs, S, shift), *centres, beta, spec, tile)
+    G = kn.predictor_gradients(xp, Xs, S, *centres, beta, spec, tile, shift=shift)
+    return to_host(kn.fact_partial(xp, G, U, Xs - shift, diag))
+
+
 def direct_solve(centres: Centres, Y: np.ndarray, spec: kn.KernelSpec, reg: float) -> tuple[np.ndarray, float]:
     """Exact KRR on one worker: alpha (n, c) with (K + reg I) alpha = Y, and the relative residual."""
     K = centre_kernel(centres, spec)
