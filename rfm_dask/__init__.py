@@ -17,6 +17,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "RFMRegressor": "rfm_dask.estimators",
     "RFMClassifier": "rfm_dask.estimators",
+    "load": "rfm_dask.estimators",
+    "ModelFileError": "rfm_dask.model_file",
     "open_zarr": "rfm_dask.zarr_store",
     "write_zarr": "rfm_dask.zarr_store",
 }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import dask.array as da
@@ -18,6 +20,7 @@ from .inputs import check_dask_features, check_finite_targets, is_dask, to_host_
 from .kernels import KernelSpec
 from .krr import SOLVERS
 from .model import KernelModel
+from .model_file import ModelFileError, read_model_file, write_model_file
 from .row_blocks import RowBlocks, block_rows, place_rows, scatter_rows, take_rows
 from .training import FEATURE_UPDATES, RFMSettings, classification_metrics, regression_metrics, run_rfm
 
@@ -176,12 +179,59 @@ class _RFMBase(BaseEstimator):
             result = run_rfm(client, train, Y, settings, rng, val, Y_val, metrics)
         finally:
             restore_blas_threads()
-        self.model_ = KernelModel(result.centres, result.coef, result.feature_matrix, settings.spec, result.shift)
-        self.feature_matrix_ = result.feature_matrix
-        diag = result.feature_matrix if result.feature_matrix.ndim == 1 else np.diag(result.feature_matrix)
+        self._set_model(
+            KernelModel(result.centres, result.coef, result.feature_matrix, settings.spec, result.shift),
+            result.best_iter,
+            result.history,
+        )
+
+    def _set_model(self, model: KernelModel, best_iter: int, history: list[dict]) -> None:
+        """Set the fitted attributes from the kept predictor."""
+        self.model_ = model
+        self.feature_matrix_ = model.feature_matrix
+        diag = model.feature_matrix if model.feature_matrix.ndim == 1 else np.diag(model.feature_matrix)
         self.feature_importances_ = diag / diag.sum() if diag.sum() > 0 else np.full_like(diag, 1.0 / diag.size)
-        self.best_iter_ = result.best_iter
-        self.history_ = result.history
+        self.best_iter_ = best_iter
+        self.history_ = history
+
+    # -- model files ----------------------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Save the fitted model to ``path``: arrays plus JSON metadata in one file, no pickle, written atomically.
+
+        Load it with ``rfm_dask.load(path)``. A ``preprocessing_`` dict (set when fitting from an ingested store)
+        is saved with it, so the loaded model can read raw Parquet columns.
+        """
+        check_is_fitted(self, "model_")
+        params = self.get_params(deep=False)
+        params.pop("client")
+        state = {
+            "params": params,
+            "n_features_in": int(self.n_features_in_),
+            "feature_names_in": [str(c) for c in getattr(self, "feature_names_in_", [])] or None,
+            "best_iter": int(self.best_iter_),
+            "history": self.history_,
+            "preprocessing": getattr(self, "preprocessing_", None),
+            **self._target_state(),
+        }
+        model = self.model_
+        arrays = {"centres": model.centres, "coef": model.coef, "feature_matrix": model.feature_matrix,
+                  "shift": model.shift}
+        return write_model_file(path, type(self).__name__, state, arrays, overwrite=overwrite)
+
+    @classmethod
+    def _from_state(cls, state: dict, arrays: dict[str, np.ndarray]) -> "_RFMBase":
+        """A fitted estimator from a model file's state and arrays (see ``save``)."""
+        estimator = cls(**state["params"])
+        settings = estimator._settings()
+        estimator.n_features_in_ = int(state["n_features_in"])
+        if state.get("feature_names_in"):
+            estimator.feature_names_in_ = np.asarray(state["feature_names_in"], dtype=object)
+        if state.get("preprocessing") is not None:
+            estimator.preprocessing_ = state["preprocessing"]
+        estimator._restore_target_state(state)
+        model = KernelModel(arrays["centres"], arrays["coef"], arrays["feature_matrix"], settings.spec, arrays["shift"])
+        estimator._set_model(model, int(state["best_iter"]), list(state["history"]))
+        return estimator
 
     def _decision(self, X: Any) -> Any:
         """Raw predictor outputs (n, c): lazy for dask input, NumPy otherwise."""
@@ -218,6 +268,12 @@ class RFMRegressor(RegressorMixin, _RFMBase):
         if fitting:
             self._single_output = y.ndim == 1
         return y.reshape(y.shape[0], -1)
+
+    def _target_state(self) -> dict:
+        return {"single_output": bool(self._single_output)}
+
+    def _restore_target_state(self, state: dict) -> None:
+        self._single_output = bool(state["single_output"])
 
     def fit(self, X: Any, y: Any, X_val: Any = None, y_val: Any = None) -> "RFMRegressor":
         """Fit on X (n, d) and y (n,) or (n, k); validation rows are split off when X_val/y_val are not given."""
@@ -256,6 +312,15 @@ class RFMClassifier(ClassifierMixin, _RFMBase):
         if len(self.classes_) == 2:
             return index.astype(np.float64)[:, None]
         return np.eye(len(self.classes_))[index]
+
+    def _target_state(self) -> dict:
+        classes = self.classes_
+        if classes.dtype.hasobject:
+            classes = classes.astype(str)
+        return {"classes": classes.tolist(), "classes_dtype": classes.dtype.str}
+
+    def _restore_target_state(self, state: dict) -> None:
+        self.classes_ = np.asarray(state["classes"], dtype=np.dtype(state["classes_dtype"]))
 
     def fit(self, X: Any, y: Any, X_val: Any = None, y_val: Any = None) -> "RFMClassifier":
         """Fit on X (n, d) and labels y (n,); validation rows are split off when X_val/y_val are not given."""
@@ -299,3 +364,16 @@ def _scores_to_proba(F: np.ndarray) -> np.ndarray:
     P[empty, np.argmax(F[empty], axis=1)] = 1.0
     total[empty] = 1.0
     return P / total
+
+
+def load(path: str | os.PathLike) -> RFMRegressor | RFMClassifier:
+    """Load a model saved with ``save``: no code is executed (no pickle); a corrupt file, a file from a newer
+    format, or one whose contents do not make a valid model raises ``ModelFileError``."""
+    name, state, arrays = read_model_file(path)
+    classes = {cls.__name__: cls for cls in (RFMRegressor, RFMClassifier)}
+    if name not in classes:
+        raise ModelFileError(f"{path}: unknown estimator {name!r} (expected one of {sorted(classes)})")
+    try:
+        return classes[name]._from_state(state, arrays)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelFileError(f"{path}: the model file's contents are not a valid {name} ({exc!r})") from None

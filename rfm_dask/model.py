@@ -38,6 +38,21 @@ class KernelModel:
     spec: kn.KernelSpec
     shift: np.ndarray
 
+    def __post_init__(self) -> None:
+        m, d = self.centres.shape if self.centres.ndim == 2 else (None, None)
+        consistent = (
+            m is not None
+            and self.coef.ndim == 2
+            and self.coef.shape[0] == m
+            and self.feature_matrix.shape in ((d,), (d, d))
+            and self.shift.shape == (d,)
+        )
+        if not consistent:
+            raise ValueError(
+                f"inconsistent model arrays: centres {self.centres.shape}, coef {self.coef.shape}, "
+                f"feature_matrix {self.feature_matrix.shape}, shift {self.shift.shape}"
+            )
+
     @cached_property
     def _packed(self) -> dict:
         S = matrix_sqrt(self.feature_matrix).astype(np.float32)
