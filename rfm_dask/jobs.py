@@ -1,0 +1,278 @@
+"""The batch jobs behind the CLI, usable from Python: fit on an ingested Zarr store, predict Parquet to Parquet,
+evaluate, inspect. Each takes an optional Dask ``client`` (None: the default client or a local cluster)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from distributed import Client
+from sklearn import metrics as skm
+
+from .atomic import atomic_path
+from .cluster import resolve_client
+from .estimators import RFMClassifier, RFMRegressor
+from .io import FeatureBatch, Preprocessor, read_batches
+from .zarr_store import open_zarr
+
+TASKS = ("regression", "classification")
+Progress = Callable[[int, int], None]
+
+
+def is_zarr_store(path: str | os.PathLike) -> bool:
+    """True for a directory holding a Zarr v3 group."""
+    return (Path(path) / "zarr.json").is_file()
+
+
+def _store_targets(y: Any, attrs: dict, task: str) -> np.ndarray:
+    """The store's targets on the client (n values): class codes become their labels for classification."""
+    if y is None:
+        raise ValueError("the store has no target array 'y' (ingest it with --target)")
+    y = np.asarray(y.compute())
+    if task == "classification" and attrs.get("classes") is not None:
+        y = np.asarray(attrs["classes"])[y.astype(np.int64)]
+    return y
+
+
+def fit_store(
+    store: str | os.PathLike, *, task: str | None = None, client: Client | None = None, **params: Any
+) -> RFMRegressor | RFMClassifier:
+    """Fit an RFM on a store written by ``rfm_dask.io.ingest`` (or ``write_zarr``); ``params`` are estimator
+    parameters. The task defaults to the one recorded at ingest. The store's preprocessing travels with the model
+    (``preprocessing_``), so the model can predict from raw Parquet."""
+    data = open_zarr(store)
+    task = task or data.attrs.get("task") or "regression"
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    y = _store_targets(data.y, data.attrs, task)
+    estimator = (RFMClassifier if task == "classification" else RFMRegressor)(client=client, **params)
+    estimator.fit(data.X, y)
+    estimator.preprocessing_ = {
+        "preprocessor": data.attrs.get("preprocessing"),
+        "target": data.attrs.get("target"),
+        "id_column": data.attrs.get("id_column"),
+        "task": task,
+    }
+    return estimator
+
+
+def _preprocessor(model: Any) -> Preprocessor:
+    info = getattr(model, "preprocessing_", None)
+    if not info or info.get("preprocessor") is None:
+        raise ValueError(
+            "this model was not fitted on an ingested store, so it cannot read raw Parquet columns; "
+            "fit it with `rfm-dask fit STORE.zarr` (or rfm_dask.jobs.fit_store)"
+        )
+    return Preprocessor.from_dict(info["preprocessor"])
+
+
+def _batches(model: Any, source: Any, target: str | None, id_column: str | None, batch_rows: int):
+    return read_batches(source, _preprocessor(model), target=target, id_column=id_column, batch_rows=batch_rows)
+
+
+def _predict_columns(model: Any, X: np.ndarray) -> dict[str, np.ndarray]:
+    """Output columns for one batch: ``prediction`` (one per output for multi-output regression), and
+    ``proba_<class>`` per class for classifiers."""
+    if isinstance(model, RFMClassifier):
+        proba = model.predict_proba(X)
+        columns = {"prediction": model.classes_[np.argmax(proba, axis=1)]}
+        columns.update({f"proba_{c}": proba[:, i] for i, c in enumerate(model.classes_)})
+        return columns
+    pred = model.predict(X)
+    if pred.ndim == 1:
+        return {"prediction": pred}
+    return {f"prediction_{j}": pred[:, j] for j in range(pred.shape[1])}
+
+
+def _predicted_batches(
+    model: Any, batches: Iterator[FeatureBatch], client: Client | None
+) -> Iterator[tuple[FeatureBatch, dict]]:
+    """(batch, output columns) in order; with a client, batches are predicted on the cluster, a few in flight."""
+    if client is None:
+        for batch in batches:
+            yield batch, _predict_columns(model, batch.X)
+        return
+    remote_model = client.scatter(model, broadcast=True)
+    window = 2 * max(1, sum(client.nthreads().values()))
+    pending: list = []
+    for batch in batches:
+        pending.append((batch, client.submit(_predict_columns, remote_model, batch.X, pure=False)))
+        if len(pending) >= window:
+            done, future = pending.pop(0)
+            yield done, future.result()
+    for done, future in pending:
+        yield done, future.result()
+
+
+def predict_parquet(
+    model: Any,
+    source: Any,
+    out: str | os.PathLike,
+    *,
+    id_column: str | None = None,
+    client: Client | None = None,
+    batch_rows: int = 65536,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> int:
+    """Predict every row of Parquet ``source`` and write ``out`` (Parquet) with the id column (the model's, from
+    ingest, unless given) passed through first. Streams by batch; the file appears only when complete. Returns the
+    number of rows written."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists (pass overwrite to replace it)")
+    id_column = id_column or (getattr(model, "preprocessing_", None) or {}).get("id_column")
+    rows = 0
+    with atomic_path(out) as tmp:
+        writer = None
+        try:
+            for batch, columns in _predicted_batches(model, _batches(model, source, None, id_column, batch_rows), client):
+                table = pa.table({**({id_column: batch.ids} if id_column else {}), **columns})
+                writer = writer or pq.ParquetWriter(tmp, table.schema)
+                writer.write_table(table)
+                rows += table.num_rows
+                if progress:
+                    progress(rows, 0)
+        finally:
+            if writer is not None:
+                writer.close()
+        if writer is None:
+            raise ValueError(f"{source} holds no rows to predict")
+    return rows
+
+
+def regression_report(y: np.ndarray, pred: np.ndarray) -> dict:
+    """r2, mse, rmse and mae of predictions (n,) or (n, k) against targets of the same shape."""
+    mse = float(skm.mean_squared_error(y, pred))
+    return {"r2": float(skm.r2_score(y, pred)), "mse": mse, "rmse": mse**0.5,
+            "mae": float(skm.mean_absolute_error(y, pred))}
+
+
+def classification_report(y: np.ndarray, proba: np.ndarray, classes: np.ndarray) -> dict:
+    """accuracy, balanced accuracy and (two classes) ROC AUC of class probabilities (n, k) against labels (n,)."""
+    pred = classes[np.argmax(proba, axis=1)]
+    out = {"accuracy": float(skm.accuracy_score(y, pred)),
+           "balanced_accuracy": float(skm.balanced_accuracy_score(y, pred))}
+    if len(classes) == 2 and len(np.unique(y)) == 2:
+        out["roc_auc"] = float(skm.roc_auc_score(y == classes[1], proba[:, 1]))
+    return out
+
+
+def _metrics(model: Any, y: np.ndarray, scores: Callable[[], Any]) -> dict:
+    if isinstance(model, RFMClassifier):
+        return classification_report(y, np.asarray(scores()), model.classes_)
+    return regression_report(y, np.asarray(scores()))
+
+
+def evaluate(
+    model: Any, source: Any, *, client: Client | None = None, target: str | None = None, batch_rows: int = 65536
+) -> dict:
+    """Metrics of ``model`` on a Zarr store (ingested, with y) or on Parquet holding the target column.
+
+    Regression: r2, mse, rmse, mae; classification: accuracy, balanced accuracy, ROC AUC (binary). Rows whose
+    target is null are skipped (counted in ``skipped_rows``).
+    """
+    info = getattr(model, "preprocessing_", None) or {}
+    task = "classification" if isinstance(model, RFMClassifier) else "regression"
+    score = model.predict_proba if task == "classification" else model.predict
+    if isinstance(source, (str, os.PathLike)) and is_zarr_store(source):
+        data = open_zarr(source)
+        y = _store_targets(data.y, data.attrs, task)
+        cluster = resolve_client(client)
+        result = _metrics(model, y, lambda: cluster.compute(score(data.X)).result())
+        return {"task": task, "rows": int(y.shape[0]), **result}
+    target = target or info.get("target")
+    if not target:
+        raise ValueError("no target column known for this model: pass target=")
+    ys, preds = [], []
+    skipped = 0
+    for batch in _batches(model, source, target, None, batch_rows):
+        keep = _known_targets(batch.y)
+        skipped += int((~keep).sum())
+        ys.append(batch.y[keep])
+        preds.append(score(batch.X[keep]))
+    y = np.concatenate(ys) if ys else np.zeros(0)
+    if y.size == 0:
+        raise ValueError(f"{source} holds no rows with a known target {target!r}")
+    result = _metrics(model, y, lambda: np.concatenate(preds))
+    return {"task": task, "rows": int(y.shape[0]), "skipped_rows": skipped, **result}
+
+
+def _known_targets(y: np.ndarray) -> np.ndarray:
+    """Mask of rows whose raw target is present (not None and not NaN)."""
+    if y.dtype.kind == "f":
+        return ~np.isnan(y)
+    return np.array([v is not None and v == v for v in y], dtype=bool)
+
+
+def feature_names(model: Any) -> list[str]:
+    """Names of the model's input features: the ingest encodings' names, the DataFrame's columns, or x0..x{d-1}."""
+    info = getattr(model, "preprocessing_", None) or {}
+    names = (info.get("preprocessor") or {}).get("feature_names")
+    if names is None and hasattr(model, "feature_names_in_"):
+        names = [str(c) for c in model.feature_names_in_]
+    return list(names) if names is not None else [f"x{i}" for i in range(model.n_features_in_)]
+
+
+def inspect_model(model: Any, top: int = 10, directions: int = 3) -> dict:
+    """Feature importances (the normalised diagonal of M) by name, largest first, and the top eigen-directions of
+    M with their eigenvalues and largest loadings by name."""
+    names = feature_names(model)
+    order = np.argsort(model.feature_importances_)[::-1]
+    report = {
+        "estimator": type(model).__name__,
+        "best_iter": int(model.best_iter_),
+        "n_features": len(names),
+        "importances": [
+            {"feature": names[i], "importance": float(model.feature_importances_[i])} for i in order[:top]
+        ],
+    }
+    M = model.feature_matrix_
+    if M.ndim == 2:
+        vals, vecs = np.linalg.eigh((M + M.T) / 2)
+        report["eigen_directions"] = [
+            {
+                "eigenvalue": float(vals[k]),
+                "loadings": [
+                    {"feature": names[i], "weight": float(vecs[i, k])} for i in np.argsort(-np.abs(vecs[:, k]))[:top]
+                ],
+            }
+            for k in np.argsort(vals)[::-1][:directions]
+        ]
+    return report
+
+
+def plot_feature_matrix(model: Any, path: str | os.PathLike, top: int = 40) -> Path:
+    """A PNG of M (the ``top`` most important features, labelled) and the importances bar chart, written
+    atomically. Needs matplotlib (the ``demo`` extra)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise RuntimeError("plotting needs matplotlib: pip install 'rfm_dask[demo]'") from exc
+    names = feature_names(model)
+    M = model.feature_matrix_ if model.feature_matrix_.ndim == 2 else np.diag(model.feature_matrix_)
+    keep = np.sort(np.argsort(model.feature_importances_)[::-1][:top])
+    fig, axes = plt.subplots(1, 2, figsize=(14, 6), gridspec_kw={"width_ratios": [1.2, 1]})
+    image = axes[0].imshow(M[np.ix_(keep, keep)], cmap="RdBu_r", vmin=-1, vmax=1)
+    labels = [names[i] for i in keep]
+    axes[0].set_xticks(range(len(keep)), labels, rotation=90, fontsize=6)
+    axes[0].set_yticks(range(len(keep)), labels, fontsize=6)
+    axes[0].set_title(f"feature matrix M ({len(keep)} most important of {len(names)} features)")
+    fig.colorbar(image, ax=axes[0], shrink=0.8)
+    order = np.argsort(model.feature_importances_)[::-1][:20][::-1]
+    axes[1].barh([names[i] for i in order], model.feature_importances_[order])
+    axes[1].tick_params(axis="y", labelsize=7)
+    axes[1].set_title("feature importances (normalised diagonal of M)")
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    return path
