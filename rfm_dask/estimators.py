@@ -14,7 +14,6 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
 from . import config
-from .blas_threads import restore_blas_threads
 from .cluster import resolve_client, total_threads
 from .inputs import check_dask_features, check_finite_targets, is_dask, to_host_targets
 from .kernels import KernelSpec
@@ -175,10 +174,7 @@ class _RFMBase(BaseEstimator):
             is_val[val_rows] = True
             train, val = take_rows(client, train, np.flatnonzero(~is_val)), take_rows(client, train, val_rows)
             Y, Y_val = Y[~is_val], Y[is_val]
-        try:
-            result = run_rfm(client, train, Y, settings, rng, val, Y_val, metrics)
-        finally:
-            restore_blas_threads()
+        result = run_rfm(client, train, Y, settings, rng, val, Y_val, metrics)
         self._set_model(
             KernelModel(result.centres, result.coef, result.feature_matrix, settings.spec, result.shift),
             result.best_iter,
@@ -239,10 +235,7 @@ class _RFMBase(BaseEstimator):
         X = self._check_features(X, reset=False)
         if isinstance(X, da.Array):
             return self.model_.decision_dask(X)
-        try:
-            return self.model_.decision(X)
-        finally:
-            restore_blas_threads()
+        return self.model_.decision(X)
 
 
 class RFMRegressor(RegressorMixin, _RFMBase):
