@@ -14,7 +14,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
 from . import config
-from .cluster import resolve_client, total_threads
+from .cluster import resolve_client
 from .inputs import check_dask_features, check_finite_targets, is_dask, to_host_targets
 from .kernels import KernelSpec
 from .krr import SOLVERS
@@ -29,7 +29,7 @@ def _place(client: Client, X: Any) -> RowBlocks:
     arrays scattered in row blocks."""
     if isinstance(X, da.Array):
         return place_rows(client, X)
-    return scatter_rows(client, X, block_rows(X.shape[0], X.shape[1], total_threads(client)))
+    return scatter_rows(client, X, block_rows(X.shape[0], X.shape[1]))
 
 
 def _validation_rows(n: int, fraction: float, rng: np.random.Generator) -> np.ndarray | None:

@@ -65,10 +65,13 @@ class RowBlocks:
         return [index[lo:hi] - start for lo, hi, start in zip(bounds[:-1], bounds[1:], self.offsets[:-1])]
 
 
-def block_rows(n: int, d: int, n_threads: int) -> int:
-    """Rows per block: about ``rfm.block-bytes`` of float32, and at least one block per worker thread."""
+def block_rows(n: int, d: int) -> int:
+    """Rows per block: about ``rfm.block-bytes`` of float32, and at least ``rfm.min-blocks`` blocks.
+
+    The split depends on the data only, never on the cluster, so a fit gives the same model on any number of workers.
+    """
     target = int(config.get("block-bytes")) // (4 * max(d, 1))
-    return max(1, min(target, math.ceil(n / n_threads)))
+    return max(1, min(target, math.ceil(n / int(config.get("min-blocks")))))
 
 
 def scatter_rows(client: Client, X: np.ndarray, rows_per_block: int) -> RowBlocks:

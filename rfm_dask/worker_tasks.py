@@ -143,6 +143,7 @@ def fact_sums(
     return to_host(kn.fact_partial(xp, G, U, Xs - shift, diag))
 
 
+@single_blas_thread
 def direct_solve(centres: Centres, Y: np.ndarray, spec: kn.KernelSpec, reg: float) -> tuple[np.ndarray, float]:
     """Exact KRR on one worker: alpha (n, c) with (K + reg I) alpha = Y, and the relative residual."""
     K = centre_kernel(centres, spec)

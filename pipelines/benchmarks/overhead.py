@@ -35,7 +35,7 @@ from rfm_dask.row_blocks import block_rows, scatter_rows, take_rows
 def measure(client: Client, n: int, m: int, passes: int) -> dict:
     """Median wall time, task compute time and overhead share of ``passes`` gram passes over n rows."""
     X, _ = low_rank_projection(n, seed=0)
-    rows = scatter_rows(client, X, block_rows(n, X.shape[1], total_threads(client)))
+    rows = scatter_rows(client, X, block_rows(n, X.shape[1]))
     centres = take_rows(client, rows, np.sort(np.random.default_rng(0).choice(n, m, replace=False)))
     kp = KernelPasses(client, centres, np.eye(X.shape[1]), X.mean(axis=0), kn.KernelSpec())
     W = np.random.default_rng(1).normal(size=(m, 1))
