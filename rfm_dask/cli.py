@@ -141,10 +141,16 @@ def cmd_fit(args: argparse.Namespace, client: Any) -> None:
     }
     params = {key: value for key, value in params.items() if value is not None}
     params.setdefault("random_state", 0)
+    checkpoint = Path(args.checkpoint or f"{args.model}.ckpt")
+    if args.resume and not checkpoint.exists():
+        print(f"rfm-dask fit: no checkpoint at {checkpoint}, starting from iteration 0", file=sys.stderr)
     start = time.perf_counter()
-    model = fit_store(args.store, task=args.task, client=client, **params)
+    model = fit_store(args.store, task=args.task, client=client, checkpoint=str(checkpoint), resume=args.resume,
+                      **params)
     seconds = time.perf_counter() - start
+    model.set_params(checkpoint=None, resume=False)
     model.save(args.model, overwrite=args.overwrite)
+    checkpoint.unlink(missing_ok=True)
     if not args.quiet:
         print(text_table(model.history_, HISTORY_COLUMNS), file=sys.stderr)
     summary = {"model": str(args.model), "estimator": type(model).__name__, "best_iter": int(model.best_iter_),
@@ -234,6 +240,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
             fit.add_argument(flag, action=kind, default=None, help=text)
         else:
             fit.add_argument(flag, type=kind, help=text)
+    fit.add_argument("--checkpoint", metavar="PATH", help="state after each iteration (default: MODEL.ckpt)")
+    fit.add_argument("--resume", action="store_true", help="continue from the checkpoint's last complete iteration")
     fit.add_argument("--overwrite", action="store_true")
     fit.set_defaults(handler=cmd_fit, needs_cluster=True)
 

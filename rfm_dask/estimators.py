@@ -61,6 +61,8 @@ class _RFMBase(BaseEstimator):
         agop_samples: int | None = None,
         n_centers: int | None = None,
         random_state: int | None = None,
+        checkpoint: str | os.PathLike | None = None,
+        resume: bool = False,
         client: Client | None = None,
     ) -> None:
         self.kernel = kernel
@@ -79,6 +81,8 @@ class _RFMBase(BaseEstimator):
         self.agop_samples = agop_samples
         self.n_centers = n_centers
         self.random_state = random_state
+        self.checkpoint = checkpoint
+        self.resume = resume
         self.client = client
 
     # -- scikit-learn and pickling contract ---------------------------------------------------------------------
@@ -174,7 +178,7 @@ class _RFMBase(BaseEstimator):
             is_val[val_rows] = True
             train, val = take_rows(client, train, np.flatnonzero(~is_val)), take_rows(client, train, val_rows)
             Y, Y_val = Y[~is_val], Y[is_val]
-        result = run_rfm(client, train, Y, settings, rng, val, Y_val, metrics)
+        result = run_rfm(client, train, Y, settings, rng, val, Y_val, metrics, self.checkpoint, bool(self.resume))
         self._set_model(
             KernelModel(result.centres, result.coef, result.feature_matrix, settings.spec, result.shift),
             result.best_iter,
@@ -200,6 +204,7 @@ class _RFMBase(BaseEstimator):
         check_is_fitted(self, "model_")
         params = self.get_params(deep=False)
         params.pop("client")
+        params = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in params.items()}
         state = {
             "params": params,
             "n_features_in": int(self.n_features_in_),

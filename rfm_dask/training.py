@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -10,6 +11,7 @@ from typing import Callable
 import numpy as np
 from distributed import Client
 
+from .checkpoint import fingerprint, load_checkpoint, save_checkpoint
 from .features import agop_feature_matrix, fact_feature_matrix, matrix_sqrt
 from .kernels import KernelSpec
 from .krr import Solution, choose_solver, solve_krr
@@ -92,6 +94,20 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
 
 
+def _checkpoint_state(
+    t: int, M: np.ndarray, history: list[dict], best: FitResult, best_quality: tuple | None, stale: int,
+    rng: np.random.Generator, centre_rows: np.ndarray | None,
+) -> tuple[dict, dict]:
+    """(JSON state, arrays) after iteration t: everything the loop needs to go on with iteration t + 1."""
+    state = {"next_iteration": t + 1, "history": history, "best_iter": best.best_iter,
+             "best_quality": None if best_quality is None else list(best_quality), "stale": stale,
+             "rng": rng.bit_generator.state}
+    arrays = {"M": M, "best_M": best.feature_matrix, "best_coef": best.coef}
+    if centre_rows is not None:
+        arrays["centre_rows"] = centre_rows
+    return state, arrays
+
+
 def run_rfm(
     client: Client,
     train: RowBlocks,
@@ -101,6 +117,8 @@ def run_rfm(
     val: RowBlocks | None = None,
     Y_val: np.ndarray | None = None,
     metrics: Metrics = regression_metrics,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = False,
 ) -> FitResult:
     """Fit an RFM on row blocks ``train`` with targets Y (n, c); select the best iteration on ``val`` if given.
 
@@ -108,21 +126,36 @@ def run_rfm(
     Without validation rows the last iteration is kept. The centres are the training rows (direct, cg) or
     ``n_centers`` rows sampled once per fit (nystrom); the feature update (AGOP or FACT) is taken at a fresh seeded
     sample of training rows each iteration.
+
+    With ``checkpoint`` (a file path) the loop's state is written there atomically after every iteration; with
+    ``resume`` as well, a checkpoint of this same fit (settings, data, seed) continues from its last complete
+    iteration and gives the model an uninterrupted fit gives.
     """
     d = train.n_features
-    M = np.ones(d) if settings.diag else np.eye(d)
     solver = choose_solver(settings.solver, train.n)
     n_sample = min(train.n, settings.agop_samples)
     shift = column_means(client, train)
-    centres = train
+    key = fingerprint(settings, {"rng": rng.bit_generator.state, "n": train.n},
+                      [Y, shift] + ([] if Y_val is None else [Y_val]))
+    saved = load_checkpoint(checkpoint, key) if checkpoint is not None and resume else None
+    M = np.ones(d) if settings.diag else np.eye(d)
+    centre_rows = None
     if solver == "nystrom":
-        m = min(train.n, settings.n_centers)
-        centres = take_rows(client, train, np.sort(rng.choice(train.n, m, replace=False)))
+        centre_rows = np.sort(rng.choice(train.n, min(train.n, settings.n_centers), replace=False))
     best: FitResult | None = None
     best_quality: tuple | None = None
     history: list[dict] = []
-    stale = 0
-    for t in range(settings.iters + 1):
+    stale, first = 0, 0
+    if saved is not None:
+        state, arrays = saved
+        M, history, stale, first = arrays["M"], state["history"], state["stale"], state["next_iteration"]
+        best = FitResult(arrays["best_M"], arrays["best_coef"], shift, state["best_iter"])
+        best_quality = None if state["best_quality"] is None else tuple(state["best_quality"])
+        rng.bit_generator.state = state["rng"]
+        centre_rows = arrays.get("centre_rows")
+        logger.info("resuming from %s at iteration %d", checkpoint, first)
+    centres = train if centre_rows is None else take_rows(client, train, centre_rows)
+    for t in range(first, settings.iters + 1):
         start = time.perf_counter()
         passes = KernelPasses(client, centres, matrix_sqrt(M), shift, settings.spec)
         sol = solve_krr(passes, train, Y, settings.reg, solver, settings.tol, rng)
@@ -147,6 +180,9 @@ def run_rfm(
         logger.info("iteration %d: %s", t, fields)
         if stop:
             break
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, key, *_checkpoint_state(t, M, history, best, best_quality, stale, rng,
+                                                                 centre_rows))
     assert best is not None
     best.history = history
     best.centres = fetch_rows(client, centres)

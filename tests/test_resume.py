@@ -1,0 +1,84 @@
+"""Checkpoint and resume: a fit interrupted mid-way (an exception, or SIGKILL of the client process) continues from
+its last complete iteration and ends with the same model as an uninterrupted fit."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import rfm_dask
+import rfm_dask.training as training
+from rfm_dask import RFMRegressor
+from rfm_dask.checkpoint import CheckpointMismatch
+from rfm_dask.cli import main
+from rfm_dask.datasets import low_rank_golden
+from rfm_dask.model_file import read_model_file
+
+
+def _same_model(a, b):
+    np.testing.assert_array_equal(a.feature_matrix_, b.feature_matrix_)
+    np.testing.assert_array_equal(a.model_.coef, b.model_.coef)
+    assert a.best_iter_ == b.best_iter_
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
+    assert strip(a.history_) == strip(b.history_)
+
+
+@pytest.mark.parametrize("solver", ["cg", "nystrom"])
+def test_api_resume_after_a_failure(client, tmp_path, monkeypatch, solver):
+    X, y, _, _ = low_rank_golden(n_train=600, n_test=1, seed=5)
+    params = dict(iters=3, solver=solver, n_centers=200, patience=None, random_state=7, client=client)
+    reference = RFMRegressor(**params).fit(X, y)
+
+    calls = {"n": 0}
+    original = training._next_feature_matrix
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("simulated crash in iteration 2")
+        return original(*args, **kwargs)
+
+    ckpt = tmp_path / "fit.ckpt"
+    monkeypatch.setattr(training, "_next_feature_matrix", failing)
+    with pytest.raises(RuntimeError, match="simulated"):
+        RFMRegressor(checkpoint=ckpt, **params).fit(X, y)
+    monkeypatch.setattr(training, "_next_feature_matrix", original)
+    assert read_model_file(ckpt)[1]["next_iteration"] == 2
+
+    resumed = RFMRegressor(checkpoint=ckpt, resume=True, **params).fit(X, y)
+    _same_model(resumed, reference)
+    with pytest.raises(CheckpointMismatch, match="other settings or data"):
+        RFMRegressor(checkpoint=ckpt, resume=True, **{**params, "reg": 1e-2}).fit(X, y)
+
+
+def test_cli_resume_after_sigkill(tmp_path, capsys):
+    X, y, _, _ = low_rank_golden(n_train=1500, n_test=1, seed=6)
+    pq.write_table(pa.table({**{f"x{j}": X[:, j] for j in range(X.shape[1])}, "y": y}), tmp_path / "d.parquet")
+    store = tmp_path / "d.zarr"
+    assert main(["ingest", str(tmp_path / "d.parquet"), str(store), "--target", "y", "--quiet"]) == 0
+    fit = ["fit", str(store), "--iters", "4", "--solver", "cg", "--patience", "10", "--quiet"]
+    killed_model, ckpt = tmp_path / "killed.rfm", tmp_path / "killed.rfm.ckpt"
+    proc = subprocess.Popen([sys.executable, "-m", "rfm_dask.cli", *fit[:2], str(killed_model), *fit[2:]],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while proc.poll() is None and time.monotonic() < deadline:
+        if ckpt.exists() and read_model_file(ckpt)[1]["next_iteration"] >= 2:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    assert proc.wait(timeout=60) == -signal.SIGKILL, "the fit ended before it could be killed"
+    assert ckpt.exists() and not killed_model.exists()
+
+    assert main([*fit[:2], str(killed_model), *fit[2:], "--resume"]) == 0
+    assert not ckpt.exists()
+    assert main([*fit[:2], str(tmp_path / "whole.rfm"), *fit[2:]]) == 0
+    capsys.readouterr()
+    _same_model(rfm_dask.load(killed_model), rfm_dask.load(tmp_path / "whole.rfm"))
