@@ -63,8 +63,20 @@ def load_config(path: Path) -> dict:
     return data
 
 
-def _apply_config(parser: argparse.ArgumentParser, command: str, config: dict) -> None:
-    """Use the config's section for ``command`` (and a top-level ``scheduler``) as the parser's defaults."""
+PATH_OPTIONS = frozenset({"checkpoint", "plot"})  # options naming files: confined to the config file's directory
+
+
+def _confined(base: Path, value: Any, key: str) -> str:
+    """A path from a config file, relative to the file's directory ``base``; one that escapes it is refused."""
+    path = (base / str(value)).resolve()
+    if not path.is_relative_to(base.resolve()):
+        raise ConfigError(f"config option {key!r} = {value!r} points outside the config file's directory {base}")
+    return str(path)
+
+
+def _apply_config(parser: argparse.ArgumentParser, command: str, config: dict, base: Path) -> None:
+    """Use the config's section for ``command`` (and a top-level ``scheduler``) as the parser's defaults; path
+    options are resolved against (and confined to) ``base``, the config file's directory."""
     section = config.get(command) or {}
     if not isinstance(section, dict):
         raise ConfigError(f"config section {command!r} must be a mapping of options")
@@ -73,6 +85,8 @@ def _apply_config(parser: argparse.ArgumentParser, command: str, config: dict) -
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"config section {command!r} has unknown option(s): {', '.join(unknown)}")
+    for key in PATH_OPTIONS & set(values):
+        values[key] = _confined(base, values[key], key)
     if "scheduler" in config and "scheduler" not in values:
         values["scheduler"] = config["scheduler"]
     parser.set_defaults(**values)
@@ -279,7 +293,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser, commands = build_parser()
     args = parser.parse_args(argv)
     if args.config is not None:
-        _apply_config(commands[args.command], args.command, load_config(args.config))
+        _apply_config(commands[args.command], args.command, load_config(args.config), args.config.parent)
         args = parser.parse_args(argv)
     if args.command == "ingest" and not args.target:
         raise ConfigError("ingest needs --target COLUMN (on the command line or in the config file)")

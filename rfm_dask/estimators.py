@@ -20,16 +20,16 @@ from .kernels import KernelSpec
 from .krr import SOLVERS
 from .model import KernelModel
 from .model_file import ModelFileError, read_model_file, write_model_file
-from .row_blocks import RowBlocks, block_rows, place_rows, scatter_rows, take_rows
+from .row_blocks import RowBlocks, block_rows, place_rows, put_rows, take_rows
 from .training import FEATURE_UPDATES, RFMSettings, classification_metrics, regression_metrics, run_rfm
 
 
 def _place(client: Client, X: Any) -> RowBlocks:
     """Put checked features on the cluster: dask arrays are persisted or streamed (see ``place_rows``), NumPy
-    arrays scattered in row blocks."""
+    arrays persisted in row blocks (see ``put_rows``)."""
     if isinstance(X, da.Array):
         return place_rows(client, X)
-    return scatter_rows(client, X, block_rows(X.shape[0], X.shape[1]))
+    return put_rows(client, X, block_rows(X.shape[0], X.shape[1]))
 
 
 def _validation_rows(n: int, fraction: float, rng: np.random.Generator) -> np.ndarray | None:

@@ -17,7 +17,7 @@ from .atomic import atomic_path
 from .cluster import resolve_client
 from .estimators import RFMClassifier, RFMRegressor
 from .io import FeatureBatch, Preprocessor, read_batches
-from .zarr_store import open_zarr
+from .zarr_store import ZarrData, open_zarr
 
 TASKS = ("regression", "classification")
 Progress = Callable[[int, int], None]
@@ -38,13 +38,22 @@ def _store_targets(y: Any, attrs: dict, task: str) -> np.ndarray:
     return y
 
 
+def _open_store(store: str | os.PathLike) -> ZarrData:
+    """``open_zarr``, with the store named in the error when the path holds no readable Zarr group."""
+    try:
+        return open_zarr(store)
+    except ValueError as exc:  # zarr's GroupNotFoundError, a JSONDecodeError of corrupt metadata, no X array
+        raise ValueError(f"{store} is not a readable Zarr store of X and y (written by `rfm-dask ingest`): "
+                         f"{exc}") from None
+
+
 def fit_store(
     store: str | os.PathLike, *, task: str | None = None, client: Client | None = None, **params: Any
 ) -> RFMRegressor | RFMClassifier:
     """Fit an RFM on a store written by ``rfm_dask.io.ingest`` (or ``write_zarr``); ``params`` are estimator
     parameters. The task defaults to the one recorded at ingest. The store's preprocessing travels with the model
     (``preprocessing_``), so the model can predict from raw Parquet."""
-    data = open_zarr(store)
+    data = _open_store(store)
     task = task or data.attrs.get("task") or "regression"
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
@@ -67,7 +76,11 @@ def _preprocessor(model: Any) -> Preprocessor:
             "this model was not fitted on an ingested store, so it cannot read raw Parquet columns; "
             "fit it with `rfm-dask fit STORE.zarr` (or rfm_dask.jobs.fit_store)"
         )
-    return Preprocessor.from_dict(info["preprocessor"])
+    pre = Preprocessor.from_dict(info["preprocessor"])
+    if pre.n_features != model.n_features_in_:
+        raise ValueError(f"the model's preprocessing makes {pre.n_features} features but the model takes "
+                         f"{model.n_features_in_}: the model file is inconsistent")
+    return pre
 
 
 def _batches(model: Any, source: Any, target: str | None, id_column: str | None, batch_rows: int):
@@ -88,6 +101,10 @@ def _predict_columns(model: Any, X: np.ndarray) -> dict[str, np.ndarray]:
     return {f"prediction_{j}": pred[:, j] for j in range(pred.shape[1])}
 
 
+def _identity(value: Any) -> Any:
+    return value
+
+
 def _predicted_batches(
     model: Any, batches: Iterator[FeatureBatch], client: Client | None
 ) -> Iterator[tuple[FeatureBatch, dict]]:
@@ -96,7 +113,7 @@ def _predicted_batches(
         for batch in batches:
             yield batch, _predict_columns(model, batch.X)
         return
-    remote_model = client.scatter(model, broadcast=True)
+    remote_model = client.submit(_identity, model, pure=False)  # a task, not scattered: survives worker loss
     window = 2 * max(1, sum(client.nthreads().values()))
     pending: list = []
     for batch in batches:
@@ -180,7 +197,7 @@ def evaluate(
     task = "classification" if isinstance(model, RFMClassifier) else "regression"
     score = model.predict_proba if task == "classification" else model.predict
     if isinstance(source, (str, os.PathLike)) and is_zarr_store(source):
-        data = open_zarr(source)
+        data = _open_store(source)
         y = _store_targets(data.y, data.attrs, task)
         cluster = resolve_client(client)
         result = _metrics(model, y, lambda: cluster.compute(score(data.X)).result())
@@ -193,13 +210,28 @@ def evaluate(
     for batch in _batches(model, source, target, None, batch_rows):
         keep = _known_targets(batch.y)
         skipped += int((~keep).sum())
-        ys.append(batch.y[keep])
-        preds.append(score(batch.X[keep]))
+        if keep.any():
+            ys.append(batch.y[keep])
+            preds.append(score(batch.X[keep]))
     y = np.concatenate(ys) if ys else np.zeros(0)
     if y.size == 0:
         raise ValueError(f"{source} holds no rows with a known target {target!r}")
+    if task == "regression":
+        y = _numeric_targets(y, target)
     result = _metrics(model, y, lambda: np.concatenate(preds))
     return {"task": task, "rows": int(y.shape[0]), "skipped_rows": skipped, **result}
+
+
+def _numeric_targets(y: np.ndarray, target: str) -> np.ndarray:
+    """Raw regression targets as float64; labels or infinite values raise ``ValueError`` naming the column."""
+    try:
+        y = y.astype(np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"target column {target!r} holds labels such as {y[0]!r}, not the numbers a regression "
+                         f"model predicts") from None
+    if not np.isfinite(y).all():
+        raise ValueError(f"target column {target!r} holds {int((~np.isfinite(y)).sum())} infinite value(s)")
+    return y
 
 
 def _known_targets(y: np.ndarray) -> np.ndarray:

@@ -72,7 +72,9 @@ class KernelPasses:
         self._centres = client.submit(wt.transformed_centres, self._fmap, *centres.futures, pure=False)
 
     def _put(self, a: np.ndarray) -> Future:
-        return self.client.scatter(a, broadcast=len(self.client.nthreads()) > 1, hash=False)
+        """A small array as a key of its own that the tasks of a pass share; held as a task (not scattered), so it
+        is recomputed if the worker holding it is lost."""
+        return self.client.submit(_value, a, pure=False)
 
     def _submit(self, fn: Callable, rows: RowBlocks, *args: Any) -> list[Future]:
         """One task per row block ``fn(block, *args)``, in block order."""

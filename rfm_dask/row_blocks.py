@@ -74,12 +74,14 @@ def block_rows(n: int, d: int) -> int:
     return max(1, min(target, math.ceil(n / int(config.get("min-blocks")))))
 
 
-def scatter_rows(client: Client, X: np.ndarray, rows_per_block: int) -> RowBlocks:
-    """Scatter a NumPy matrix to the workers in row blocks."""
-    starts = range(0, X.shape[0], rows_per_block)
-    blocks = [np.ascontiguousarray(X[s : s + rows_per_block]) for s in starts]
-    futures = client.scatter(blocks, hash=False)
-    return RowBlocks(list(futures), [b.shape[0] for b in blocks], X.shape[1])
+def put_rows(client: Client, X: np.ndarray, rows_per_block: int) -> RowBlocks:
+    """Put a NumPy matrix on the workers in row blocks that the scheduler can recompute.
+
+    The blocks are persisted from a graph that holds X (by reference on an in-process cluster), not scattered:
+    scattered data dies with its worker, persisted blocks are recomputed elsewhere if a worker is lost mid-fit.
+    """
+    X = np.ascontiguousarray(X)
+    return persist_rows(client, da.from_array(X, chunks=(rows_per_block, X.shape[1])))
 
 
 def select_rows(block: Any, local: np.ndarray) -> Any:
@@ -126,8 +128,6 @@ def persist_rows(client: Client, X: da.Array) -> RowBlocks:
     futures = [by_key[key] for (key,) in Xp.__dask_keys__()]
     sizes = client.gather([client.submit(_n_rows, f, pure=False) for f in futures])
     return RowBlocks(futures, sizes, int(X.shape[1]))
-
-
 
 
 def _host_block(block: Any) -> np.ndarray:

@@ -133,3 +133,15 @@ def test_saved_model_predicts_identically_in_a_new_process(files, fitted, capsys
     subprocess.run([sys.executable, "-m", "rfm_dask.cli", "predict", str(model_path), str(files / "test.parquet"),
                     str(tmp_path / "there.parquet"), "--quiet"], check=True, timeout=120, capture_output=True)
     assert pq.read_table(tmp_path / "here.parquet").equals(pq.read_table(tmp_path / "there.parquet"))
+
+
+def test_config_paths_are_confined_to_the_config_directory(files, fitted, capsys, tmp_path):
+    store, model_path = fitted
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "escape.yaml").write_text("inspect:\n  plot: ../../outside.png\n")
+    _one_line_error(capsys, "inspect", model_path, "--config", tmp_path / "conf" / "escape.yaml", match="outside")
+    (tmp_path / "conf" / "abs.toml").write_text('[inspect]\nplot = "/tmp/elsewhere.png"\n')
+    _one_line_error(capsys, "inspect", model_path, "--config", tmp_path / "conf" / "abs.toml", match="outside")
+    (tmp_path / "conf" / "ok.yaml").write_text("inspect:\n  plot: plots/M.png\n")
+    assert _run(capsys, "inspect", model_path, "--config", tmp_path / "conf" / "ok.yaml")[0] == 0
+    assert (tmp_path / "conf" / "plots" / "M.png").exists() and not (tmp_path.parent / "outside.png").exists()

@@ -11,7 +11,7 @@ from rfm_dask.datasets import low_rank_golden
 from rfm_dask.features import matrix_sqrt
 from rfm_dask.krr import choose_solver, solve_krr
 from rfm_dask.passes import KernelPasses
-from rfm_dask.row_blocks import scatter_rows, take_rows
+from rfm_dask.row_blocks import put_rows, take_rows
 
 
 def _dense_kernel(X: np.ndarray, M: np.ndarray, spec: kn.KernelSpec) -> np.ndarray:
@@ -34,7 +34,7 @@ def test_distributed_cg_matches_dense_solve(client):
     X, M, Y = _problem()
     spec = kn.KernelSpec("laplace", bandwidth=2.0)
     reg = 1e-2
-    rows = scatter_rows(client, X, rows_per_block=70)
+    rows = put_rows(client, X, rows_per_block=70)
     passes = KernelPasses(client, rows, matrix_sqrt(M), X.mean(axis=0), spec)
     sol = solve_krr(passes, rows, Y, reg, "cg", tol=1e-10, rng=np.random.default_rng(0))
     K = _dense_kernel(X, M, spec)
@@ -48,7 +48,7 @@ def test_distributed_cg_matches_dense_solve(client):
 def test_task_graph_does_not_grow_with_cg_iterations(client):
     """Each CG step is one flat map over the row blocks: the scheduler holds the same number of tasks throughout."""
     X, M, Y = _problem(n=300)
-    rows = scatter_rows(client, X, rows_per_block=50)
+    rows = put_rows(client, X, rows_per_block=50)
     passes = KernelPasses(client, rows, matrix_sqrt(M), X.mean(axis=0), kn.KernelSpec(bandwidth=2.0))
     counts: list[int] = []
     matvec = passes.matvec
@@ -92,7 +92,7 @@ def test_distributed_nystrom_matches_dense_falkon_system(client):
     X, M, Y = _problem(n=500)
     spec = kn.KernelSpec("laplace", bandwidth=2.0)
     reg = 1e-2
-    rows = scatter_rows(client, X, rows_per_block=90)
+    rows = put_rows(client, X, rows_per_block=90)
     index = np.sort(np.random.default_rng(1).choice(len(X), 120, replace=False))
     centres = take_rows(client, rows, index)
     passes = KernelPasses(client, centres, matrix_sqrt(M), X.mean(axis=0), spec)

@@ -15,7 +15,7 @@ from rfm_dask import RFMRegressor
 from rfm_dask import kernels as kn
 from rfm_dask.features import fact_feature_matrix, matrix_sqrt
 from rfm_dask.passes import KernelPasses
-from rfm_dask.row_blocks import scatter_rows, take_rows
+from rfm_dask.row_blocks import put_rows, take_rows
 
 import reference as ref
 
@@ -85,7 +85,7 @@ def test_fact_nystrom_uses_residuals(client):
     X, y = _data(n=60)
     L, M = 2.5, np.diag([1.0, 0.5, 0.8, 0.3])
     spec = kn.KernelSpec("laplace", bandwidth=L)
-    rows = scatter_rows(client, X, rows_per_block=16)
+    rows = put_rows(client, X, rows_per_block=16)
     centre_rows = np.arange(0, 60, 3)
     passes = KernelPasses(client, take_rows(client, rows, centre_rows), matrix_sqrt(M), X.mean(axis=0), spec)
     beta = np.random.default_rng(3).normal(size=(len(centre_rows), 2))

@@ -29,13 +29,13 @@ from rfm_dask.atomic import write_text
 from rfm_dask.cluster import total_threads
 from rfm_dask.datasets import low_rank_projection
 from rfm_dask.passes import KernelPasses
-from rfm_dask.row_blocks import block_rows, scatter_rows, take_rows
+from rfm_dask.row_blocks import block_rows, put_rows, take_rows
 
 
 def measure(client: Client, n: int, m: int, passes: int) -> dict:
     """Median wall time, task compute time and overhead share of ``passes`` gram passes over n rows."""
     X, _ = low_rank_projection(n, seed=0)
-    rows = scatter_rows(client, X, block_rows(n, X.shape[1]))
+    rows = put_rows(client, X, block_rows(n, X.shape[1]))
     centres = take_rows(client, rows, np.sort(np.random.default_rng(0).choice(n, m, replace=False)))
     kp = KernelPasses(client, centres, np.eye(X.shape[1]), X.mean(axis=0), kn.KernelSpec())
     W = np.random.default_rng(1).normal(size=(m, 1))
