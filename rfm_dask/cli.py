@@ -206,6 +206,8 @@ def cmd_inspect(args: argparse.Namespace, client: Any) -> None:
         print(json.dumps(report, indent=2))
         return
     print(f"{report['estimator']}, {report['n_features']} features, best iteration {report['best_iter']}")
+    if "note" in report:
+        print(f"note: {report['note']}")
     print("\nfeature importances (normalised diagonal of M):")
     print(text_table(report["importances"]))
     for k, direction in enumerate(report.get("eigen_directions", [])):

@@ -263,6 +263,9 @@ def inspect_model(model: Any, top: int = 10, directions: int = 3) -> dict:
             {"feature": names[i], "importance": float(model.feature_importances_[i])} for i in order[:top]
         ],
     }
+    if model.best_iter_ == 0:
+        report["note"] = ("the lazy kernel (M = I, iteration 0) was kept: learned features did not improve the "
+                          "validation metric, so the importances are uniform")
     M = model.feature_matrix_
     if M.ndim == 2:
         vals, vecs = np.linalg.eigh((M + M.T) / 2)
