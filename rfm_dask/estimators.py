@@ -224,6 +224,7 @@ class _RFMBase(BaseEstimator):
         """A fitted estimator from a model file's state and arrays (see ``save``)."""
         estimator = cls(**state["params"])
         settings = estimator._settings()
+        _check_state(state, arrays, classifier=issubclass(cls, RFMClassifier))
         estimator.n_features_in_ = int(state["n_features_in"])
         if state.get("feature_names_in"):
             estimator.feature_names_in_ = np.asarray(state["feature_names_in"], dtype=object)
@@ -300,7 +301,7 @@ class RFMClassifier(ClassifierMixin, _RFMBase):
             if len(self.classes_) < 2:
                 raise ValueError(
                     f"{type(self).__name__} needs samples of at least 2 classes in the data, "
-                    f"but the data contains only one class: {self.classes_[0]!r}"
+                    f"but the data contains only one class: {np.asarray(self.classes_[0]).item()!r}"
                 )
         else:
             unseen = np.setdiff1d(np.unique(y), self.classes_)
@@ -343,6 +344,30 @@ class RFMClassifier(ClassifierMixin, _RFMBase):
         return self.classes_[_scores_to_index(F)]
 
 
+def _check_state(state: dict, arrays: dict[str, np.ndarray], classifier: bool) -> None:
+    """Raise ``ValueError`` unless a model file's state fits its arrays (``load`` reports it as ``ModelFileError``)."""
+    d, centres, coef = state["n_features_in"], arrays["centres"], arrays["coef"]
+    if isinstance(d, bool) or not isinstance(d, int) or centres.ndim != 2 or centres.shape[1] != d:
+        raise ValueError(f"n_features_in {d!r} does not match the centres' shape {centres.shape}")
+    names = state.get("feature_names_in")
+    if names is not None and not (isinstance(names, list) and len(names) == d
+                                  and all(isinstance(n, str) for n in names)):
+        raise ValueError(f"feature_names_in must be null or a list of {d} strings, got {names!r}")
+    if state.get("preprocessing") is not None and not isinstance(state["preprocessing"], dict):
+        raise ValueError(f"preprocessing must be null or a dict, got {state['preprocessing']!r}")
+    if not isinstance(state["history"], list):
+        raise ValueError(f"history must be a list, got {state['history']!r}")
+    outputs = coef.shape[1] if coef.ndim == 2 else None
+    if classifier:
+        classes = state["classes"]
+        if not isinstance(classes, list) or len(classes) < 2 or len(set(map(str, classes))) < len(classes):
+            raise ValueError(f"classes must be a list of at least 2 distinct labels, got {classes!r}")
+        if outputs != (1 if len(classes) == 2 else len(classes)):
+            raise ValueError(f"{len(classes)} classes do not fit coefficients of shape {coef.shape}")
+    elif state["single_output"] is True and outputs != 1:
+        raise ValueError(f"a single-output model has coefficients of shape {coef.shape}")
+
+
 def _scores_to_index(F: np.ndarray) -> np.ndarray:
     """Class index per row from scores (n, c): threshold 0.5 for one column, argmax otherwise."""
     return (F[:, 0] > 0.5).astype(np.intp) if F.shape[1] == 1 else np.argmax(F, axis=1)
@@ -373,5 +398,5 @@ def load(path: str | os.PathLike) -> RFMRegressor | RFMClassifier:
         raise ModelFileError(f"{path}: unknown estimator {name!r} (expected one of {sorted(classes)})")
     try:
         return classes[name]._from_state(state, arrays)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise ModelFileError(f"{path}: the model file's contents are not a valid {name} ({exc!r})") from None

@@ -19,8 +19,10 @@ def as_dask_array(X: Any) -> da.Array:
 
 
 def check_dask_features(X: Any, n_features: int | None) -> da.Array:
-    """Check a lazy 2-D numeric feature array (shape and dtype only; values are checked once persisted).
+    """Check a lazy 2-D numeric feature array: shape and dtype now; values when computed.
 
+    Training input (``n_features`` None) has its values checked once persisted; input to a fitted model
+    (``n_features`` given) is checked block by block as it is computed, raising ``ValueError`` on NaN or infinity.
     Returns it as float32 with one chunk across columns.
     """
     X = as_dask_array(X)
@@ -28,11 +30,23 @@ def check_dask_features(X: Any, n_features: int | None) -> da.Array:
         raise ValueError(f"Expected a 2D array of features, got a {X.ndim}D dask array")
     if not (np.issubdtype(X.dtype, np.number) or X.dtype == bool) or np.issubdtype(X.dtype, np.complexfloating):
         raise ValueError(f"Features must be real numbers, got dtype {X.dtype}")
+    if X.shape[0] == 0:
+        raise ValueError(f"0 sample(s) (shape={X.shape}) while a minimum of 1 is required")
     if X.shape[1] == 0:
         raise ValueError("0 feature(s) (shape=(?, 0)) while a minimum of 1 is required")
     if n_features is not None and X.shape[1] != n_features:
         raise ValueError(f"X has {X.shape[1]} features, but the model is expecting {n_features} features as input")
-    return X.astype(np.float32).rechunk({1: -1})
+    X = X.astype(np.float32).rechunk({1: -1})
+    if n_features is not None:
+        X = X.map_blocks(_finite_block, dtype=np.float32)
+    return X
+
+
+def _finite_block(block: np.ndarray) -> np.ndarray:
+    """``block`` itself, if all its values are finite."""
+    if not np.isfinite(block).all():
+        raise ValueError("Input X contains NaN or infinity")
+    return block
 
 
 def to_host_targets(y: Any) -> np.ndarray:

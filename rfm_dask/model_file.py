@@ -17,6 +17,7 @@ import io
 import json
 import os
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -98,8 +99,11 @@ def read_model_file(path: str | os.PathLike) -> tuple[str, dict, dict[str, np.nd
                 raise ModelFileError(f"{path} is a zip archive but not an rfm_dask model (no {_METADATA})") from None
             _check_header(path, metadata)
             arrays = {name: _read_array(path, archive, name, info) for name, info in metadata["arrays"].items()}
-    except zipfile.BadZipFile as exc:
+    except (zipfile.BadZipFile, zlib.error) as exc:
         raise ModelFileError(f"{path} is not a readable rfm_dask model file (corrupt or truncated: {exc})") from None
+    except (NotImplementedError, RuntimeError) as exc:  # zipfile: unknown compression or version, encryption
+        raise ModelFileError(f"{path} is not a readable rfm_dask model file (corrupt, or zip features rfm_dask "
+                             f"does not write: {exc})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelFileError(f"{path}: the model metadata is not valid JSON ({exc})") from None
     except (OSError, EOFError, zipfile.LargeZipFile) as exc:
@@ -121,6 +125,9 @@ def _check_header(path: Path, metadata: Any) -> None:
     for key, kind in (("estimator", str), ("state", dict), ("arrays", dict)):
         if not isinstance(metadata.get(key), kind):
             raise ModelFileError(f"{path}: model metadata lacks a valid {key!r} entry")
+    for name, info in metadata["arrays"].items():
+        if not isinstance(info, dict):
+            raise ModelFileError(f"{path}: model metadata describes array {name!r} by {info!r}, not a dict")
 
 
 def _read_array(path: Path, archive: zipfile.ZipFile, name: str, info: dict) -> np.ndarray:

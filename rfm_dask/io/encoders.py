@@ -32,6 +32,7 @@ NULL_CATEGORY = "__null__"
 OTHER_CATEGORY = "__other__"
 MAX_TRACKED_CATEGORIES = 1 << 16  # distinct values counted per column before giving up (identifier-like column)
 HIGH_CARDINALITY = ("error", "top")
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _values(name: str, kind: str, parts: list[str], arr: pa.Array) -> np.ndarray:
@@ -66,7 +67,13 @@ class Standardised:
         values = _values(self.name, self.kind, self.parts, arr)
         missing = np.isnan(values)
         p = len(self.parts)
-        out[:, :p] = np.where(missing, 0.0, (values - np.asarray(self.mean)) / np.asarray(self.scale))
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            scaled = np.where(missing, 0.0, (values - np.asarray(self.mean)) / np.asarray(self.scale))
+        n_large = int((~(np.abs(scaled) <= FLOAT32_MAX)).sum())
+        if n_large:
+            raise DataError(f"column {self.name!r} holds {n_large} value(s) too large for float32 features once "
+                            f"standardised: replace or remove them first")
+        out[:, :p] = scaled
         if self.indicator:
             out[:, p] = missing.any(axis=1)
         return 0
@@ -165,7 +172,8 @@ class StandardisedFit:
         values = _values(self.name, self.kind, self.parts, arr)
         missing = np.isnan(values).any(axis=1)
         self.n_missing += int(missing.sum())
-        self.moments.add(values[~missing])
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is checked in finish
+            self.moments.add(values[~missing])
 
     def finish(self) -> Standardised | None:
         """The encoder; a constant number is kept (centred, scale 1), constant timestamp parts are dropped.
@@ -173,11 +181,14 @@ class StandardisedFit:
         m = self.moments
         if m.n == 0:
             raise DataError(f"column {self.name!r} has no non-null values: pass it in exclude")
+        if not (np.isfinite(m.mean).all() and np.isfinite(m.std).all()):
+            raise DataError(f"column {self.name!r} has values too large to standardise in float64 (from "
+                            f"{m.lo.min():g} to {m.hi.max():g}): rescale or exclude it")
         keep = ~m.constant if self.kind == TIMESTAMP else np.ones(len(self.parts), bool)
         self.constant = bool(m.constant.all())
         if not keep.any() and not self.n_missing:
             return None
-        scale = np.where(m.constant, 1.0, m.std)
+        scale = np.where(m.constant | ~(m.std > 0), 1.0, m.std)  # std underflows to 0 for subnormal spreads
         return Standardised(self.name, self.kind, self.arrow_type, [p for p, k in zip(self.parts, keep) if k],
                             m.mean[keep].tolist(), scale[keep].tolist(), self.n_missing > 0)
 

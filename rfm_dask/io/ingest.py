@@ -126,7 +126,8 @@ class _Rows:
 
     @property
     def columns(self) -> list[str]:
-        return [self.target, *([self.id_column] if self.id_column else [])]
+        """The columns ``keep`` reads (a column may be in ``drop_columns`` but encode to no feature)."""
+        return [self.target, *([self.id_column] if self.id_column else []), *self.drop_columns]
 
     def keep(self, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, dict[str, int]]:
         """The kept rows of ``batch``, and the number dropped for each reason."""
@@ -182,6 +183,9 @@ def _write(group: zarr.Group, src: ParquetSource, pre: Preprocessor, tgt: Target
 def _feature_columns(schema: pa.Schema, target: str, id_column: str | None, exclude: Sequence[str]) -> list[str]:
     """The candidate feature columns: all but the target, the id column and ``exclude``, which must exist."""
     names = schema.names
+    repeated = sorted({c for c in names if names.count(c) > 1} - set(exclude))
+    if repeated:
+        raise DataError(f"column name(s) {repeated} appear more than once (pass them in exclude to leave them out)")
     if target not in names:
         raise DataError(f"target column {target!r} not found; available columns: {names}")
     if id_column is not None and (id_column not in names or id_column == target):

@@ -66,6 +66,9 @@ class ParquetSource:
                 missing = [c for c in columns if c not in available]
                 if missing:
                     raise DataError(f"{part.name}: missing required column(s) {missing} (available: {available})")
+                repeated = [c for c in columns if available.count(c) > 1]
+                if repeated:
+                    raise DataError(f"{part.name}: column name(s) {repeated} appear more than once")
                 batches = parquet.iter_batches(batch_size=batch_rows, columns=columns)
                 while True:
                     try:
