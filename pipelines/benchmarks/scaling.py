@@ -46,6 +46,7 @@ import numpy as np
 import psutil
 
 from rfm_dask.atomic import atomic_path, write_text
+from pipelines.toml_values import none_values
 
 FOREIGN_CPU_WARN = 0.05  # note fits during which other processes used more than this share of the CPUs
 MIB = 2**20
@@ -117,15 +118,6 @@ PACKAGES = ["rfm_dask", "dask", "distributed", "numpy", "scipy", "scikit-learn",
 
 
 # -- configuration ------------------------------------------------------------------------------------------------
-def _none(value: Any) -> Any:
-    """TOML has no null: the string "none" (any case) means None, recursively."""
-    if isinstance(value, str) and value.strip().lower() == "none":
-        return None
-    if isinstance(value, dict):
-        return {k: _none(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_none(v) for v in value]
-    return value
 
 
 def load_config(path: Path | None) -> dict:
@@ -134,7 +126,7 @@ def load_config(path: Path | None) -> dict:
     if path is None:
         return config
     with open(path, "rb") as fh:
-        loaded = _none(tomllib.load(fh))
+        loaded = none_values(tomllib.load(fh))
     for table, values in loaded.items():
         if table not in config:
             raise SystemExit(f"{path}: unknown table [{table}] (known: {', '.join(config)})")
