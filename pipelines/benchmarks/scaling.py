@@ -45,8 +45,8 @@ from typing import Any
 import numpy as np
 import psutil
 
-from rfm_dask.atomic import atomic_path, write_text
 from pipelines.toml_values import none_values
+from rfm_dask.atomic import atomic_path, write_text
 
 FOREIGN_CPU_WARN = 0.05  # note fits during which other processes used more than this share of the CPUs
 MIB = 2**20
