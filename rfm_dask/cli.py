@@ -14,6 +14,7 @@ import sys
 import time
 import tomllib
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -129,18 +130,8 @@ def cmd_ingest(args: argparse.Namespace, client: Any) -> None:
         print("ingest: running on the cluster (paths are read where the workers are)", file=sys.stderr)
         report = client.submit(ingest, args.data, args.store, pure=False, **options).result()
     else:
-        report = ingest(args.data, args.store, progress=_progress("ingest", args.quiet), **options)
-    print(json.dumps(_as_dict(report), indent=2, default=str))
-
-
-def _as_dict(report: Any) -> dict:
-    if hasattr(report, "to_dict"):
-        return report.to_dict()
-    if hasattr(report, "__dataclass_fields__"):
-        from dataclasses import asdict
-
-        return asdict(report)
-    return dict(report)
+        report = ingest(args.data, args.store, progress=_progress("ingest (2 passes)", args.quiet), **options)
+    print(json.dumps(asdict(report), indent=2, default=str))
 
 
 def cmd_fit(args: argparse.Namespace, client: Any) -> None:
