@@ -49,12 +49,17 @@ def solve_krr(
     """Solve KRR with the ``solver`` named (not "auto"); ``passes`` holds the centres.
 
     direct and cg: the centres are the training rows, (K + reg I) alpha = Y. nystrom: the centres are m sampled
-    rows, (K_nm^T K_nm + reg K_mm) beta = K_nm^T Y.
+    rows, (K_nm^T K_nm + reg K_mm) beta = K_nm^T Y; when K_nm fits ``rfm.one-worker-bytes`` in float64 the whole
+    solve runs as one task on one worker (no round trip per CG step), else each CG step is a pass over the blocks.
     """
     max_iter, refresh = int(config.get("cg.max-iter")), int(config.get("cg.refresh-every"))
     if solver == "direct":
         coef, residual = passes.direct_solve(Y, reg)
         return Solution(coef, solver, 0, residual)
+    if solver == "nystrom" and train.n * passes.n_centres * 8 <= int(config.get("one-worker-bytes")):
+        cg = {"tol": tol, "max_iter": max_iter, "refresh_every": refresh}
+        coef, iterations, residual = passes.falkon_on_one_worker(train, Y, reg, cg)
+        return Solution(coef, solver, iterations, residual)
     if solver == "nystrom":
         result = falkon_solve(
             lambda W: passes.gram_matvec(train, W),

@@ -67,6 +67,7 @@ class KernelPasses:
         self.client = client
         self.spec = spec
         self.tile = int(config.get("tile-elements"))
+        self.n_centres = centres.n
         fmap = (S.astype(np.float32), shift.astype(np.float32))
         self._fmap = client.submit(_value, fmap, pure=False)
         self._centres = client.submit(wt.transformed_centres, self._fmap, *centres.futures, pure=False)
@@ -149,6 +150,15 @@ class KernelPasses:
         """
         args = (residual, self._fmap, self._centres, self._put(beta), self.spec, diag, self.tile)
         return self._sampled_sum(wt.fact_sums, rows, sample, (U,), *args)
+
+    def falkon_on_one_worker(
+        self, rows: RowBlocks, Y: np.ndarray, reg: float, cg: dict
+    ) -> tuple[np.ndarray, int, float]:
+        """The FALKON solve as one task on one worker (see ``worker_tasks.falkon_on_one_worker``)."""
+        future = self.client.submit(
+            wt.falkon_on_one_worker, self._fmap, self._centres, Y, self.spec, reg, cg, *rows.futures, pure=False
+        )
+        return future.result()
 
     def direct_solve(self, Y: np.ndarray, reg: float) -> tuple[np.ndarray, float]:
         """Dense Cholesky solve on one worker: (alpha (m, c), relative residual)."""

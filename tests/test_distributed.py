@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dask
 import numpy as np
+import pytest
 
 from rfm_dask import RFMRegressor
 from rfm_dask import kernels as kn
@@ -87,8 +88,10 @@ def test_cg_solver_matches_direct_solver_through_the_estimator(client):
     np.testing.assert_allclose(cg.predict(X_test), direct.predict(X_test), rtol=1e-4, atol=1e-5)
 
 
-def test_distributed_nystrom_matches_dense_falkon_system(client):
-    """FALKON over float64 row blocks solves (K_nm^T K_nm + reg K_mm) beta = K_nm^T Y to 1e-6 relative."""
+@pytest.mark.parametrize("one_worker_bytes", [0, 2**30], ids=["pass-per-cg-step", "one-worker"])
+def test_distributed_nystrom_matches_dense_falkon_system(client, one_worker_bytes):
+    """FALKON over float64 row blocks solves (K_nm^T K_nm + reg K_mm) beta = K_nm^T Y to 1e-6 relative, with a pass
+    over the blocks per CG step and as one task on one worker."""
     X, M, Y = _problem(n=500)
     spec = kn.KernelSpec("laplace", bandwidth=2.0)
     reg = 1e-2
@@ -96,7 +99,8 @@ def test_distributed_nystrom_matches_dense_falkon_system(client):
     index = np.sort(np.random.default_rng(1).choice(len(X), 120, replace=False))
     centres = take_rows(client, rows, index)
     passes = KernelPasses(client, centres, matrix_sqrt(M), X.mean(axis=0), spec)
-    sol = solve_krr(passes, rows, Y, reg, "nystrom", tol=1e-11, rng=np.random.default_rng(0))
+    with dask.config.set({"rfm.one-worker-bytes": one_worker_bytes}):
+        sol = solve_krr(passes, rows, Y, reg, "nystrom", tol=1e-11, rng=np.random.default_rng(0))
     K = _dense_kernel(X, M, spec)
     K_nm, K_mm = K[:, index], K[np.ix_(index, index)]
     expected = np.linalg.solve(K_nm.T @ K_nm + reg * K_mm, K_nm.T @ Y)
