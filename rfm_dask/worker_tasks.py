@@ -93,6 +93,14 @@ def centre_kernel(centres: Centres, spec: kn.KernelSpec) -> np.ndarray:
     return (K + K.T) / 2
 
 
+def _sampled_rows(X: Any, rows: np.ndarray, fmap: FeatureMap) -> tuple[Any, Any, Any, Any]:
+    """(xp, the block's ``rows`` (s_b, d), S and shift in the block's namespace and dtype)."""
+    X = materialise(X)
+    xp = namespace_of(X)
+    S, shift = (like(xp, a, X.dtype) for a in fmap)
+    return xp, X[like(xp, rows)], S, shift
+
+
 @single_blas_thread
 def agop_sums(
     X: Any,
@@ -105,10 +113,7 @@ def agop_sums(
     tile: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """AGOP partial sums at the sampled ``rows`` of one block: ((d, d) or (d,), (c, d)), float64 on the host."""
-    X = materialise(X)
-    xp = namespace_of(X)
-    S, shift = (like(xp, a, X.dtype) for a in fmap)
-    Xs = X[like(xp, rows)]
+    xp, Xs, S, shift = _sampled_rows(X, rows, fmap)
     G = kn.predictor_gradients(xp, Xs, S, *centres, like(xp, beta), spec, tile, shift=shift)
     outer, gsum = kn.agop_partial(xp, G, diag)
     return to_host(outer), to_host(gsum)
@@ -132,10 +137,7 @@ def fact_sums(
     U (s_b, c) are the per-row output weights (the dual coefficients alpha of these rows), or, with
     ``subtract_prediction``, the targets of these rows, whose residuals U - f(x) are used instead.
     """
-    X = materialise(X)
-    xp = namespace_of(X)
-    S, shift = (like(xp, a, X.dtype) for a in fmap)
-    Xs = X[like(xp, rows)]
+    xp, Xs, S, shift = _sampled_rows(X, rows, fmap)
     beta = like(xp, beta)
     U = like(xp, U, xp.float64)
     if subtract_prediction:
