@@ -25,3 +25,8 @@ def to_host(a: Any) -> np.ndarray:
 def like(xp: ModuleType, a: np.ndarray, dtype: Any = None) -> Any:
     """Host array ``a`` moved into namespace ``xp`` (a no-op for NumPy)."""
     return xp.asarray(a, dtype=dtype)
+
+
+def identity(value: Any) -> Any:
+    """``value`` itself: submitted as a task, it makes a small value a cluster key that can be recomputed."""
+    return value

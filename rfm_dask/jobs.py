@@ -14,6 +14,7 @@ from distributed import Client
 from sklearn import metrics as skm
 
 from .atomic import atomic_path
+from .backend import identity
 from .cluster import resolve_client
 from .estimators import RFMClassifier, RFMRegressor
 from .io import FeatureBatch, Preprocessor, read_batches
@@ -101,10 +102,6 @@ def _predict_columns(model: Any, X: np.ndarray) -> dict[str, np.ndarray]:
     return {f"prediction_{j}": pred[:, j] for j in range(pred.shape[1])}
 
 
-def _identity(value: Any) -> Any:
-    return value
-
-
 def _predicted_batches(
     model: Any, batches: Iterator[FeatureBatch], client: Client | None
 ) -> Iterator[tuple[FeatureBatch, dict]]:
@@ -113,7 +110,7 @@ def _predicted_batches(
         for batch in batches:
             yield batch, _predict_columns(model, batch.X)
         return
-    remote_model = client.submit(_identity, model, pure=False)  # a task, not scattered: survives worker loss
+    remote_model = client.submit(identity, model, pure=False)  # a task, not scattered: survives worker loss
     window = 2 * max(1, sum(client.nthreads().values()))
     pending: list = []
     for batch in batches:

@@ -15,13 +15,9 @@ from distributed import Client, Future
 
 from . import config
 from . import worker_tasks as wt
-from .backend import to_host
+from .backend import identity, to_host
 from .kernels import KernelSpec
 from .row_blocks import RowBlocks, materialise
-
-
-def _value(x: Any) -> Any:
-    return x
 
 
 def _add(*parts: Any) -> Any:
@@ -69,13 +65,13 @@ class KernelPasses:
         self.tile = int(config.get("tile-elements"))
         self.n_centres = centres.n
         fmap = (S.astype(np.float32), shift.astype(np.float32))
-        self._fmap = client.submit(_value, fmap, pure=False)
+        self._fmap = client.submit(identity, fmap, pure=False)
         self._centres = client.submit(wt.transformed_centres, self._fmap, *centres.futures, pure=False)
 
     def _put(self, a: np.ndarray) -> Future:
         """A small array as a key of its own that the tasks of a pass share; held as a task (not scattered), so it
         is recomputed if the worker holding it is lost."""
-        return self.client.submit(_value, a, pure=False)
+        return self.client.submit(identity, a, pure=False)
 
     def _submit(self, fn: Callable, rows: RowBlocks, *args: Any) -> list[Future]:
         """One task per row block ``fn(block, *args)``, in block order."""
