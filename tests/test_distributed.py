@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import dask
 import numpy as np
 import pytest
@@ -54,9 +56,22 @@ def test_task_graph_does_not_grow_with_cg_iterations(client):
     counts: list[int] = []
     matvec = passes.matvec
 
+    def scheduler_tasks() -> int:
+        return client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks))
+
+    def settled_task_count() -> int:
+        """The scheduler's task count once the last pass's release messages have arrived (stable for 3 polls)."""
+        seen = [scheduler_tasks()]
+        for _ in range(100):
+            time.sleep(0.01)
+            seen.append(scheduler_tasks())
+            if len(set(seen[-3:])) == 1 and len(seen) >= 3:
+                break
+        return seen[-1]
+
     def counting_matvec(block_rows, V):
         out = matvec(block_rows, V)
-        counts.append(client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)))
+        counts.append(settled_task_count())
         return out
 
     passes.matvec = counting_matvec
@@ -66,7 +81,9 @@ def test_task_graph_does_not_grow_with_cg_iterations(client):
     n_blocks = len(rows.futures)
     # Held: the data blocks, S, the centres, and at most one pass's tasks still being released.
     assert max(counts) <= 2 * n_blocks + 4
-    assert max(counts[-10:]) <= max(counts[:10])
+    # A leak adds at least one task per step (>= 20 over the run); a release still in flight on a loaded machine
+    # can add one to a single reading, so the settled floor is compared, not the single highest reading.
+    assert min(counts[-10:]) <= min(counts[:10])
 
 
 def test_two_worker_processes_match_in_process_fit(client, process_client):
