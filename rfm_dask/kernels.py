@@ -2,6 +2,8 @@
 
 Every function takes an array namespace ``xp`` (``numpy`` or ``cupy``) and plain arrays; none knows about Dask.
 Tiles are computed in the dtype of the data (float32 in production); reductions over tiles accumulate in float64.
+On CuPy, the kernel products (``kernel_matvec``, ``kernel_rmatvec``, ``kernel_gram_matvec``) take the route that
+``gpu_route`` picks: the fused CUDA tile of ``cuda_tiles``, or the tiled code below, optionally with TF32 GEMMs.
 
 Notation: ``X`` is a (b, d) row block, ``C`` the (m, d) centres, ``S`` the square root of the feature matrix M,
 either (d, d) symmetric or (d,) for a diagonal M. A tilde means "multiplied by S": ``Xt = X S``.
@@ -10,9 +12,13 @@ either (d, d) symmetric or (d,) for a diagonal M. A tilde means "multiplied by S
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Iterable, Iterator
+
+from . import config, cuda_tiles
 
 KERNELS = ("laplace", "gaussian")
+#: Values of ``rfm.gpu.precision``: exact float32 distances, or (an explicit opt-in, less accurate) TF32 GEMMs.
+GPU_PRECISIONS = ("float32", "tf32")
 
 #: Pairs whose GEMM-formula squared distance is below NEAR_FACTOR * eps * (squared norms) are recomputed directly.
 NEAR_FACTOR = 1024
@@ -21,8 +27,12 @@ DUPLICATE_ULPS = 64
 #: Near pairs recomputed per batch (bounds the temporary (pairs, d) difference array).
 NEAR_CHUNK = 1 << 16
 
-#: Kernel entries per tile: a block function holds one (rows x m) tile, float32 plus its float64 copy.
+#: Kernel entries per tile: a block function holds one (rows x m) tile in the data's dtype.
 DEFAULT_TILE = 1 << 22
+#: Kernel entries widened to float64 at a time for the products with coefficients: a chunk small enough to stay in
+#: the core's cache for both GEMVs of K^T (K W) (measured on this project's 2-core machine: 6x faster per tile than
+#: widening a whole 4M-entry tile, which makes the GEMVs memory-bound).
+WIDEN_ELEMENTS = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -118,6 +128,36 @@ def _row_tiles(b: int, m: int, tile: int):
         yield slice(start, min(start + step, b))
 
 
+def gpu_route(xp: Any, Xt: Any, Ct: Any, V: Any) -> str | None:
+    """How a kernel product of Xt (b, d), Ct (m, d) and V (m or b, c) runs: None for the tiled code of this module
+    (always on NumPy), "fused" for ``cuda_tiles`` (CuPy, ``rfm.gpu.fused``, float32 data, c <= cuda_tiles.MAX_COLUMNS)
+    or "tf32" for the tiled code with its float32 GEMMs in TF32 (CuPy, ``rfm.gpu.precision: tf32``: faster distance
+    GEMMs, but squared distances off by ~1e-3 of the squared norms, so an explicit opt-in)."""
+    if getattr(xp, "__name__", None) != "cupy":
+        return None
+    precision = config.get("gpu.precision")
+    if precision not in GPU_PRECISIONS:
+        raise ValueError(f"rfm.gpu.precision must be one of {GPU_PRECISIONS}, got {precision!r}")
+    if precision == "tf32":
+        return "tf32"
+    if config.get("gpu.fused") and cuda_tiles.handles(Xt, Ct, V):
+        return "fused"
+    return None
+
+
+def _product(
+    tiled: Callable, fused: Callable, xp: Any, Xt: Any, Ct: Any, c_sq: Any, V: Any, spec: KernelSpec, tile: int
+) -> Any:
+    """``tiled(xp, Xt, Ct, c_sq, V, spec, tile)``, or ``fused(Xt, Ct, V, spec)``, as ``gpu_route`` says."""
+    route = gpu_route(xp, Xt, Ct, V)
+    if route == "fused":
+        return fused(Xt, Ct, V, spec)
+    if route == "tf32":
+        with cuda_tiles.tf32_gemms():
+            return tiled(xp, Xt, Ct, c_sq, V, spec, tile)
+    return tiled(xp, Xt, Ct, c_sq, V, spec, tile)
+
+
 def kernel_matvec(
     xp: Any, Xt: Any, Ct: Any, c_sq: Any, V: Any, spec: KernelSpec, tile: int = DEFAULT_TILE
 ) -> Any:
@@ -126,15 +166,26 @@ def kernel_matvec(
     Works in row tiles of at most ``tile`` kernel entries, so memory is bounded by the tile, not by b or m. Kernel
     values are computed in the data's dtype; products with V are summed in float64, because KRR coefficients are
     large and of mixed sign, and a float32 sum of K alpha loses about eps32 * sum|K alpha| / |f| (1e-4 relative at
-    reg = 1e-3).
+    reg = 1e-3). On CuPy see ``gpu_route`` (the fused route holds no tile at all).
     """
+    return _product(_tiled_matvec, cuda_tiles.matvec, xp, Xt, Ct, c_sq, V, spec, tile)
+
+
+def _tiled_matvec(xp: Any, Xt: Any, Ct: Any, c_sq: Any, V: Any, spec: KernelSpec, tile: int) -> Any:
     x_sq = sq_norms(xp, Xt)
     V = V.astype(xp.float64, copy=False)
     out = xp.empty((Xt.shape[0], V.shape[1]), dtype=xp.float64)
     for rows in _row_tiles(Xt.shape[0], Ct.shape[0], tile):
-        K = kernel_tile(xp, Xt[rows], x_sq[rows], Ct, c_sq, spec)
-        out[rows] = K.astype(xp.float64) @ V
+        out_rows = out[rows]  # a view: written in place
+        for part, K64 in _widened(xp, kernel_tile(xp, Xt[rows], x_sq[rows], Ct, c_sq, spec)):
+            out_rows[part] = K64 @ V
     return out
+
+
+def _widened(xp: Any, K: Any) -> Iterator[tuple[slice, Any]]:
+    """Row chunks of a (b, m) kernel tile as float64 copies of at most ``WIDEN_ELEMENTS`` entries: (rows, chunk)."""
+    for rows in _row_tiles(K.shape[0], K.shape[1], WIDEN_ELEMENTS):
+        yield rows, K[rows].astype(xp.float64)
 
 
 def kernel_gram_matvec(
@@ -142,26 +193,56 @@ def kernel_gram_matvec(
 ) -> Any:
     """K_b^T (K_b W) with K_b = K(X, C) for a (b, d) block and W (m, c): returns (m, c) float64.
 
-    One kernel evaluation per entry: each row tile of K_b is used for K_r W and then for K_r^T (K_r W).
+    One kernel evaluation per entry: each row tile of K_b is used for K_r W and then for K_r^T (K_r W). On CuPy see
+    ``gpu_route`` (the fused route evaluates each entry twice and holds no tile).
     """
-    x_sq = sq_norms(xp, Xt)
-    W = W.astype(xp.float64, copy=False)
-    out = xp.zeros((Ct.shape[0], W.shape[1]), dtype=xp.float64)
-    for rows in _row_tiles(Xt.shape[0], Ct.shape[0], tile):
-        K = kernel_tile(xp, Xt[rows], x_sq[rows], Ct, c_sq, spec).astype(xp.float64)
-        out += K.T @ (K @ W)
-    return out
+    return _product(_tiled_gram_matvec, cuda_tiles.gram_matvec, xp, Xt, Ct, c_sq, W, spec, tile)
+
+
+def _tiled_gram_matvec(xp: Any, Xt: Any, Ct: Any, c_sq: Any, W: Any, spec: KernelSpec, tile: int) -> Any:
+    return tiles_gram_matvec(xp, _tiles(xp, Xt, Ct, c_sq, spec, tile), W, Ct.shape[0])
 
 
 def kernel_rmatvec(
     xp: Any, Xt: Any, Ct: Any, c_sq: Any, Y: Any, spec: KernelSpec, tile: int = DEFAULT_TILE
 ) -> Any:
-    """K(X, C)^T Y for a (b, d) block and its targets Y (b, c): returns (m, c) float64."""
+    """K(X, C)^T Y for a (b, d) block and its targets Y (b, c): returns (m, c) float64. On CuPy see ``gpu_route``."""
+    return _product(_tiled_rmatvec, cuda_tiles.rmatvec, xp, Xt, Ct, c_sq, Y, spec, tile)
+
+
+def _tiled_rmatvec(xp: Any, Xt: Any, Ct: Any, c_sq: Any, Y: Any, spec: KernelSpec, tile: int) -> Any:
     x_sq = sq_norms(xp, Xt)
     Y = Y.astype(xp.float64, copy=False)
     out = xp.zeros((Ct.shape[0], Y.shape[1]), dtype=xp.float64)
     for rows in _row_tiles(Xt.shape[0], Ct.shape[0], tile):
-        out += kernel_tile(xp, Xt[rows], x_sq[rows], Ct, c_sq, spec).astype(xp.float64).T @ Y[rows]
+        Y_rows = Y[rows]
+        for part, K64 in _widened(xp, kernel_tile(xp, Xt[rows], x_sq[rows], Ct, c_sq, spec)):
+            out += K64.T @ Y_rows[part]
+    return out
+
+
+def _tiles(xp: Any, Xt: Any, Ct: Any, c_sq: Any, spec: KernelSpec, tile: int) -> Iterator[Any]:
+    """K(X, C) for a (b, d) block, one row tile (b_t, m) in the data's dtype at a time (at most ``tile`` entries)."""
+    x_sq = sq_norms(xp, Xt)
+    for rows in _row_tiles(Xt.shape[0], Ct.shape[0], tile):
+        yield kernel_tile(xp, Xt[rows], x_sq[rows], Ct, c_sq, spec)
+
+
+def kernel_tiles(xp: Any, Xt: Any, Ct: Any, c_sq: Any, spec: KernelSpec, tile: int = DEFAULT_TILE) -> list[Any]:
+    """K(X, C) for a (b, d) block as the row tiles that ``kernel_gram_matvec`` computes one at a time, all held (in
+    the data's dtype, float32 in production), to be reused: a list of (b_t, m) arrays with sum b_t = b."""
+    return list(_tiles(xp, Xt, Ct, c_sq, spec, tile))
+
+
+def tiles_gram_matvec(xp: Any, tiles: Iterable[Any], W: Any, m: int) -> Any:
+    """sum_t K_t^T (K_t W) over row tiles K_t (b_t, m), widened to float64 chunk by chunk, and W (m, c): (m, c)
+    float64. On held tiles this is bit for bit what the tiled ``kernel_gram_matvec`` returns for the same block (same tiles,
+    products and order)."""
+    W = W.astype(xp.float64, copy=False)
+    out = xp.zeros((m, W.shape[1]), dtype=xp.float64)
+    for K in tiles:
+        for _, K64 in _widened(xp, K):
+            out += K64.T @ (K64 @ W)
     return out
 
 

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import config
+from .devices import block_device
 from .passes import KernelPasses
-from .row_blocks import RowBlocks
+from .row_blocks import RowBlocks, cluster_memory
 from .solvers.cg import conjugate_gradient
 from .solvers.falkon import falkon_solve
 from .solvers.preconditioner import nystrom_preconditioner
@@ -37,6 +38,18 @@ def choose_solver(solver: str, n: int) -> str:
     return "cg" if n <= int(config.get("cg-max-rows")) else "nystrom"
 
 
+def _fits_kernel_cache(passes: KernelPasses, train: RowBlocks) -> bool:
+    """Whether K_nm (n x m float32) fits ``rfm.kernel-cache-fraction`` of the workers' total memory limit.
+
+    Caching changes no result (the cached products are the recomputed ones, bit for bit), only the time of a CG step.
+    CPU workers only: on GPU workers the fused tile recomputes K_nm faster than device memory would hold it.
+    """
+    if block_device(passes.client) != "cpu":
+        return False
+    budget = float(config.get("kernel-cache-fraction")) * cluster_memory(passes.client)
+    return train.n * passes.n_centres * 4 <= budget
+
+
 def solve_krr(
     passes: KernelPasses,
     train: RowBlocks,
@@ -50,7 +63,9 @@ def solve_krr(
 
     direct and cg: the centres are the training rows, (K + reg I) alpha = Y. nystrom: the centres are m sampled
     rows, (K_nm^T K_nm + reg K_mm) beta = K_nm^T Y; when K_nm fits ``rfm.one-worker-bytes`` in float64 the whole
-    solve runs as one task on one worker (no round trip per CG step), else each CG step is a pass over the blocks.
+    solve runs as one task on one worker (no round trip per CG step), else each CG step is a pass over the blocks,
+    from kernel blocks cached on the workers (float32) when K_nm fits ``rfm.kernel-cache-fraction`` of their
+    memory.
     """
     max_iter, refresh = int(config.get("cg.max-iter")), int(config.get("cg.refresh-every"))
     if solver == "direct":
@@ -61,8 +76,9 @@ def solve_krr(
         coef, iterations, residual = passes.falkon_on_one_worker(train, Y, reg, cg)
         return Solution(coef, solver, iterations, residual)
     if solver == "nystrom":
+        cache = passes.kernel_cache(train) if _fits_kernel_cache(passes, train) else None
         result = falkon_solve(
-            lambda W: passes.gram_matvec(train, W),
+            (lambda W: passes.cached_gram_matvec(cache, W)) if cache else (lambda W: passes.gram_matvec(train, W)),
             passes.centre_kernel(),
             passes.rmatvec(train, Y),
             train.n,

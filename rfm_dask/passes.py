@@ -91,6 +91,17 @@ class KernelPasses:
         futures = self._submit(wt.gram_matvec, rows, self._fmap, self._centres, W, self.spec, self.tile)
         return tree_sum(self.client, futures)
 
+    def kernel_cache(self, rows: RowBlocks) -> list[Future]:
+        """Each row block's kernel K_b = K(X_b, C) (b, m) in the data's dtype, held on the worker that computed it;
+        hold the list only while it is used (its futures keep the tiles in worker memory)."""
+        return self._submit(wt.kernel_tiles, rows, self._fmap, self._centres, self.spec, self.tile)
+
+    def cached_gram_matvec(self, cache: list[Future], W: np.ndarray) -> np.ndarray:
+        """``gram_matvec`` from a ``kernel_cache``: two GEMVs per block instead of recomputing its kernel, with the
+        same result bit for bit. (m, c) float64."""
+        futures = [self.client.submit(wt.tiles_gram_matvec, tiles, W, pure=False) for tiles in cache]
+        return tree_sum(self.client, futures)
+
     def rmatvec(self, rows: RowBlocks, Y: np.ndarray) -> np.ndarray:
         """K(X_rows, C)^T Y for targets Y (n_rows, c) on the client: (m, c) float64."""
         offsets = rows.offsets

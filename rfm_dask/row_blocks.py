@@ -10,7 +10,7 @@ import dask.array as da
 import numpy as np
 from distributed import Client, Future, futures_of
 
-from . import config
+from . import config, devices
 from .backend import like, namespace_of, to_host
 
 
@@ -24,13 +24,14 @@ class LazyBlock:
 
     recipe: da.Array
     rows: np.ndarray | None = None  # local rows to keep after loading (a selection made without a task)
+    device: str = "cpu"  # devices.to_device mode of the loaded rows ("cpu": left as read)
 
     def load(self) -> Any:
         block = self.recipe.compute(scheduler="sync")
-        return block if self.rows is None else block[self.rows]
+        return devices.to_device(block if self.rows is None else block[self.rows], self.device)
 
     def select(self, local: np.ndarray) -> "LazyBlock":
-        return LazyBlock(self.recipe, local if self.rows is None else self.rows[local])
+        return LazyBlock(self.recipe, local if self.rows is None else self.rows[local], self.device)
 
 
 def materialise(block: Any) -> Any:
@@ -90,12 +91,15 @@ def select_rows(block: Any, local: np.ndarray) -> Any:
     return block[like(namespace_of(block), local)]
 
 
-def stream_rows(X: da.Array) -> RowBlocks:
-    """Row blocks that stay on disk: each pass computes every block inside its task (needs known chunk sizes)."""
+def stream_rows(X: da.Array, device: str = "cpu") -> RowBlocks:
+    """Row blocks that stay on disk: each pass computes every block inside its task (needs known chunk sizes).
+
+    ``device`` is the ``devices.to_device`` mode applied to each block as it is loaded (see ``devices.block_device``).
+    """
     X = X.rechunk({1: -1})
     if any(math.isnan(c) for c in X.chunks[0]):
         raise ValueError("streaming needs known chunk sizes along rows")
-    blocks = [LazyBlock(X.blocks[i]) for i in range(X.numblocks[0])]
+    blocks = [LazyBlock(X.blocks[i], device=device) for i in range(X.numblocks[0])]
     return RowBlocks(blocks, [int(c) for c in X.chunks[0]], int(X.shape[1]))
 
 
@@ -109,7 +113,7 @@ def place_rows(client: Client, X: da.Array) -> RowBlocks:
     budget = float(config.get("persist-fraction")) * cluster_memory(client)
     nbytes = X.dtype.itemsize * int(np.prod(X.shape)) if not any(math.isnan(s) for s in X.shape) else np.inf
     if budget and nbytes > budget:
-        return stream_rows(X)
+        return stream_rows(X, devices.block_device(client))
     return persist_rows(client, X)
 
 
@@ -121,9 +125,14 @@ def persist_rows(client: Client, X: da.Array) -> RowBlocks:
     """Persist a dask array (rows chunked, one chunk across columns) and list its block futures in row order.
 
     Row counts are read from the persisted blocks (this also waits for them), so unknown chunk sizes (after boolean
-    selection) are fine.
+    selection) are fine. On GPU workers (see ``devices.block_device``) each block is moved to the device by a task of
+    the persisted graph, so it is recomputed like the rest; ``meta`` stays NumPy, so the client needs no CuPy.
     """
-    Xp = client.persist(X.rechunk({1: -1}))
+    X = X.rechunk({1: -1})
+    device = devices.block_device(client)
+    if device != "cpu":
+        X = X.map_blocks(devices.to_device, device=device, dtype=X.dtype, meta=X._meta)
+    Xp = client.persist(X)
     by_key = {f.key: f for f in futures_of(Xp)}
     futures = [by_key[key] for (key,) in Xp.__dask_keys__()]
     sizes = client.gather([client.submit(_n_rows, f, pure=False) for f in futures])

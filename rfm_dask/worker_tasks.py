@@ -63,6 +63,22 @@ def gram_matvec(
 
 
 @single_blas_thread
+def kernel_tiles(X: Any, fmap: FeatureMap, centres: Centres, spec: kn.KernelSpec, tile: int) -> list[Any]:
+    """One block's kernel against the centres as row tiles in the data's dtype, kept on this worker (see
+    ``kernels.kernel_tiles``): (b, m) in all."""
+    X = materialise(X)
+    xp = namespace_of(X)
+    return kn.kernel_tiles(xp, _transform(xp, X, fmap), *centres, spec, tile)
+
+
+@single_blas_thread
+def tiles_gram_matvec(tiles: list[Any], W: np.ndarray) -> np.ndarray:
+    """K_b^T (K_b W) from a block's cached tiles: (m, c) float64 on the host."""
+    xp = namespace_of(tiles[0])
+    return to_host(kn.tiles_gram_matvec(xp, tiles, like(xp, W), tiles[0].shape[1]))
+
+
+@single_blas_thread
 def rmatvec(X: Any, Y: np.ndarray, fmap: FeatureMap, centres: Centres, spec: kn.KernelSpec, tile: int) -> np.ndarray:
     """K_b^T Y_b for one row block and its targets: (m, c) float64 on the host."""
     X = materialise(X)

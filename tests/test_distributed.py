@@ -105,10 +105,18 @@ def test_cg_solver_matches_direct_solver_through_the_estimator(client):
     np.testing.assert_allclose(cg.predict(X_test), direct.predict(X_test), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("one_worker_bytes", [0, 2**30], ids=["pass-per-cg-step", "one-worker"])
-def test_distributed_nystrom_matches_dense_falkon_system(client, one_worker_bytes):
+NYSTROM_PATHS = {  # (rfm.one-worker-bytes, rfm.kernel-cache-fraction)
+    "pass-per-cg-step": (0, 0.0),
+    "cached-kernel-blocks": (0, 1.0),
+    "one-worker": (2**30, 0.0),
+}
+
+
+@pytest.mark.parametrize("path", NYSTROM_PATHS)
+def test_distributed_nystrom_matches_dense_falkon_system(client, path):
     """FALKON over float64 row blocks solves (K_nm^T K_nm + reg K_mm) beta = K_nm^T Y to 1e-6 relative, with a pass
-    over the blocks per CG step and as one task on one worker."""
+    over the blocks per CG step (recomputing or reusing cached kernel blocks) and as one task on one worker."""
+    one_worker_bytes, cache_fraction = NYSTROM_PATHS[path]
     X, M, Y = _problem(n=500)
     spec = kn.KernelSpec("laplace", bandwidth=2.0)
     reg = 1e-2
@@ -116,13 +124,27 @@ def test_distributed_nystrom_matches_dense_falkon_system(client, one_worker_byte
     index = np.sort(np.random.default_rng(1).choice(len(X), 120, replace=False))
     centres = take_rows(client, rows, index)
     passes = KernelPasses(client, centres, matrix_sqrt(M), X.mean(axis=0), spec)
-    with dask.config.set({"rfm.one-worker-bytes": one_worker_bytes}):
+    settings = {"rfm.one-worker-bytes": one_worker_bytes, "rfm.kernel-cache-fraction": cache_fraction}
+    with dask.config.set(settings):
         sol = solve_krr(passes, rows, Y, reg, "nystrom", tol=1e-11, rng=np.random.default_rng(0))
     K = _dense_kernel(X, M, spec)
     K_nm, K_mm = K[:, index], K[np.ix_(index, index)]
     expected = np.linalg.solve(K_nm.T @ K_nm + reg * K_mm, K_nm.T @ Y)
     assert sol.solver == "nystrom" and sol.iterations > 0
     np.testing.assert_allclose(sol.coef, expected, rtol=1e-6, atol=1e-6 * np.abs(expected).max())
+
+
+def test_cached_kernel_blocks_change_no_bit(client):
+    """The kernel cache is a speed choice only (it depends on the cluster's memory): the fit is identical with it."""
+    X_train, y_train, X_test, _ = low_rank_golden(n_train=1200, n_test=200, seed=3)
+    models = []
+    for fraction in (0.0, 1.0):
+        settings = {"rfm.one-worker-bytes": 0, "rfm.kernel-cache-fraction": fraction}
+        with dask.config.set(settings):
+            model = RFMRegressor(solver="nystrom", n_centers=300, iters=2, random_state=0, client=client)
+            models.append(model.fit(X_train, y_train))
+    np.testing.assert_array_equal(models[0].feature_matrix_, models[1].feature_matrix_)
+    np.testing.assert_array_equal(models[0].predict(X_test), models[1].predict(X_test))
 
 
 def test_nystrom_estimator_keeps_m_centres(client):

@@ -22,7 +22,6 @@ and prints the table at the end.
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime as dt
 import importlib.util
 import inspect
@@ -36,7 +35,6 @@ import subprocess
 import sys
 import threading
 import time
-import tomllib
 import traceback
 from importlib import metadata
 from pathlib import Path
@@ -45,7 +43,7 @@ from typing import Any
 import numpy as np
 import psutil
 
-from pipelines.toml_values import none_values
+from pipelines.toml_values import layered_config
 from rfm_dask.atomic import atomic_path, write_text
 
 FOREIGN_CPU_WARN = 0.05  # note fits during which other processes used more than this share of the CPUs
@@ -72,6 +70,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "restart_between_fits": True,
         "memory_sample_s": 0.2,
     },
+    "rfm_config": {},  # rfm_dask package settings (rfm.yaml keys) set with dask.config.set around each fit
     "rfm_dask": {
         "iters": 5,
         "bandwidth": 10.0,
@@ -120,20 +119,9 @@ PACKAGES = ["rfm_dask", "dask", "distributed", "numpy", "scipy", "scikit-learn",
 # -- configuration ------------------------------------------------------------------------------------------------
 
 
-def load_config(path: Path | None) -> dict:
-    """DEFAULTS updated table by table with the TOML file at ``path`` (unknown tables are an error)."""
-    config = copy.deepcopy(DEFAULTS)
-    if path is None:
-        return config
-    with open(path, "rb") as fh:
-        loaded = none_values(tomllib.load(fh))
-    for table, values in loaded.items():
-        if table not in config:
-            raise SystemExit(f"{path}: unknown table [{table}] (known: {', '.join(config)})")
-        if not isinstance(values, dict):
-            raise SystemExit(f"{path}: [{table}] must be a table")
-        config[table].update(values)
-    return config
+def load_config(paths: list[Path] | Path | None) -> dict:
+    """DEFAULTS updated with the TOML files at ``paths`` (see ``pipelines.toml_values.layered_config``)."""
+    return layered_config(DEFAULTS, paths)
 
 
 def _size(text: str) -> int:
@@ -148,7 +136,10 @@ def _size(text: str) -> int:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m pipelines.benchmarks.scaling", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=None, help="TOML config (built-in defaults where omitted)")
+    parser.add_argument(
+        "--config", type=Path, action="append",
+        help="TOML config (built-in defaults where omitted); repeat to layer files, later ones win",
+    )
     parser.add_argument("--sizes", type=_size, nargs="+", help="override [run] sizes, e.g. --sizes 10000 20000")
     parser.add_argument("--repeats", type=int, help="fits per peer and size (median time reported); default 1")
     parser.add_argument("--out", type=Path, help="output directory (default [run] out_dir)")
@@ -450,6 +441,8 @@ class ForeignCpu:
 # -- the peers ----------------------------------------------------------------------------------------------------
 def fit_rfm_dask(client: Any, data: tuple, config: dict) -> dict:
     """One rfm_dask fit: wall time, test R^2, peak worker / client RSS, history."""
+    import dask
+
     from rfm_dask import RFMRegressor
 
     X_fit, y_fit, X_val, y_val, X_test, y_test = data
@@ -458,7 +451,8 @@ def fit_rfm_dask(client: Any, data: tuple, config: dict) -> dict:
         client.restart()
     baseline = client.run(_warm_worker)
     model = RFMRegressor(client=client, **rfm_dask_params(config))
-    with PeakMemory(client, cluster_cfg["memory_sample_s"]) as memory, ForeignCpu() as foreign:
+    settings = {f"rfm.{key}": value for key, value in config["rfm_config"].items()}
+    with dask.config.set(settings), PeakMemory(client, cluster_cfg["memory_sample_s"]) as memory, ForeignCpu() as foreign:
         start = time.perf_counter()
         model.fit(X_fit, y_fit, X_val=X_val, y_val=y_val)
         fit_seconds = time.perf_counter() - start
@@ -739,7 +733,8 @@ def settings_text(config: dict) -> list[str]:
         f"{float(run['validation_fraction']):.0%}",
         f"- rfm_dask: `RFMRegressor({', '.join(f'{k}={v!r}' for k, v in rfm_dask_params(config).items())})` on a "
         f"`LocalCluster` of {cl['n_workers']} worker processes x {cl['threads_per_worker']} thread, memory_limit "
-        f"{cl['memory_limit']} per worker" + (", workers restarted before each fit" if cl["restart_between_fits"] else ""),
+        f"{cl['memory_limit']} per worker" + (", workers restarted before each fit" if cl["restart_between_fits"] else "")
+        + "".join(f", `rfm.{k}` = {v!r}" for k, v in config["rfm_config"].items()),
         f"- xRFM: `xrfm.RFM({', '.join(f'{k}={v!r}' for k, v in init.items())})`, "
         f"`.fit(train, val, {', '.join(f'{k}={v!r}' for k, v in fit.items())})`, torch CPU, "
         f"`torch.set_num_threads({x['threads']})`, in the benchmark process; time budget {float(x['time_budget_s']):g} s, "
