@@ -183,9 +183,17 @@ def _tiled_matvec(xp: Any, Xt: Any, Ct: Any, c_sq: Any, V: Any, spec: KernelSpec
 
 
 def _widened(xp: Any, K: Any) -> Iterator[tuple[slice, Any]]:
-    """Row chunks of a (b, m) kernel tile as float64 copies of at most ``WIDEN_ELEMENTS`` entries: (rows, chunk)."""
+    """Row chunks of a (b, m) kernel tile as float64 copies of at most ``WIDEN_ELEMENTS`` entries: (rows, chunk).
+
+    Every chunk is written into one buffer (use it before taking the next): a fresh array per chunk would be
+    mmapped and page-faulted each time in Dask worker processes, whose malloc trim threshold disables reuse.
+    """
+    step = max(1, WIDEN_ELEMENTS // max(K.shape[1], 1))
+    buffer = xp.empty((min(step, K.shape[0]), K.shape[1]), dtype=xp.float64)
     for rows in _row_tiles(K.shape[0], K.shape[1], WIDEN_ELEMENTS):
-        yield rows, K[rows].astype(xp.float64)
+        chunk = buffer[: rows.stop - rows.start]
+        chunk[...] = K[rows]
+        yield rows, chunk
 
 
 def kernel_gram_matvec(
