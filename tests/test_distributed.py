@@ -159,6 +159,9 @@ def test_nystrom_estimator_keeps_m_centres(client):
 
 def test_auto_solver_picks_by_size():
     assert choose_solver("auto", 100) == "direct"
-    assert choose_solver("auto", 8000) == "cg"
+    assert choose_solver("auto", 8000) == "direct"
+    assert choose_solver("auto", 8001) == "nystrom"
     assert choose_solver("auto", 50000) == "nystrom"
+    with dask.config.set({"rfm.cg-max-rows": 12000}):
+        assert choose_solver("auto", 10000) == "cg"
     assert choose_solver("nystrom", 100) == "nystrom"
