@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dask
 import pytest
 from distributed import Client, LocalCluster
 
@@ -29,3 +30,15 @@ def _close_shared_local_cluster():
     """Close the estimators' shared in-process cluster while pytest's output streams are still open."""
     yield
     close_local_client()
+
+
+@pytest.fixture(autouse=True)
+def _cpu_blocks_outside_gpu_tests(request, monkeypatch):
+    """Keep row blocks in NumPy (``rfm.device: cpu``) in every test not marked ``gpu``, also in the subprocesses a
+    test starts: on a GPU machine "auto" would move the CPU suite's fits to the device."""
+    if request.node.get_closest_marker("gpu"):
+        yield
+        return
+    monkeypatch.setenv("DASK_RFM__DEVICE", "cpu")
+    with dask.config.set({"rfm.device": "cpu"}):
+        yield
