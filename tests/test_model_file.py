@@ -45,7 +45,7 @@ def test_round_trip_in_process(fitted, tmp_path):
 
 def test_predictions_identical_in_a_new_process(fitted, tmp_path):
     X, reg, _ = fitted
-    path = reg.save(tmp_path / "model.rfm")
+    reg.save(tmp_path / "model.rfm")
     np.save(tmp_path / "X.npy", X)
     script = (
         "import numpy as np, rfm_dask, sys; d = sys.argv[1]; "
