@@ -88,6 +88,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "warmup_rows": 5000,
     },
     "cluster": {"restart_between_fits": False, "memory_sample_s": 0.5},
+    "rfm_config": {},  # rfm_dask package settings set around each fit (as in scaling.py)
     "rfm_dask": {
         "iters": 5,
         "bandwidth": 10.0,
