@@ -89,28 +89,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "cluster": {"restart_between_fits": False, "memory_sample_s": 0.5},
     "rfm_config": {},  # rfm_dask package settings set around each fit (as in scaling.py)
-    "rfm_dask": {
-        "iters": 5,
-        "bandwidth": 10.0,
-        "reg": 1e-3,
-        "solver": "nystrom",
-        "n_centers": 2000,
-        "patience": None,
-        "random_state": 0,
-    },
-    "xrfm": {
-        "enabled": True,
-        "kernel": "laplace",
-        "bandwidth": 10.0,
-        "exponent": 1.0,
-        "reg": 1e-3,
-        "iters": 5,
-        "method": "eigenpro",
-        "lstsq_max_rows": 50000,
-        "solver": "solve",
-        "early_stop_rfm": False,
-        "total_points_to_sample": 20000,
-    },
+    # the CPU benchmark's peer settings, with Nystrom fixed and xRFM's GPU solver choice by size
+    "rfm_dask": {**scaling.DEFAULTS["rfm_dask"], "solver": "nystrom", "n_centers": 2000},
+    "xrfm": {**scaling.DEFAULTS["xrfm"], "method": "eigenpro", "lstsq_max_rows": 50000},
 }
 
 
