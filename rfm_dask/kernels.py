@@ -172,12 +172,11 @@ def kernel_matvec(
 
 
 def _tiled_matvec(xp: Any, Xt: Any, Ct: Any, c_sq: Any, V: Any, spec: KernelSpec, tile: int) -> Any:
-    x_sq = sq_norms(xp, Xt)
     V = V.astype(xp.float64, copy=False)
     out = xp.empty((Xt.shape[0], V.shape[1]), dtype=xp.float64)
-    for rows in _row_tiles(Xt.shape[0], Ct.shape[0], tile):
+    for rows, K in _tiles(xp, Xt, Ct, c_sq, spec, tile):
         out_rows = out[rows]  # a view: written in place
-        for part, K64 in _widened(xp, kernel_tile(xp, Xt[rows], x_sq[rows], Ct, c_sq, spec)):
+        for part, K64 in _widened(xp, K):
             out_rows[part] = K64 @ V
     return out
 
@@ -208,7 +207,7 @@ def kernel_gram_matvec(
 
 
 def _tiled_gram_matvec(xp: Any, Xt: Any, Ct: Any, c_sq: Any, W: Any, spec: KernelSpec, tile: int) -> Any:
-    return tiles_gram_matvec(xp, _tiles(xp, Xt, Ct, c_sq, spec, tile), W, Ct.shape[0])
+    return tiles_gram_matvec(xp, (K for _, K in _tiles(xp, Xt, Ct, c_sq, spec, tile)), W, Ct.shape[0])
 
 
 def kernel_rmatvec(
@@ -219,33 +218,33 @@ def kernel_rmatvec(
 
 
 def _tiled_rmatvec(xp: Any, Xt: Any, Ct: Any, c_sq: Any, Y: Any, spec: KernelSpec, tile: int) -> Any:
-    x_sq = sq_norms(xp, Xt)
     Y = Y.astype(xp.float64, copy=False)
     out = xp.zeros((Ct.shape[0], Y.shape[1]), dtype=xp.float64)
-    for rows in _row_tiles(Xt.shape[0], Ct.shape[0], tile):
+    for rows, K in _tiles(xp, Xt, Ct, c_sq, spec, tile):
         Y_rows = Y[rows]
-        for part, K64 in _widened(xp, kernel_tile(xp, Xt[rows], x_sq[rows], Ct, c_sq, spec)):
+        for part, K64 in _widened(xp, K):
             out += K64.T @ Y_rows[part]
     return out
 
 
-def _tiles(xp: Any, Xt: Any, Ct: Any, c_sq: Any, spec: KernelSpec, tile: int) -> Iterator[Any]:
-    """K(X, C) for a (b, d) block, one row tile (b_t, m) in the data's dtype at a time (at most ``tile`` entries)."""
+def _tiles(xp: Any, Xt: Any, Ct: Any, c_sq: Any, spec: KernelSpec, tile: int) -> Iterator[tuple[slice, Any]]:
+    """K(X, C) for a (b, d) block, one row tile at a time: (rows, (b_t, m) tile in the data's dtype), at most
+    ``tile`` entries each."""
     x_sq = sq_norms(xp, Xt)
     for rows in _row_tiles(Xt.shape[0], Ct.shape[0], tile):
-        yield kernel_tile(xp, Xt[rows], x_sq[rows], Ct, c_sq, spec)
+        yield rows, kernel_tile(xp, Xt[rows], x_sq[rows], Ct, c_sq, spec)
 
 
 def kernel_tiles(xp: Any, Xt: Any, Ct: Any, c_sq: Any, spec: KernelSpec, tile: int = DEFAULT_TILE) -> list[Any]:
     """K(X, C) for a (b, d) block as the row tiles that ``kernel_gram_matvec`` computes one at a time, all held (in
     the data's dtype, float32 in production), to be reused: a list of (b_t, m) arrays with sum b_t = b."""
-    return list(_tiles(xp, Xt, Ct, c_sq, spec, tile))
+    return [K for _, K in _tiles(xp, Xt, Ct, c_sq, spec, tile)]
 
 
 def tiles_gram_matvec(xp: Any, tiles: Iterable[Any], W: Any, m: int) -> Any:
     """sum_t K_t^T (K_t W) over row tiles K_t (b_t, m), widened to float64 chunk by chunk, and W (m, c): (m, c)
-    float64. On held tiles this is bit for bit what the tiled ``kernel_gram_matvec`` returns for the same block (same tiles,
-    products and order)."""
+    float64. On held tiles this is bit for bit what the tiled ``kernel_gram_matvec`` returns for the same block
+    (same tiles, products and order)."""
     W = W.astype(xp.float64, copy=False)
     out = xp.zeros((m, W.shape[1]), dtype=xp.float64)
     for K in tiles:

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import config
-from .devices import block_device
 from .passes import KernelPasses
 from .row_blocks import RowBlocks, cluster_memory
 from .solvers.cg import conjugate_gradient
@@ -44,7 +43,7 @@ def _fits_kernel_cache(passes: KernelPasses, train: RowBlocks) -> bool:
     Caching changes no result (the cached products are the recomputed ones, bit for bit), only the time of a CG step.
     CPU workers only: on GPU workers the fused tile recomputes K_nm faster than device memory would hold it.
     """
-    if block_device(passes.client) != "cpu":
+    if train.device != "cpu":
         return False
     budget = float(config.get("kernel-cache-fraction")) * cluster_memory(passes.client)
     return train.n * passes.n_centres * 4 <= budget

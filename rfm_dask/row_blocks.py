@@ -49,6 +49,7 @@ class RowBlocks:
     futures: list[Future | LazyBlock]
     sizes: list[int]
     n_features: int
+    device: str = "cpu"  # devices.to_device mode of the blocks: "cpu" means NumPy blocks
 
     @property
     def n(self) -> int:
@@ -100,7 +101,7 @@ def stream_rows(X: da.Array, device: str = "cpu") -> RowBlocks:
     if any(math.isnan(c) for c in X.chunks[0]):
         raise ValueError("streaming needs known chunk sizes along rows")
     blocks = [LazyBlock(X.blocks[i], device=device) for i in range(X.numblocks[0])]
-    return RowBlocks(blocks, [int(c) for c in X.chunks[0]], int(X.shape[1]))
+    return RowBlocks(blocks, [int(c) for c in X.chunks[0]], int(X.shape[1]), device)
 
 
 def cluster_memory(client: Client) -> int:
@@ -136,7 +137,7 @@ def persist_rows(client: Client, X: da.Array) -> RowBlocks:
     by_key = {f.key: f for f in futures_of(Xp)}
     futures = [by_key[key] for (key,) in Xp.__dask_keys__()]
     sizes = client.gather([client.submit(_n_rows, f, pure=False) for f in futures])
-    return RowBlocks(futures, sizes, int(X.shape[1]))
+    return RowBlocks(futures, sizes, int(X.shape[1]), device)
 
 
 def _host_block(block: Any) -> np.ndarray:
@@ -157,4 +158,4 @@ def take_rows(client: Client, rows: RowBlocks, index: np.ndarray) -> RowBlocks:
         f.select(local) if isinstance(f, LazyBlock) else client.submit(select_rows, f, local, pure=False)
         for f, local in parts
     ]
-    return RowBlocks(futures, [int(local.size) for _, local in parts], rows.n_features)
+    return RowBlocks(futures, [int(local.size) for _, local in parts], rows.n_features, rows.device)

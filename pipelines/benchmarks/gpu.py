@@ -39,6 +39,7 @@ import numpy as np
 
 from pipelines.benchmarks import scaling
 from pipelines.benchmarks.scaling import (
+    MIB,
     _fmt,
     _json_default,
     _log,
@@ -55,7 +56,6 @@ from pipelines.toml_values import layered_config
 from rfm_dask import devices
 from rfm_dask.atomic import write_text
 
-MIB = 2**20
 FLOPS_CONVENTION = (
     "effective TFLOP/s = 2 b m d / seconds (the distance flops of a (b, m) tile at d features, as "
     "pipelines/benchmarks/tiles.py counts; the kernel evaluation and the product with V are not counted)"
@@ -75,16 +75,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "check_rows": 2048,
         "seed": 0,
     },
+    # the CPU benchmark's synthetic task (test rows, d, seeds, validation share), at the GPU sizes
     "fits": {
+        **{k: v for k, v in scaling.DEFAULTS["run"].items() if k not in ("sizes", "out_dir")},
         "enabled": True,
         "sizes": [100000, 1000000],
-        "test_rows": 10000,
-        "d": 20,
-        "validation_fraction": 0.1,
-        "train_seed": 1,
-        "test_seed": 2,
-        "task_seed": 1234,
-        "repeats": 1,
         "warmup_rows": 5000,
     },
     "cluster": {"restart_between_fits": False, "memory_sample_s": 0.5},
