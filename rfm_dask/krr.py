@@ -8,7 +8,7 @@ import numpy as np
 
 from . import config
 from .passes import KernelPasses
-from .row_blocks import RowBlocks, cluster_memory
+from .row_blocks import RowBlocks, cluster_memory, smallest_worker_memory
 from .solvers.cg import conjugate_gradient
 from .solvers.falkon import falkon_solve
 from .solvers.preconditioner import nystrom_preconditioner
@@ -49,6 +49,18 @@ def _fits_kernel_cache(passes: KernelPasses, train: RowBlocks) -> bool:
     return train.n * passes.n_centres * 4 <= budget
 
 
+def _fits_one_worker(passes: KernelPasses, train: RowBlocks) -> bool:
+    """Whether the one-task FALKON solve fits: K_nm (n x m float64) within ``rfm.one-worker-bytes``, and K_nm with
+    the rows that task gathers within half the smallest worker's memory limit. Never for streamed rows."""
+    if train.streamed:
+        return False
+    m, d = passes.n_centres, train.n_features
+    if train.n * m * 8 > int(config.get("one-worker-bytes")):
+        return False
+    limit = smallest_worker_memory(passes.client)
+    return not limit or train.n * (12 * m + 8 * d) <= limit // 2
+
+
 def solve_krr(
     passes: KernelPasses,
     train: RowBlocks,
@@ -61,8 +73,8 @@ def solve_krr(
     """Solve KRR with the ``solver`` named (not "auto"); ``passes`` holds the centres.
 
     direct and cg: the centres are the training rows, (K + reg I) alpha = Y. nystrom: the centres are m sampled
-    rows, (K_nm^T K_nm + reg K_mm) beta = K_nm^T Y; when K_nm fits ``rfm.one-worker-bytes`` in float64 the whole
-    solve runs as one task on one worker (no round trip per CG step), else each CG step is a pass over the blocks,
+    rows, (K_nm^T K_nm + reg K_mm) beta = K_nm^T Y; when K_nm fits one worker (``_fits_one_worker``) the whole
+    solve runs as one task there (no round trip per CG step), else each CG step is a pass over the blocks,
     from kernel blocks cached on the workers (float32) when K_nm fits ``rfm.kernel-cache-fraction`` of their
     memory.
     """
@@ -70,7 +82,7 @@ def solve_krr(
     if solver == "direct":
         coef, residual = passes.direct_solve(Y, reg)
         return Solution(coef, solver, 0, residual)
-    if solver == "nystrom" and train.n * passes.n_centres * 8 <= int(config.get("one-worker-bytes")):
+    if solver == "nystrom" and _fits_one_worker(passes, train):
         cg = {"tol": tol, "max_iter": max_iter, "refresh_every": refresh}
         coef, iterations, residual = passes.falkon_on_one_worker(train, Y, reg, cg)
         return Solution(coef, solver, iterations, residual)

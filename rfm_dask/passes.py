@@ -8,10 +8,11 @@ grow with the number of CG iterations.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections import Counter, deque
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
-from distributed import Client, Future
+from distributed import Client, Future, wait
 
 from . import config
 from . import worker_tasks as wt
@@ -27,19 +28,64 @@ def _add(*parts: Any) -> Any:
     return sum(parts)
 
 
-def tree_sum(client: Client, futures: list[Future], fan_in: int = 8) -> Any:
-    """Sum futures' results on the cluster in a tree, gathering only the total.
+class Submitter:
+    """Submits a pass's tasks in order with at most ``rfm.tasks-per-thread`` per worker thread unfinished at a time.
 
-    Reduction tasks get a higher priority than the leaves, so partial results (d x d AGOP sums, m-vectors) are
-    folded as they arrive instead of piling up on the workers: at most about ``fan_in`` per worker are alive. The last
-    ``fan_in`` or fewer are gathered and added here, which saves a scheduling round trip per pass.
+    Before a task is submitted past that limit, the oldest unfinished one is waited for. So the workers never hold
+    more than the limit of a pass's tasks (each with its arguments: a streamed block's recipe and row selection,
+    target slices) however many blocks there are, whatever the scheduler's queuing decides. The order of the calls,
+    and so of every sum over them, is unchanged.
+
+    Tasks on held blocks go where their block is. Tasks on streamed blocks have no such home, and the scheduler
+    would run them all where the pass's small shared keys happen to live: with ``spread`` each is sent to the worker
+    with the fewest unfinished tasks per thread (any other worker may still take it, e.g. if that one is lost).
     """
-    while len(futures) > fan_in:
-        futures = [
-            client.submit(_add, *futures[i : i + fan_in], priority=1, pure=False)
-            for i in range(0, len(futures), fan_in)
-        ]
-    return _add(*client.gather(futures))
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.threads = dict(client.nthreads())
+        self.limit = int(config.get("tasks-per-thread")) * max(1, sum(self.threads.values()))
+
+    def _least_busy(self, pending: deque) -> str:
+        busy = Counter(where for future, where in pending if not future.done())
+        return min(sorted(self.threads), key=lambda w: busy[w] / max(self.threads[w], 1))
+
+    def stream(self, calls: Iterable[tuple], spread: bool = False) -> Iterator[Future]:
+        """Futures of ``(fn, *args)`` calls, submitted as the iterator is consumed."""
+        pending: deque[tuple[Future, str | None]] = deque()
+        for fn, *args in calls:
+            if len(pending) >= self.limit:
+                with self.client.as_current():  # distributed.wait uses the current client
+                    wait(pending.popleft()[0])
+            where = self._least_busy(pending) if spread and self.threads else None
+            placement = {"workers": [where], "allow_other_workers": True} if where else {}
+            future = self.client.submit(fn, *args, pure=False, **placement)
+            pending.append((future, where))
+            yield future
+
+
+def tree_sum(client: Client, futures: Iterable[Future], fan_in: int = 8) -> Any:
+    """Sum futures' results on the cluster in a fixed tree, as they are submitted, gathering only the last few.
+
+    Every ``fan_in`` consecutive futures of a level are folded by one reduction task as soon as they exist
+    (reductions outrank the leaves, so partial results do not pile up on the workers); the tree depends on the
+    number of futures only, so the total is the same bit for bit on any cluster. The at most ``fan_in`` partial
+    sums left at the end are gathered and added here, which saves a scheduling round trip per pass.
+    """
+    levels: list[list[Future]] = [[]]
+    for future in futures:
+        levels[0].append(future)
+        k = 0
+        while len(levels[k]) == fan_in:
+            if k + 1 == len(levels):
+                levels.append([])
+            levels[k + 1].append(client.submit(_add, *levels[k], priority=1, pure=False))
+            levels[k] = []
+            k += 1
+    rest = [f for level in levels for f in level]
+    while len(rest) > fan_in:
+        rest = [client.submit(_add, *rest[i : i + fan_in], priority=1, pure=False) for i in range(0, len(rest), fan_in)]
+    return _add(*client.gather(rest))
 
 
 def _column_sums(block: Any) -> np.ndarray:
@@ -48,7 +94,8 @@ def _column_sums(block: Any) -> np.ndarray:
 
 def column_means(client: Client, rows: RowBlocks) -> np.ndarray:
     """Mean of the rows (d,) float64, from one task per block; raises ValueError if X holds NaN or infinity."""
-    total = tree_sum(client, [client.submit(_column_sums, f, pure=False) for f in rows.futures])
+    calls = ((_column_sums, f) for f in rows.futures)
+    total = tree_sum(client, Submitter(client).stream(calls, spread=rows.streamed))
     if not np.all(np.isfinite(total)):
         raise ValueError("Input X contains NaN or infinity")
     return total / max(rows.n, 1)
@@ -64,6 +111,7 @@ class KernelPasses:
         self.spec = spec
         self.tile = int(config.get("tile-elements"))
         self.n_centres = centres.n
+        self._submitter = Submitter(client)
         fmap = (S.astype(np.float32), shift.astype(np.float32))
         self._fmap = client.submit(identity, fmap, pure=False)
         self._centres = client.submit(wt.transformed_centres, self._fmap, *centres.futures, pure=False)
@@ -73,13 +121,25 @@ class KernelPasses:
         is recomputed if the worker holding it is lost."""
         return self.client.submit(identity, a, pure=False)
 
-    def _submit(self, fn: Callable, rows: RowBlocks, *args: Any) -> list[Future]:
-        """One task per row block ``fn(block, *args)``, in block order."""
-        return [self.client.submit(fn, block, *args, pure=False) for block in rows.futures]
+    def _stream(self, calls: Iterable[tuple], rows: RowBlocks | None = None) -> Iterator[Future]:
+        """Futures of ``(fn, *args)`` calls on ``rows``'s blocks, submitted in order (see ``Submitter``)."""
+        return self._submitter.stream(calls, spread=rows is not None and rows.streamed)
+
+    def _submit(self, fn: Callable, rows: RowBlocks, *args: Any) -> Iterator[Future]:
+        """One task per row block ``fn(block, *args)``, in block order (submitted as the iterator is consumed)."""
+        return self._stream(((fn, block, *args) for block in rows.futures), rows)
 
     def _map(self, fn: Callable, rows: RowBlocks, *args: Any) -> list:
-        """Results of one task per row block, gathered in block order (for per-row outputs)."""
-        return self.client.gather(self._submit(fn, rows, *args))
+        """Results of one task per row block in block order (for per-row outputs), gathered a ``Submitter`` limit at a
+        time so that the workers hold at most that many results."""
+        results: list = []
+        batch: list[Future] = []
+        for future in self._submit(fn, rows, *args):
+            batch.append(future)
+            if len(batch) == self._submitter.limit:
+                results += self.client.gather(batch)
+                batch = []
+        return results + self.client.gather(batch)
 
     def matvec(self, rows: RowBlocks, V: np.ndarray) -> np.ndarray:
         """K(X_rows, C) @ V for V (m, c): returns (n_rows, c) float64."""
@@ -94,24 +154,21 @@ class KernelPasses:
     def kernel_cache(self, rows: RowBlocks) -> list[Future]:
         """Each row block's kernel K_b = K(X_b, C) (b, m) in the data's dtype, held on the worker that computed it;
         hold the list only while it is used (its futures keep the tiles in worker memory)."""
-        return self._submit(wt.kernel_tiles, rows, self._fmap, self._centres, self.spec, self.tile)
+        return list(self._submit(wt.kernel_tiles, rows, self._fmap, self._centres, self.spec, self.tile))
 
     def cached_gram_matvec(self, cache: list[Future], W: np.ndarray) -> np.ndarray:
         """``gram_matvec`` from a ``kernel_cache``: two GEMVs per block instead of recomputing its kernel, with the
         same result bit for bit. (m, c) float64."""
-        futures = [self.client.submit(wt.tiles_gram_matvec, tiles, W, pure=False) for tiles in cache]
-        return tree_sum(self.client, futures)
+        return tree_sum(self.client, self._stream((wt.tiles_gram_matvec, tiles, W) for tiles in cache))
 
     def rmatvec(self, rows: RowBlocks, Y: np.ndarray) -> np.ndarray:
         """K(X_rows, C)^T Y for targets Y (n_rows, c) on the client: (m, c) float64."""
         offsets = rows.offsets
-        futures = [
-            self.client.submit(
-                wt.rmatvec, block, Y[lo:hi], self._fmap, self._centres, self.spec, self.tile, pure=False
-            )
+        calls = (
+            (wt.rmatvec, block, Y[lo:hi], self._fmap, self._centres, self.spec, self.tile)
             for block, lo, hi in zip(rows.futures, offsets[:-1], offsets[1:])
-        ]
-        return tree_sum(self.client, futures)
+        )
+        return tree_sum(self.client, self._stream(calls, rows))
 
     def landmark_columns(self, rows: RowBlocks, landmarks: np.ndarray) -> np.ndarray:
         """K(X_rows, C[landmarks]): (n_rows, l) float64, for the CG preconditioner."""
@@ -132,13 +189,14 @@ class KernelPasses:
         """
         if np.any(np.diff(sample) < 0):
             raise ValueError("sample indices must be sorted")
-        futures, start = [], 0
-        for block, local in zip(rows.futures, rows.split_index(sample)):
-            if local.size:
-                parts = tuple(a[start : start + local.size] for a in per_row)
-                futures.append(self.client.submit(fn, block, local, *parts, *args, pure=False))
-            start += local.size
-        return tree_sum(self.client, futures)
+        local_rows = rows.split_index(sample)
+        bounds = np.cumsum([0] + [local.size for local in local_rows])
+        calls = (
+            (fn, block, local, *(a[lo:hi] for a in per_row), *args)
+            for block, local, lo, hi in zip(rows.futures, local_rows, bounds[:-1], bounds[1:])
+            if local.size
+        )
+        return tree_sum(self.client, self._stream(calls, rows))
 
     def agop_sums(
         self, rows: RowBlocks, sample: np.ndarray, beta: np.ndarray, diag: bool

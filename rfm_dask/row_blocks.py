@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import dask
 import dask.array as da
 import numpy as np
 from distributed import Client, Future, futures_of
@@ -50,6 +51,11 @@ class RowBlocks:
     sizes: list[int]
     n_features: int
     device: str = "cpu"  # devices.to_device mode of the blocks: "cpu" means NumPy blocks
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the blocks are read from storage in every pass (``LazyBlock``s) rather than held in memory."""
+        return any(isinstance(f, LazyBlock) for f in self.futures)
 
     @property
     def n(self) -> int:
@@ -100,13 +106,23 @@ def stream_rows(X: da.Array, device: str = "cpu") -> RowBlocks:
     X = X.rechunk({1: -1})
     if any(math.isnan(c) for c in X.chunks[0]):
         raise ValueError("streaming needs known chunk sizes along rows")
-    blocks = [LazyBlock(X.blocks[i], device=device) for i in range(X.numblocks[0])]
+    # each recipe culled to its own block's tasks: a task that loads a block then carries no graph of all the others
+    blocks = [LazyBlock(dask.optimize(X.blocks[i])[0], device=device) for i in range(X.numblocks[0])]
     return RowBlocks(blocks, [int(c) for c in X.chunks[0]], int(X.shape[1]), device)
+
+
+def _memory_limits(client: Client) -> list[int]:
+    return [int(w.get("memory_limit") or 0) for w in client.scheduler_info()["workers"].values()]
 
 
 def cluster_memory(client: Client) -> int:
     """Total memory limit of the cluster's workers in bytes (0 when the workers set none)."""
-    return int(sum(w.get("memory_limit") or 0 for w in client.scheduler_info()["workers"].values()))
+    return sum(_memory_limits(client))
+
+
+def smallest_worker_memory(client: Client) -> int:
+    """The smallest memory limit among the workers in bytes (0 when some worker sets none)."""
+    return min(_memory_limits(client), default=0)
 
 
 def place_rows(client: Client, X: da.Array) -> RowBlocks:

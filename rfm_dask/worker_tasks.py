@@ -188,14 +188,14 @@ def falkon_on_one_worker(
     K_nm is computed once, so a CG step is two GEMVs here instead of a round trip over the cluster. Returns
     (beta (m, c), CG iterations, relative residual); ``cg`` holds falkon_solve's tol, max_iter and refresh_every.
     """
-    blocks = tuple(materialise(b) for b in blocks)
-    xp = namespace_of(blocks[0])
     Ct, c_sq = centres
-    K = xp.concatenate(
-        [kn.kernel_tile(xp, Xt, kn.sq_norms(xp, Xt), Ct, c_sq, spec).astype(xp.float64)
-         for Xt in (_transform(xp, X, fmap) for X in blocks)],
-        axis=0,
-    )
+    xp = namespace_of(Ct)
+    K = xp.empty((Y.shape[0], Ct.shape[0]), dtype=xp.float64)
+    start = 0
+    for block in blocks:  # one block's kernel at a time, written into K (no list of copies to concatenate)
+        Xt = _transform(xp, materialise(block), fmap)
+        K[start : start + Xt.shape[0]] = kn.kernel_tile(xp, Xt, kn.sq_norms(xp, Xt), Ct, c_sq, spec)
+        start += Xt.shape[0]
     result = falkon_solve(
         lambda W: to_host(K.T @ (K @ like(xp, W))),
         centre_kernel(centres, spec),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import dask
+import dask.array as da
 import numpy as np
 import pytest
 
@@ -165,3 +166,76 @@ def test_auto_solver_picks_by_size():
     with dask.config.set({"rfm.cg-max-rows": 12000}):
         assert choose_solver("auto", 10000) == "cg"
     assert choose_solver("nystrom", 100) == "nystrom"
+
+
+def _busy_tasks(seconds: float) -> tuple[str, int]:
+    """Sleep, then report this worker's address and how many tasks it holds that are not yet finished."""
+    from distributed import get_worker
+
+    time.sleep(seconds)
+    worker = get_worker()
+    unfinished = sum(ts.state in ("waiting", "ready", "executing", "fetch", "flight") for ts in worker.state.tasks.values())
+    return worker.address, unfinished
+
+
+@pytest.mark.parametrize("spread", [False, True])
+def test_submitter_bounds_unfinished_tasks_and_spreads_streamed_ones(process_client, spread):
+    """However many calls a pass makes, the workers hold at most the Submitter's limit of them unfinished; with
+    ``spread`` (streamed blocks) every worker gets a share even though no data pins the tasks anywhere."""
+    from rfm_dask.passes import Submitter
+
+    with dask.config.set({"rfm.tasks-per-thread": 2}):
+        submitter = Submitter(process_client)
+    assert submitter.limit == 2 * sum(process_client.nthreads().values())
+    futures = list(submitter.stream(((_busy_tasks, 0.02) for _ in range(60)), spread=spread))
+    seen = process_client.gather(futures)
+    assert max(unfinished for _, unfinished in seen) <= submitter.limit
+    if spread:
+        counts = {address: sum(a == address for a, _ in seen) for address in process_client.nthreads()}
+        assert min(counts.values()) >= 15, counts
+
+
+def test_streamed_nystrom_fit_uses_every_worker(process_client, tmp_path):
+    """A fit on streamed Zarr blocks runs its passes on both worker processes, also in the later RFM iterations,
+    where the pass's shared keys (feature map, centres) live on one worker and would otherwise pin every task there."""
+    from distributed import get_task_stream
+
+    from rfm_dask import open_zarr, write_zarr
+
+    X, _, Y = _problem(n=4000, d=5)
+    write_zarr(tmp_path / "d.zarr", X, Y[:, 0], chunk_rows=250)
+    data = open_zarr(tmp_path / "d.zarr")
+    settings = {"rfm.persist-fraction": 1e-12, "rfm.kernel-cache-fraction": 0}  # streamed, kernel recomputed
+    with dask.config.set(settings), get_task_stream(client=process_client) as stream:
+        RFMRegressor(solver="nystrom", n_centers=100, iters=2, random_state=0, client=process_client).fit(
+            data.X, data.y
+        )
+    grams = sorted(
+        (r for r in stream.data if r["key"].startswith("gram_matvec")),
+        key=lambda r: min(s["start"] for s in r["startstops"]),
+    )
+    last = grams[-len(grams) // 3 :]  # the last RFM iteration's CG steps
+    shares = {w: sum(r["worker"] == w for r in last) / len(last) for w in process_client.nthreads()}
+    assert min(shares.values()) >= 0.25, shares
+
+
+def test_one_worker_nystrom_only_where_it_fits_the_smallest_worker(process_client):
+    """The one-task FALKON solve gathers all rows and K_nm on one worker: it is chosen only when they fit half the
+    smallest worker's memory limit (and ``rfm.one-worker-bytes``), never for streamed rows."""
+    from types import SimpleNamespace
+
+    from rfm_dask.krr import _fits_one_worker
+    from rfm_dask.row_blocks import LazyBlock, RowBlocks, smallest_worker_memory
+
+    limit = smallest_worker_memory(process_client)
+    assert limit > 0
+    passes = SimpleNamespace(client=process_client, n_centres=100)
+    per_row = 12 * 100 + 8 * 4
+    fits, too_big = limit // 2 // per_row, limit // 2 // per_row + 1
+    with dask.config.set({"rfm.one-worker-bytes": 2**62}):
+        assert _fits_one_worker(passes, RowBlocks([None], [fits], 4))
+        assert not _fits_one_worker(passes, RowBlocks([None], [too_big], 4))
+        lazy = LazyBlock(da.zeros((10, 4), chunks=(10, 4)))
+        assert not _fits_one_worker(passes, RowBlocks([lazy], [10], 4))
+    with dask.config.set({"rfm.one-worker-bytes": 8 * 100 * 10 - 1}):
+        assert not _fits_one_worker(passes, RowBlocks([None], [10], 4))
