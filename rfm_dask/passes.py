@@ -8,7 +8,7 @@ grow with the number of CG iterations.
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import Counter
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
@@ -31,7 +31,7 @@ def _add(*parts: Any) -> Any:
 class Submitter:
     """Submits a pass's tasks in order with at most ``rfm.tasks-per-thread`` per worker thread unfinished at a time.
 
-    Before a task is submitted past that limit, the oldest unfinished one is waited for. So the workers never hold
+    Before a task is submitted past that limit, one of the unfinished ones is waited for. So the workers never hold
     more than the limit of a pass's tasks (each with its arguments: a streamed block's recipe and row selection,
     target slices) however many blocks there are, whatever the scheduler's queuing decides. The order of the calls,
     and so of every sum over them, is unchanged.
@@ -46,17 +46,19 @@ class Submitter:
         self.threads = dict(client.nthreads())
         self.limit = int(config.get("tasks-per-thread")) * max(1, sum(self.threads.values()))
 
-    def _least_busy(self, pending: deque) -> str:
-        busy = Counter(where for future, where in pending if not future.done())
+    def _least_busy(self, pending: list[tuple[Future, str | None]]) -> str:
+        busy = Counter(where for _, where in pending)
         return min(sorted(self.threads), key=lambda w: busy[w] / max(self.threads[w], 1))
 
     def stream(self, calls: Iterable[tuple], spread: bool = False) -> Iterator[Future]:
-        """Futures of ``(fn, *args)`` calls, submitted as the iterator is consumed."""
-        pending: deque[tuple[Future, str | None]] = deque()
+        """Futures of ``(fn, *args)`` calls, submitted in order as the iterator is consumed."""
+        pending: list[tuple[Future, str | None]] = []  # submitted, not known to be finished, and where they were sent
         for fn, *args in calls:
+            pending = [(f, where) for f, where in pending if not f.done()]
             if len(pending) >= self.limit:
                 with self.client.as_current():  # distributed.wait uses the current client
-                    wait(pending.popleft()[0])
+                    wait([f for f, _ in pending], return_when="FIRST_COMPLETED")
+                pending = [(f, where) for f, where in pending if not f.done()]
             where = self._least_busy(pending) if spread and self.threads else None
             placement = {"workers": [where], "allow_other_workers": True} if where else {}
             future = self.client.submit(fn, *args, pure=False, **placement)
