@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import dask
 import dask.array as da
 import numpy as np
 
@@ -49,10 +50,26 @@ def _finite_block(block: np.ndarray) -> np.ndarray:
     return block
 
 
+def gather_rows(a: da.Array, scheduler: Any = None, blocks_per_batch: int = 16) -> np.ndarray:
+    """A lazy array's values as one NumPy array here, computed a few row blocks at a time.
+
+    A plain ``compute`` joins the blocks in one task, so one worker would hold all n rows (and their blocks);
+    here no worker holds more than ``blocks_per_batch`` blocks of it. ``scheduler``: as for ``dask.compute``
+    (a ``Client``, say; None means the default).
+    """
+    if a.ndim > 1:
+        a = a.rechunk({axis: -1 for axis in range(1, a.ndim)})
+    blocks = a.to_delayed().ravel().tolist()
+    parts: list[np.ndarray] = []
+    for start in range(0, len(blocks), blocks_per_batch):
+        parts += dask.compute(*blocks[start : start + blocks_per_batch], scheduler=scheduler)
+    return np.concatenate(parts, axis=0) if parts else np.empty(a.shape, dtype=a.dtype)
+
+
 def to_host_targets(y: Any) -> np.ndarray:
-    """Targets as a NumPy array (dask collections are computed: n values are small)."""
+    """Targets as a NumPy array (dask collections are gathered here block by block: n values are small)."""
     if is_dask(y):
-        y = as_dask_array(y).compute()
+        y = gather_rows(as_dask_array(y))
     return np.asarray(y)
 
 

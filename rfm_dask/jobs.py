@@ -17,6 +17,7 @@ from .atomic import atomic_path
 from .backend import identity
 from .cluster import resolve_client
 from .estimators import RFMClassifier, RFMRegressor
+from .inputs import gather_rows
 from .io import FeatureBatch, Preprocessor, read_batches
 from .zarr_store import ZarrData, open_zarr
 
@@ -33,7 +34,7 @@ def _store_targets(y: Any, attrs: dict, task: str) -> np.ndarray:
     """The store's targets on the client (n values): class codes become their labels for classification."""
     if y is None:
         raise ValueError("the store has no target array 'y' (ingest it with --target)")
-    y = np.asarray(y.compute())
+    y = gather_rows(y)
     if task == "classification" and attrs.get("classes") is not None:
         y = np.asarray(attrs["classes"])[y.astype(np.int64)]
     return y
@@ -197,7 +198,7 @@ def evaluate(
         data = _open_store(source)
         y = _store_targets(data.y, data.attrs, task)
         cluster = resolve_client(client)
-        result = _metrics(model, y, lambda: cluster.compute(score(data.X)).result())
+        result = _metrics(model, y, lambda: gather_rows(score(data.X), scheduler=cluster))
         return {"task": task, "rows": int(y.shape[0]), **result}
     target = target or info.get("target")
     if not target:

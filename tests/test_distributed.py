@@ -239,3 +239,19 @@ def test_one_worker_nystrom_only_where_it_fits_the_smallest_worker(process_clien
         assert not _fits_one_worker(passes, RowBlocks([lazy], [10], 4))
     with dask.config.set({"rfm.one-worker-bytes": 8 * 100 * 10 - 1}):
         assert not _fits_one_worker(passes, RowBlocks([None], [10], 4))
+
+
+def test_gather_rows_joins_blocks_on_the_client_not_on_a_worker(process_client):
+    """Targets and scores of a lazy array come back block by block: no task joins all n rows on one worker."""
+    from distributed import get_task_stream
+
+    from rfm_dask.inputs import gather_rows
+
+    a = da.arange(10_000, chunks=250).astype(np.float64)
+    b = da.stack([a, -a], axis=1).rechunk((300, 1))
+    with get_task_stream(client=process_client) as stream:
+        np.testing.assert_array_equal(gather_rows(a, scheduler=process_client), np.arange(10_000.0))
+        np.testing.assert_array_equal(gather_rows(b, scheduler=process_client), b.compute(scheduler="sync"))
+    joins = [key for key in (str(r["key"]) for r in stream.data) if "finalize" in key or "concatenate" in key]
+    assert not joins, joins
+    assert gather_rows(a[:0]).shape == (0,)
