@@ -59,7 +59,7 @@ def gather_rows(a: da.Array, scheduler: Any = None, blocks_per_batch: int = 16) 
     """
     if a.ndim > 1:
         a = a.rechunk({axis: -1 for axis in range(1, a.ndim)})
-    blocks = a.to_delayed().ravel().tolist()
+    blocks = [a.blocks[i] for i in range(a.numblocks[0])]
     parts: list[np.ndarray] = []
     for start in range(0, len(blocks), blocks_per_batch):
         parts += dask.compute(*blocks[start : start + blocks_per_batch], scheduler=scheduler)

@@ -8,7 +8,6 @@ from typing import Any
 
 import dask.array as da
 import numpy as np
-from dask import delayed
 
 from . import config
 from . import kernels as kn
@@ -25,6 +24,11 @@ def _decision_block(X: Any, packed: dict, spec: kn.KernelSpec) -> np.ndarray:
     Xt = kn.transform(xp, X, like(xp, packed["S"], X.dtype), like(xp, packed["shift"], X.dtype))
     Ct, c_sq, coef = (like(xp, packed[k]) for k in ("Ct", "c_sq", "coef"))
     return to_host(kn.kernel_matvec(xp, Xt, Ct, c_sq, coef, spec, int(config.get("tile-elements"))))
+
+
+def _decision_block_of(X: Any, holder: np.ndarray, spec: kn.KernelSpec) -> np.ndarray:
+    """``_decision_block`` with the packed model held in a 0-d object array (see ``KernelModel.decision_dask``)."""
+    return _decision_block(X, holder.item(), spec)
 
 
 @dataclass
@@ -74,11 +78,15 @@ class KernelModel:
         """f(X) for a dask (n, d) array, lazily: (n, c) float64 with X's row chunks. The model enters the graph once."""
         X = X.rechunk({1: -1})
         c = self.n_outputs
-        return X.map_blocks(
-            _decision_block,
-            packed=delayed(self._packed, pure=True),
+        # the packed model as a 0-d object array of one chunk, broadcast to every block (index ""): one key that
+        # all tasks share, in both of dask's array modes (delayed arguments break the array-expression mode)
+        holder = np.empty((), dtype=object)
+        holder[()] = self._packed
+        model = da.from_array(holder, chunks=())
+        return da.blockwise(
+            _decision_block_of, "ij", X, "ij", model, "",
             spec=self.spec,
-            chunks=(X.chunks[0], (c,)),
+            adjust_chunks={"j": (c,)},
             dtype=np.float64,
             meta=np.empty((0, c), dtype=np.float64),
         )

@@ -149,9 +149,9 @@ def persist_rows(client: Client, X: da.Array) -> RowBlocks:
     device = devices.block_device(client)
     if device != "cpu":
         X = X.map_blocks(devices.to_device, device=device, dtype=X.dtype, meta=X._meta)
-    Xp = client.persist(X)
-    by_key = {f.key: f for f in futures_of(Xp)}
-    futures = [by_key[key] for (key,) in Xp.__dask_keys__()]
+    # row order from the futures' own keys (name, row block, 0): in dask's array-expression mode the persisted
+    # collection's __dask_keys__ name other keys than its futures
+    futures = sorted(futures_of(client.persist(X)), key=lambda f: f.key[1])
     sizes = client.gather([client.submit(_n_rows, f, pure=False) for f in futures])
     return RowBlocks(futures, sizes, int(X.shape[1]), device)
 

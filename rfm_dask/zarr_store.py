@@ -81,6 +81,15 @@ def open_zarr(path: str | os.PathLike) -> ZarrData:
     X_arr = group["X"]
     if X_arr.ndim != 2:
         raise ValueError(f"{path}/X must be 2-D, got shape {X_arr.shape}")
-    X = da.from_zarr(X_arr, chunks=(X_arr.chunks[0], X_arr.shape[1]))
-    y = da.from_zarr(group["y"], chunks=(X_arr.chunks[0],) + group["y"].shape[1:]) if "y" in group else None
+    X = _lazy(X_arr, (X_arr.chunks[0], X_arr.shape[1]))
+    y = _lazy(group["y"], (X_arr.chunks[0],) + group["y"].shape[1:]) if "y" in group else None
     return ZarrData(X, y, dict(group.attrs))
+
+
+def _lazy(array: zarr.Array, chunks: tuple) -> da.Array:
+    """A Zarr array as a dask array with these chunks: ``from_zarr``, or where dask's array-expression mode has no
+    ``from_zarr`` yet, ``from_array`` over the Zarr array (it reads the same slices)."""
+    try:
+        return da.from_zarr(array, chunks=chunks)
+    except NotImplementedError:
+        return da.from_array(array, chunks=chunks, name=False, asarray=True)
