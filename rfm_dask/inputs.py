@@ -50,6 +50,13 @@ def _finite_block(block: np.ndarray) -> np.ndarray:
     return block
 
 
+def row_chunks(a: da.Array) -> list[da.Array]:
+    """Each row block of ``a`` as a dask array of its own, cut at the chunk boundaries (slices, which also work in
+    dask's array-expression mode, where arrays have no ``.blocks``)."""
+    bounds = np.cumsum((0,) + a.chunks[0])
+    return [a[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
+
+
 def gather_rows(a: da.Array, scheduler: Any = None, blocks_per_batch: int = 16) -> np.ndarray:
     """A lazy array's values as one NumPy array here, computed a few row blocks at a time.
 
@@ -57,9 +64,11 @@ def gather_rows(a: da.Array, scheduler: Any = None, blocks_per_batch: int = 16) 
     here no worker holds more than ``blocks_per_batch`` blocks of it. ``scheduler``: as for ``dask.compute``
     (a ``Client``, say; None means the default).
     """
+    if any(np.isnan(c) for c in a.chunks[0]):  # unknown block sizes cannot be cut by slices: one plain compute
+        return np.asarray(dask.compute(a, scheduler=scheduler)[0])
     if a.ndim > 1:
         a = a.rechunk({axis: -1 for axis in range(1, a.ndim)})
-    blocks = [a.blocks[i] for i in range(a.numblocks[0])]
+    blocks = row_chunks(a)
     parts: list[np.ndarray] = []
     for start in range(0, len(blocks), blocks_per_batch):
         parts += dask.compute(*blocks[start : start + blocks_per_batch], scheduler=scheduler)

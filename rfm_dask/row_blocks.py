@@ -13,6 +13,7 @@ from distributed import Client, Future, futures_of
 
 from . import config, devices
 from .backend import like, namespace_of, to_host
+from .inputs import row_chunks
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ def stream_rows(X: da.Array, device: str = "cpu") -> RowBlocks:
     if any(math.isnan(c) for c in X.chunks[0]):
         raise ValueError("streaming needs known chunk sizes along rows")
     # each recipe culled to its own block's tasks: a task that loads a block then carries no graph of all the others
-    blocks = [LazyBlock(dask.optimize(X.blocks[i])[0], device=device) for i in range(X.numblocks[0])]
+    blocks = [LazyBlock(dask.optimize(block)[0], device=device) for block in row_chunks(X)]
     return RowBlocks(blocks, [int(c) for c in X.chunks[0]], int(X.shape[1]), device)
 
 
