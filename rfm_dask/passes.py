@@ -54,11 +54,10 @@ class Submitter:
         """Futures of ``(fn, *args)`` calls, submitted in order as the iterator is consumed."""
         pending: list[tuple[Future, str | None]] = []  # submitted, not known to be finished, and where they were sent
         for fn, *args in calls:
-            pending = [(f, where) for f, where in pending if not f.done()]
-            if len(pending) >= self.limit:
+            if len(pending) >= self.limit:  # returns at once if one of them has finished already
                 with self.client.as_current():  # distributed.wait uses the current client
                     wait([f for f, _ in pending], return_when="FIRST_COMPLETED")
-                pending = [(f, where) for f, where in pending if not f.done()]
+            pending = [(f, where) for f, where in pending if not f.done()]
             where = self._least_busy(pending) if spread and self.threads else None
             placement = {"workers": [where], "allow_other_workers": True} if where else {}
             future = self.client.submit(fn, *args, pure=False, **placement)
