@@ -7,12 +7,17 @@ import pickle
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import rfm_dask
 from rfm_dask import ModelFileError, RFMClassifier, RFMRegressor
+
+import reference as ref
+
+DATA = Path(__file__).parent / "data"
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +115,8 @@ def test_bad_files_are_refused(fitted, tmp_path, monkeypatch):
         _rewrite(good, tmp_path / "params.rfm", _set(["state", "params", "bogus"], 1)).name: "not a valid",
         _rewrite(good, tmp_path / "kernel.rfm", _set(["state", "params", "kernel"], "rbf")).name: "not a valid",
     }
-    monkeypatch.setattr(pickle, "loads", lambda *a, **k: pytest.fail("pickle used while loading"))
+    for name in ("load", "loads"):  # numpy would unpickle an object array with pickle.load
+        monkeypatch.setattr(pickle, name, lambda *a, **k: pytest.fail("pickle used while loading"))
     for name, message in cases.items():
         with pytest.raises(ModelFileError, match=message):
             rfm_dask.load(tmp_path / name)
@@ -118,7 +124,7 @@ def test_bad_files_are_refused(fitted, tmp_path, monkeypatch):
         rfm_dask.load(tmp_path / "missing.rfm")
 
 
-def test_pickled_array_is_refused(fitted, tmp_path):
+def test_pickled_array_is_refused(fitted, tmp_path, monkeypatch):
     """An archive whose array is an object array (which needs pickle) is refused, not unpickled."""
     _, reg, _ = fitted
     good = reg.save(tmp_path / "good.rfm")
@@ -133,5 +139,33 @@ def test_pickled_array_is_refused(fitted, tmp_path):
         meta["arrays"]["coef"] = {"shape": [1], "dtype": "|O", "sha256": hashlib.sha256(evil).hexdigest()}
 
     path = _rewrite(good, tmp_path / "evil.rfm", edit, edit_array=lambda _: evil)
+    for name in ("load", "loads"):
+        monkeypatch.setattr(pickle, name, lambda *a, **k: pytest.fail("pickle used while loading"))
     with pytest.raises(ModelFileError, match="without pickle"):
         rfm_dask.load(path)
+
+
+def test_format1_files_still_load():
+    """Model files of format 1, written by the code that introduced them (tests/data/make_format1_models.py), load
+    and predict what that code predicted: a three-class classifier (diagonal M), a regressor and a two-output
+    regressor (Gaussian kernel, FACT). Predictions may differ only by the float32 rounding of the kernel entries
+    (``reference.float32_kernel_error``) carried through |coef|."""
+    expected = np.load(DATA / "format1_expected.npz", allow_pickle=False)
+    X_test = expected["X_test"]
+    for name in ("classifier", "regressor", "multi_output_regressor"):
+        model = rfm_dask.load(DATA / f"format1_{name}.rfm")
+        m = model.model_
+        E = ref.float32_kernel_error(X_test, m.centres, m.feature_matrix, m.spec.kind, m.spec.bandwidth,
+                                     m.spec.exponent)
+        bound = 8 * E @ np.abs(m.coef)  # (n, c): each score's rounding bound
+        if name == "classifier":
+            assert isinstance(model, RFMClassifier) and list(model.classes_) == ["ant", "bee", "cow"]
+            np.testing.assert_array_equal(model.predict(X_test), expected["classifier_labels"])
+            proba = model.predict_proba(X_test)
+            # scores normalised by their clipped sum (about 1 for one-hot targets): the bound relative to that sum
+            assert np.all(np.abs(proba - expected["classifier_proba"]) <= 4 * bound.sum(axis=1, keepdims=True))
+        else:
+            assert isinstance(model, RFMRegressor)
+            got = model.predict(X_test)
+            assert got.shape == expected[name].shape
+            assert np.all(np.abs(got.reshape(bound.shape) - expected[name].reshape(bound.shape)) <= bound)
