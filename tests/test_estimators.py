@@ -97,12 +97,37 @@ def test_diagonal_feature_matrix_and_options(client, data):
     assert model.feature_matrix_.max() == pytest.approx(1.0)
 
 
-def test_early_stopping_ends_when_validation_stops_improving(client):
+def _expected_stop(qualities: list[tuple], patience: int | None, iters: int) -> tuple[int, int]:
+    """(last iteration run, best iteration) by the documented rule, from each iteration's validation quality
+    (larger is better): keep the first strict improvement; stop after ``patience`` iterations without one."""
+    best, stale = 0, 0
+    for t, quality in enumerate(qualities):
+        if t > 0 and quality > qualities[best]:
+            best, stale = t, 0
+        elif t > 0:
+            stale += 1
+        if t == iters or (patience is not None and stale >= patience):
+            return t, best
+    raise AssertionError("the recorded history ends before the rule stops")
+
+
+@pytest.mark.parametrize("patience", [1, 2, None])
+def test_early_stopping_at_the_exact_iteration(client, patience):
     rng = np.random.default_rng(0)
     X = rng.normal(size=(400, 6)).astype(np.float32)
-    y = rng.normal(size=400)  # pure noise: no iteration should keep improving
-    model = RFMRegressor(iters=10, patience=1, random_state=0, client=client).fit(X, y)
-    assert len(model.history_) < 11
+    y = rng.normal(size=400)  # pure noise: validation MSE soon stops improving
+    model = RFMRegressor(iters=6, patience=patience, random_state=0, client=client).fit(X, y)
+    qualities = [(-h["val_mse"],) for h in model.history_]
+    last, best = _expected_stop(qualities, patience, 6)
+    assert [h["iteration"] for h in model.history_] == list(range(last + 1))
+    assert model.best_iter_ == best
+    if patience is not None:
+        assert last < 6  # the rule did stop early here, so the test checks when
+    labels = (X[:, 0] + 0.3 * rng.normal(size=400) > 0).astype(int)
+    clf = RFMClassifier(iters=6, patience=patience, random_state=0, client=client).fit(X, labels)
+    qualities = [(h["val_accuracy"], -h["val_mse"]) for h in clf.history_]
+    last, best = _expected_stop(qualities, patience, 6)
+    assert len(clf.history_) == last + 1 and clf.best_iter_ == best
 
 
 def test_validation_split_is_seeded(client, data):
