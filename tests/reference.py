@@ -181,13 +181,16 @@ def rfm_iterations(
     return out
 
 
-def float32_kernel_error(X, C, M, kind: str, bandwidth: float, exponent: float = 1.0) -> np.ndarray:
-    """First-order bound (n, m) on |k32 - k| for kernel entries computed in float32 from squared distances
-    |x~|^2 + |c~|^2 - 2 x~.c~ (x~ = S (x - mean of C)): that formula is off by about eps32 (|x~|^2 + |c~|^2),
-    which moves k by |dk/d(r^2)| times as much (dk/d(r^2) = -k / (2 L^2) for Gaussian, -(q / (2 L^q)) k r^(q-2)
-    for Laplace), plus eps32 k for the exponential itself. Pairs at distance 0 are exact (k = 1)."""
+def float32_kernel_error(
+    X, C, M, kind: str, bandwidth: float, exponent: float = 1.0, eps: float = EPS32, shift=None
+) -> np.ndarray:
+    """First-order bound (n, m) on |k32 - k| for kernel entries computed in float32 (or in the precision of unit
+    roundoff ``eps``) from squared distances |x~|^2 + |c~|^2 - 2 x~.c~ (x~ = S (x - shift), shift the mean of C
+    unless given): that formula is off by about eps (|x~|^2 + |c~|^2), which moves k by |dk/d(r^2)| times as much
+    (dk/d(r^2) = -k / (2 L^2) for Gaussian, -(q / (2 L^q)) k r^(q-2) for Laplace), plus eps k for the exponential
+    itself. Pairs at distance 0 are exact (k = 1)."""
     S = sqrtm_psd(M)
-    shift = np.asarray(C, dtype=np.float64).mean(axis=0)
+    shift = np.asarray(C, dtype=np.float64).mean(axis=0) if shift is None else np.asarray(shift)
     Xt, Ct = [(np.asarray(A, dtype=np.float64) - shift) @ as_full(S) for A in (X, C)]
     norms = (Xt**2).sum(axis=1)[:, None] + (Ct**2).sum(axis=1)[None, :]
     r = distances(X, C, M)
@@ -195,4 +198,4 @@ def float32_kernel_error(X, C, M, kind: str, bandwidth: float, exponent: float =
     with np.errstate(divide="ignore", invalid="ignore"):
         slope = k / (2 * bandwidth**2) if kind == "gaussian" else exponent / (2 * bandwidth**exponent) * k * r ** (
             exponent - 2)
-    return np.where(r > 0, EPS32 * (norms * slope + k), 0.0)
+    return np.where(r > 0, eps * (norms * slope + k), 0.0)

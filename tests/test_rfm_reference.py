@@ -22,6 +22,7 @@ from rfm_dask.row_blocks import put_rows
 from rfm_dask.training import RFMSettings, run_rfm
 
 import reference as ref
+from seeds import SEEDS
 
 REG, ITERS, N, D, N_CENTRES = 0.1, 2, 40, 4, 25
 
@@ -104,7 +105,7 @@ def _check_model(p, M_got, coef_got, predict, X_test, M, coef, C, tol) -> None:
     assert np.all(np.abs(got - expected) <= bound), np.max(np.abs(got - expected) / bound)
 
 
-@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("case", list(CASES))
 def test_run_rfm_matches_reference(client, case, seed):
     """run_rfm without validation rows: the kept model is iteration 2's (M_2, coef_2)."""
