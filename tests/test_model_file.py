@@ -68,6 +68,25 @@ def test_existing_path_and_unfitted(fitted, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.rfm"]
 
 
+
+def test_paths_are_not_model_state(fitted, tmp_path, client):
+    """A checkpoint path is neither saved nor restored: a file naming one cannot make a later fit write there."""
+    X, reg, _ = fitted
+    precious = tmp_path / "precious.txt"
+    precious.write_bytes(b"precious")
+    reg.set_params(checkpoint=str(precious), resume=True)
+    try:
+        path = reg.save(tmp_path / "m.rfm")
+    finally:
+        reg.set_params(checkpoint=None, resume=False)
+    params = json.loads(zipfile.ZipFile(path).read("metadata.json"))["state"]["params"]
+    assert not {"checkpoint", "resume", "client"} & set(params)
+    crafted = _rewrite(path, tmp_path / "crafted.rfm", _set(["state", "params", "checkpoint"], str(precious)))
+    loaded = rfm_dask.load(crafted)
+    assert loaded.checkpoint is None and loaded.resume is False
+    loaded.set_params(client=client, iters=1).fit(X, X[:, 0])
+    assert precious.read_bytes() == b"precious"
+
 def _rewrite(src, dst, edit_metadata=None, edit_array=None):
     """Copy a model archive, editing its metadata dict and/or the bytes of one array."""
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
