@@ -276,7 +276,7 @@ def test_ingest_constant_columns_warn_and_still_fit(tmp_path, client):
     model = fit_store(tmp_path / "drop.zarr", client=client, **FAST)
     assert np.isfinite(model.predict(rfm_dask.open_zarr(tmp_path / "drop.zarr").X.compute())).all()
     model.save(tmp_path / "m.rfm")
-    assert predict_parquet(rfm_dask.load(tmp_path / "m.rfm"), src, tmp_path / "p.parquet") == 40
+    assert predict_parquet(rfm_dask.load(tmp_path / "m.rfm"), src, tmp_path / "p.parquet")["rows"] == 40
     assert np.isfinite(pq.read_table(tmp_path / "p.parquet")["prediction"].to_numpy()).all()
 
 
@@ -344,19 +344,27 @@ def test_predict_parquet_refuses_bad_input_and_writes_nothing(trained, tmp_path,
     model = rfm_dask.load(model_path)
     table = pq.read_table(test)
     out = tmp_path / "new" / "dir" / "pred.parquet"
+    ids = pa.array([*range(19), None])
     cases = {
-        "missing column": (_write(tmp_path / "short.parquet", table.drop_columns(["x1"])), "['x1']"),
+        "missing column": (_write(tmp_path / "short.parquet", table.drop_columns(["x1"])), "['x1']", {}),
         "inf": (_write(tmp_path / "inf.parquet", table.set_column(1, "x0", pa.array(np.full(20, np.inf)))),
-                "'x0' holds 20 infinite"),
-        "0 rows": (_write(tmp_path / "empty.parquet", table.slice(0, 0)), "holds no rows to predict"),
-        "garbage": (tmp_path / "garbage.parquet", "not a readable Parquet file"),
-        "second file bad": ([test, tmp_path / "short.parquet"], "short.parquet: missing required column(s)"),
+                "'x0' holds 20 infinite", {}),
+        "0 rows": (_write(tmp_path / "empty.parquet", table.slice(0, 0)), "holds no rows to predict", {}),
+        "garbage": (tmp_path / "garbage.parquet", "not a readable Parquet file", {}),
+        "second file bad": ([test, tmp_path / "short.parquet"], "short.parquet: missing required column(s)", {}),
+        "null id": (_write(tmp_path / "null_id.parquet", table.set_column(0, "row_id", ids)),
+                    "null_id.parquet: id column 'row_id' has 1 null(s)", {}),
+        "list ids": (_write(tmp_path / "list_ids.parquet", table.set_column(0, "row_id", pa.array([[1, 2]] * 20))),
+                     "id column 'row_id' has type list<element: int64>: ids must be", {}),
+        "id column named prediction": (_write(tmp_path / "named.parquet", table.append_column(
+            "prediction", pa.array(np.arange(20)))), "id column 'prediction' has the name of an output column",
+            {"id_column": "prediction"}),
     }
     (tmp_path / "garbage.parquet").write_bytes(b"\x00" * 64)
     inputs = _listing(tmp_path)
-    for name, (src, match) in cases.items():
+    for name, (src, match, options) in cases.items():
         with pytest.raises(ValueError) as info:
-            predict_parquet(model, src, out)
+            predict_parquet(model, src, out, **options)
         assert match in str(info.value), (name, info.value)
         assert _listing(tmp_path) == inputs, name  # not even the output's directory
     with pytest.raises(ValueError, match="not fitted on an ingested store"):
@@ -386,6 +394,26 @@ def test_evaluate_refuses_bad_targets(trained, tmp_path):
     y[:8] = np.nan
     partly = _write(tmp_path / "partly.parquet", table.set_column(4, "y", pa.array(y, from_pandas=True)))
     assert evaluate(model, partly, batch_rows=8)["skipped_rows"] == 8
+
+
+def test_unseen_categories_are_counted_per_column(trained, tmp_path, capsys):
+    """Values of a categorical column not seen in training are counted per column in the outputs of predict and
+    evaluate (API and CLI), not only encoded as zeros."""
+    model_path, test, _ = trained
+    table = pq.read_table(test)
+    colour = np.array(["purple"] * 15 + ["red"] * 5)
+    src = _write(tmp_path / "new.parquet", table.set_column(3, "colour", pa.array(colour)))
+    model = rfm_dask.load(model_path)
+    assert predict_parquet(model, src, tmp_path / "p.parquet") == {"rows": 20, "unseen_categories": {"colour": 15}}
+    assert evaluate(model, src, batch_rows=8)["unseen_categories"] == {"colour": 15}
+    assert evaluate(model, test)["unseen_categories"] == {}
+    assert main(["predict", str(model_path), str(src), str(tmp_path / "q.parquet"), "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["unseen_categories"] == {"colour": 15}
+    assert main(["evaluate", str(model_path), str(src), "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["unseen_categories"] == {"colour": 15}
+    written = pq.read_table(tmp_path / "p.parquet")
+    assert written.column_names[:2] == ["row_id", "prediction"]
+    np.testing.assert_array_equal(written["row_id"].to_numpy(), table["row_id"].to_numpy())
 
 
 def test_cli_predict_and_evaluate_errors(trained, tmp_path, capsys):
