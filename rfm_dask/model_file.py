@@ -248,6 +248,8 @@ def _npy_header(path: Path, name: str, reader: _Member) -> tuple[tuple[int, ...]
         shape, fortran, dtype = read_header(reader)
     except ValueError as exc:
         raise ModelFileError(f"{path}: array {name!r} has no readable .npy header ({exc})") from None
+    if any(n < 0 for n in shape):
+        raise ModelFileError(f"{path}: array {name!r} has a .npy header of negative shape {shape}")
     if dtype.hasobject:
         raise ModelFileError(f"{path}: array {name!r} has dtype object, which cannot be read without pickle")
     if dtype.kind not in "biufc" or dtype.subdtype is not None or dtype.names is not None:

@@ -214,6 +214,7 @@ def _bombs(good, root) -> dict:
     n = BOMB_BYTES // 8
     array_bomb = [_npy_header((n,), "<f8"), *_repeated(8 * n)]
     header_bomb = [_npy_header((100000, 100000), "<f8")]
+    negative = [_npy_header((-1, -1), "<f8"), bytes(8)]  # -1 x -1 = 1 value: the member's size fits
     with zipfile.ZipFile(good) as archive:
         coef = np.lib.format.read_array(archive.open("arrays/coef.npy"))
     nan_coef = coef.copy()
@@ -233,6 +234,9 @@ def _bombs(good, root) -> dict:
         "header bomb, metadata as written": (
             _with_member(good, root / "header_only.rfm", "arrays/coef.npy", header_bomb),
             "does not match its recorded shape"),
+        "header of negative shape": (
+            _with_member(good, root / "negative.rfm", "arrays/coef.npy", negative,
+                         _declare("coef", [-1, -1], "<f8", negative)), "negative shape"),
         "NaN coefficients, checksum recomputed": (
             _with_member(good, root / "nan.rfm", "arrays/coef.npy", nan_blob,
                          _declare("coef", list(coef.shape), coef.dtype.str, nan_blob)), "NaN or infinite"),
