@@ -492,6 +492,27 @@ def _edited(src: Path, dst: Path, edit) -> Path:
     return dst
 
 
+def _with_coef(src: Path, dst: Path, shape: tuple, data: bytes) -> Path:
+    """A copy of the model archive whose coefficients are a float64 .npy of ``shape`` (its header) followed by
+    ``data``, recorded in the metadata with that shape and their SHA-256 (as a forger would)."""
+    import hashlib
+    import io
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": shape})
+    blob = header.getvalue() + data
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", compression=zipfile.ZIP_DEFLATED) as zout:
+        for item in zin.infolist():
+            content = blob if item.filename == "arrays/coef.npy" else zin.read(item.filename)
+            if item.filename == "metadata.json":
+                meta = json.loads(content)
+                meta["arrays"]["coef"] = {"shape": list(shape), "dtype": "<f8",
+                                          "sha256": hashlib.sha256(blob).hexdigest()}
+                content = json.dumps(meta).encode()
+            zout.writestr(item.filename, content)
+    return dst
+
+
 def _bad_model_files(good: Path, root: Path) -> dict[str, tuple[Path, str]]:
     blob = good.read_bytes()
     stored = _stored_copy(good, root / "stored.rfm")
@@ -518,6 +539,11 @@ def _bad_model_files(good: Path, root: Path) -> dict[str, tuple[Path, str]]:
     }
     for name, (edit, match) in edits.items():
         cases[name] = (_edited(good, root / f"{name.replace(' ', '_')}.rfm", edit), match)
+    coef = np.lib.format.read_array(zipfile.ZipFile(good).open("arrays/coef.npy"))
+    cases["NaN coefficients"] = (_with_coef(good, root / "nan_coef.rfm", coef.shape, np.where(
+        np.arange(coef.size).reshape(coef.shape) == 0, np.nan, coef).astype("<f8").tobytes()), "holds NaN")
+    cases["header bomb"] = (_with_coef(good, root / "header_bomb.rfm", (100000, 100000), b""),
+                            "declares 80000000000 bytes of data")
     (root / "directory.rfm").mkdir()
     cases["a directory"] = (root / "directory.rfm", "no model file at")
     return cases
