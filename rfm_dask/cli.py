@@ -168,11 +168,11 @@ def cmd_predict(args: argparse.Namespace, client: Any) -> None:
     from .jobs import predict_parquet
 
     model = load(args.model)
-    rows = predict_parquet(
+    report = predict_parquet(
         model, args.data, args.out, id_column=args.id_column, client=client, batch_rows=args.batch_rows,
         overwrite=args.overwrite, progress=_progress("predict", args.quiet),
     )
-    print(json.dumps({"out": str(args.out), "rows": rows}))
+    print(json.dumps({"out": str(args.out), **report}))
 
 
 def cmd_evaluate(args: argparse.Namespace, client: Any) -> None:

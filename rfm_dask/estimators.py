@@ -40,6 +40,11 @@ def _validation_rows(n: int, fraction: float, rng: np.random.Generator) -> np.nd
     return np.sort(rng.choice(n, n_val, replace=False))
 
 
+# how a fit runs, not what it learned: never written to a model file, and ignored in one (a path there could make a
+# later fit of the loaded model overwrite a file of the author's choosing)
+_RUN_PARAMS = frozenset({"client", "checkpoint", "resume"})
+
+
 class _RFMBase(BaseEstimator):
     """Shared parameters, input handling and fitting of the RFM estimators."""
 
@@ -199,12 +204,11 @@ class _RFMBase(BaseEstimator):
         """Save the fitted model to ``path``: arrays plus JSON metadata in one file, no pickle, written atomically.
 
         Load it with ``rfm_dask.load(path)``. A ``preprocessing_`` dict (set when fitting from an ingested store)
-        is saved with it, so the loaded model can read raw Parquet columns.
+        is saved with it, so the loaded model can read raw Parquet columns. ``client``, ``checkpoint`` and ``resume``
+        say how a fit runs, not what it learned: they are not saved, and the loaded model has their defaults.
         """
         check_is_fitted(self, "model_")
-        params = self.get_params(deep=False)
-        params.pop("client")
-        params = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in params.items()}
+        params = {k: v for k, v in self.get_params(deep=False).items() if k not in _RUN_PARAMS}
         state = {
             "params": params,
             "n_features_in": int(self.n_features_in_),
@@ -222,7 +226,7 @@ class _RFMBase(BaseEstimator):
     @classmethod
     def _from_state(cls, state: dict, arrays: dict[str, np.ndarray]) -> "_RFMBase":
         """A fitted estimator from a model file's state and arrays (see ``save``)."""
-        estimator = cls(**state["params"])
+        estimator = cls(**{k: v for k, v in state["params"].items() if k not in _RUN_PARAMS})
         settings = estimator._settings()
         _check_state(state, arrays, classifier=issubclass(cls, RFMClassifier))
         estimator.n_features_in_ = int(state["n_features_in"])

@@ -4,6 +4,7 @@ evaluate, inspect. Each takes an optional Dask ``client`` (None: the default cli
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -133,19 +134,27 @@ def predict_parquet(
     batch_rows: int = 65536,
     overwrite: bool = False,
     progress: Progress | None = None,
-) -> int:
+) -> dict:
     """Predict every row of Parquet ``source`` and write ``out`` (Parquet) with the id column (the model's, from
-    ingest, unless given) passed through first. Streams by batch; the file appears only when complete. Returns the
-    number of rows written."""
+    ingest, unless given) passed through first. Streams by batch; the file appears only when complete.
+
+    Ids must be integers or strings without nulls (as at ingest), in a column not named like an output column.
+    Returns ``{"rows": rows written, "unseen_categories": {column: values not seen in training}}`` (columns with
+    none left out; those values are encoded as all zeros).
+    """
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists (pass overwrite to replace it)")
     id_column = id_column or (getattr(model, "preprocessing_", None) or {}).get("id_column")
-    rows = 0
+    rows, unseen = 0, Counter()
     with atomic_path(out) as tmp:
         writer = None
         try:
             for batch, columns in _predicted_batches(model, _batches(model, source, None, id_column, batch_rows), client):
+                if id_column in columns:
+                    raise ValueError(f"the id column {id_column!r} has the name of an output column "
+                                     f"({list(columns)}): rename it in the data and pass its new name as id_column")
+                unseen.update(batch.unseen)
                 table = pa.table({**({id_column: batch.ids} if id_column else {}), **columns})
                 writer = writer or pq.ParquetWriter(tmp, table.schema)
                 writer.write_table(table)
@@ -157,7 +166,7 @@ def predict_parquet(
                 writer.close()
         if writer is None:
             raise ValueError(f"{source} holds no rows to predict")
-    return rows
+    return {"rows": rows, "unseen_categories": dict(unseen)}
 
 
 def regression_report(y: np.ndarray, pred: np.ndarray) -> dict:
@@ -189,7 +198,8 @@ def evaluate(
     """Metrics of ``model`` on a Zarr store (ingested, with y) or on Parquet holding the target column.
 
     Regression: r2, mse, rmse, mae; classification: accuracy, balanced accuracy, ROC AUC (binary). Rows whose
-    target is null are skipped (counted in ``skipped_rows``).
+    target is null are skipped (counted in ``skipped_rows``). For Parquet, ``unseen_categories`` counts per
+    categorical column the values of the rows read that were not seen in training (encoded as all zeros).
     """
     info = getattr(model, "preprocessing_", None) or {}
     task = "classification" if isinstance(model, RFMClassifier) else "regression"
@@ -204,8 +214,9 @@ def evaluate(
     if not target:
         raise ValueError("no target column known for this model: pass target=")
     ys, preds = [], []
-    skipped = 0
+    skipped, unseen = 0, Counter()
     for batch in _batches(model, source, target, None, batch_rows):
+        unseen.update(batch.unseen)
         keep = _known_targets(batch.y)
         skipped += int((~keep).sum())
         if keep.any():
@@ -217,7 +228,8 @@ def evaluate(
     if task == "regression":
         y = _numeric_targets(y, target)
     result = _metrics(model, y, lambda: np.concatenate(preds))
-    return {"task": task, "rows": int(y.shape[0]), "skipped_rows": skipped, **result}
+    return {"task": task, "rows": int(y.shape[0]), "skipped_rows": skipped, **result,
+            "unseen_categories": dict(unseen)}
 
 
 def _numeric_targets(y: np.ndarray, target: str) -> np.ndarray:
