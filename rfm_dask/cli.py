@@ -372,6 +372,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     fit.add_argument("--checkpoint", metavar="PATH", help="state after each iteration (default: MODEL.ckpt)")
     fit.add_argument("--resume", action="store_true", help="continue from the checkpoint's last complete iteration")
     fit.add_argument("--overwrite", action="store_true", help="replace an existing model file")
+    fit.add_argument("--dashboard", action="store_true",
+                     help="serve the local cluster's Dask dashboard on 127.0.0.1 and print its link")
     fit.set_defaults(handler=cmd_fit, check=check_fit, needs_cluster=True)
 
     predict = command("predict", "predict Parquet rows, writing Parquet")
@@ -429,10 +431,14 @@ def _client(args: argparse.Namespace) -> Iterator[Any]:
     if not args.needs_cluster:
         yield None
         return
+    import dask
+
     from .cluster import close_local_client, local_client
 
     try:
-        yield local_client()
+        with dask.config.set({"rfm.dashboard": args.dashboard}):
+            client = local_client()
+        yield client
     finally:
         close_local_client()
 
