@@ -194,3 +194,12 @@ def test_python_fits_log_one_line_per_iteration(client, caplog):
         rfm_dask.RFMRegressor(iters=2, patience=None, solver="direct", client=client).fit(X, y)
     lines = [r.getMessage() for r in caplog.records if r.name == "rfm_dask"]
     assert [line.split(":")[0] for line in lines] == ["iteration 0", "iteration 1", "iteration 2"], lines
+
+
+def test_fit_dashboard_on_request_prints_a_loopback_link(files, capsys, tmp_path):
+    status, _, err = _run(capsys, "fit", files / "train.zarr", tmp_path / "m.rfm", "--iters", "0", "--solver",
+                          "direct", "--dashboard")
+    assert status == 0 and re.search(r"^rfm-dask: Dask dashboard at http://127\.0\.0\.1:\d+/status$", err, re.M), err
+    status, _, err = _run(capsys, "fit", files / "train.zarr", tmp_path / "n.rfm", "--iters", "0", "--solver",
+                          "direct")
+    assert status == 0 and "dashboard" not in err, err
