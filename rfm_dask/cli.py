@@ -1,8 +1,10 @@
 """The ``rfm-dask`` command line: ingest, fit, predict, evaluate, inspect.
 
 Every command takes ``--scheduler ADDRESS`` (else it runs on a local in-process cluster where it needs one) and
-``--config FILE`` (YAML or TOML: a table per command, e.g. ``[fit]`` with ``iters = 8``; command-line options win).
-Bad input ends the command with a one-line reason on stderr and exit status 2; ``--debug`` shows the traceback.
+``--config FILE`` (YAML or TOML: a table per command, e.g. ``[fit]`` with ``iters = 8``; each value is parsed as
+the command line parses it; command-line options win). Bad input ends the command with a one-line reason on stderr,
+in command-line spelling, and exit status 2; ``--debug`` shows the traceback. Progress bars (tqdm) are drawn on
+stderr when it is a terminal.
 """
 
 from __future__ import annotations
@@ -303,7 +305,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """argparse's help with every option's default shown, except where there is none (None)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default is None or "%(default)" in (action.help or ""):
+        if action.default is None:
             return action.help or ""
         return super()._get_help_string(action)
 
@@ -350,14 +352,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     ingest.add_argument("--target", required=False, help="target column")
     ingest.add_argument("--id-column", help="column passed through as row ids")
     ingest.add_argument("--task", choices=("auto", "regression", "classification"), default="auto",
-                        help="auto: classification for string or boolean targets")
+                        help="auto: classification for string, bool and few-valued integer targets")
     ingest.add_argument("--max-categories", type=int, default=32, help="one-hot cap per categorical column")
     ingest.add_argument("--high-cardinality", choices=("error", "top"), default="error",
                         help="above the cap: fail, or keep the most frequent categories plus 'other'")
     ingest.add_argument("--nulls", choices=("impute", "drop"), default="impute",
                         help="missing values: impute (and flag) them, or drop their rows")
     ingest.add_argument("--timestamps", choices=("expand", "drop"), default="expand",
-                        help="timestamp columns: expand to calendar features, or leave out")
+                        help="timestamp columns: expand into calendar parts, or leave out")
     ingest.add_argument("--exclude", nargs="*", metavar="COLUMN", default=[], help="columns to leave out")
     ingest.add_argument("--chunk-rows", type=int, help="rows per Zarr chunk (default: about 32 MiB of float32)")
     ingest.add_argument("--batch-rows", type=int, default=65536, help="rows per Parquet read batch")
