@@ -142,12 +142,15 @@ class _RFMBase(BaseEstimator):
         )
 
     def _check_features(self, X: Any, reset: bool) -> Any:
-        """Checked float32 features: a dask array stays lazy, anything else becomes NumPy."""
+        """Checked float32 features (n, d): a dask array stays lazy, anything else becomes NumPy.
+
+        Feature names are recorded (``reset``) and checked as scikit-learn does for pandas: a dask DataFrame's
+        columns are read from its empty ``_meta`` frame, without computing anything.
+        """
         if is_dask(X):
-            X = check_dask_features(X, None if reset else self.n_features_in_)
-            if reset:
-                self.n_features_in_ = X.shape[1]
-            return X
+            checked = check_dask_features(X, None if reset else self.n_features_in_)
+            validate_data(self, checked if isinstance(X, da.Array) else X._meta, reset=reset, skip_check_array=True)
+            return checked
         return validate_data(self, X, reset=reset, dtype=np.float32)
 
     def _check_xy(self, X: Any, y: Any, reset: bool) -> tuple[Any, np.ndarray]:

@@ -38,6 +38,3 @@ def markdown_table(records: Sequence[dict], columns: Sequence[str] | None = None
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     lines += ["| " + " | ".join(format_cell(record.get(c)) for c in cols) + " |" for record in records]
     return "\n".join(lines)
-
-
-HISTORY_COLUMNS = ("iteration", "val_accuracy", "val_mse", "solver", "cg_iterations", "residual", "seconds")

@@ -178,7 +178,7 @@ def run_rfm(
         record["seconds"] = time.perf_counter() - start
         history.append(record)
         fields = " ".join(f"{k}={format_cell(v)}" for k, v in record.items() if k != "iteration")
-        logger.info("iteration %d: %s", t, fields)
+        logger.info("iteration %d: %s", t, fields, extra={"rfm_step": ("iteration", t, settings.iters)})
         if stop:
             break
         if checkpoint is not None:
