@@ -13,7 +13,12 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 import rfm_dask
-from rfm_dask.cli import _parse, main
+from rfm_dask.cli import _parse as _parse_with, build_parser, main
+
+
+def _parse(argv: list[str]):
+    """The CLI's parse of ``argv`` (config file applied)."""
+    return _parse_with(*build_parser(), argv)
 
 
 def _table(n: int, seed: int) -> pa.Table:
