@@ -16,6 +16,7 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_dat
 from . import config
 from .cluster import resolve_client
 from .inputs import check_dask_features, check_finite_targets, is_dask, to_host_targets
+from .io.transformer import TableEncoder, is_pandas_frame
 from .kernels import KernelSpec
 from .krr import SOLVERS
 from .model import KernelModel
@@ -235,10 +236,18 @@ class _RFMBase(BaseEstimator):
         estimator._set_model(model, int(state["best_iter"]), list(state["history"]))
         return estimator
 
+    def _raw_columns_to_features(self, X: Any) -> Any:
+        """For a model fitted on an ingested store, a pandas DataFrame holds raw columns (matched by name, as
+        in Parquet): its features through the recorded preprocessing. Any other ``X`` is returned as it is."""
+        info = getattr(self, "preprocessing_", None)
+        if not is_pandas_frame(X) or not info or info.get("preprocessor") is None:
+            return X
+        return TableEncoder.from_model(self).transform(X)
+
     def _decision(self, X: Any) -> Any:
         """Raw predictor outputs (n, c): lazy for dask input, NumPy otherwise."""
         check_is_fitted(self, "model_")
-        X = self._check_features(X, reset=False)
+        X = self._check_features(self._raw_columns_to_features(X), reset=False)
         if isinstance(X, da.Array):
             return self.model_.decision_dask(X)
         return self.model_.decision(X)

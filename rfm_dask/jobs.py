@@ -19,6 +19,7 @@ from .cluster import resolve_client
 from .estimators import RFMClassifier, RFMRegressor
 from .inputs import gather_rows
 from .io import FeatureBatch, Preprocessor, read_batches
+from .io.transformer import model_preprocessor
 from .zarr_store import ZarrData, open_zarr
 
 TASKS = ("regression", "classification")
@@ -72,17 +73,7 @@ def fit_store(
 
 
 def _preprocessor(model: Any) -> Preprocessor:
-    info = getattr(model, "preprocessing_", None)
-    if not info or info.get("preprocessor") is None:
-        raise ValueError(
-            "this model was not fitted on an ingested store, so it cannot read raw Parquet columns; "
-            "fit it with `rfm-dask fit STORE.zarr` (or rfm_dask.jobs.fit_store)"
-        )
-    pre = Preprocessor.from_dict(info["preprocessor"])
-    if pre.n_features != model.n_features_in_:
-        raise ValueError(f"the model's preprocessing makes {pre.n_features} features but the model takes "
-                         f"{model.n_features_in_}: the model file is inconsistent")
-    return pre
+    return model_preprocessor(getattr(model, "preprocessing_", None), model.n_features_in_)
 
 
 def _batches(model: Any, source: Any, target: str | None, id_column: str | None, batch_rows: int):
