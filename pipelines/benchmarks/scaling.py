@@ -44,6 +44,7 @@ import numpy as np
 import psutil
 
 from pipelines.toml_values import layered_config
+from rfm_dask import tables
 from rfm_dask.atomic import atomic_path, write_text
 
 FOREIGN_CPU_WARN = 0.05  # note fits during which other processes used more than this share of the CPUs
@@ -356,7 +357,13 @@ def _warm_worker() -> int:
 
 class PeakMemory:
     """Samples the RSS of every worker (``client.run``) and of this process every ``interval`` seconds in a
-    background thread, between ``__enter__`` and ``__exit__``; keeps the maxima."""
+    background thread, between ``__enter__`` and ``__exit__``; keeps the maxima.
+
+    Kept rather than ``distributed.diagnostics.MemorySampler``, which does worse here: it records the cluster-wide
+    sum over workers (the report needs each worker's peak), reads the memory the workers last reported in their
+    heartbeats (about every 0.5-1 s, so a short peak between two heartbeats is missed, whatever the interval), and
+    needs a cluster (xRFM runs in this process, without one).
+    """
 
     def __init__(self, client: Any = None, interval: float = 0.2) -> None:
         self.client = client
@@ -711,15 +718,7 @@ def markdown_table(rows: list[dict]) -> str:
 
 def history_table(history: list[dict]) -> str:
     cols = ["iteration", "val_mse", "solver", "cg_iterations", "residual", "seconds"]
-    cols += sorted({k for h in history for k in h} - set(cols))
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(["---:"] * len(cols)) + "|"]
-    for h in history:
-        cells = []
-        for c in cols:
-            v = h.get(c)
-            cells.append(_fmt(v, ".4g") if isinstance(v, (float, np.floating)) else ("—" if v is None else str(v)))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return tables.markdown_table(history, cols + sorted({k for h in history for k in h} - set(cols)))
 
 
 def settings_text(config: dict) -> list[str]:
