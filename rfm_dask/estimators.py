@@ -41,6 +41,70 @@ def _validation_rows(n: int, fraction: float, rng: np.random.Generator) -> np.nd
     return np.sort(rng.choice(n, n_val, replace=False))
 
 
+_PARAMETERS_DOC = """
+    Parameters
+    ----------
+    kernel : {"laplace", "gaussian"}, default="laplace"
+        Laplace ``k = exp(-(r / L)^q)`` or Gaussian ``k = exp(-r^2 / (2 L^2))`` of the Mahalanobis distance
+        ``r = ||x - z||_M``.
+    bandwidth : float, default=10.0
+        The bandwidth L.
+    exponent : float, default=1.0
+        The Laplace exponent q, ``0 < q <= 2``.
+    reg : float, default=1e-3
+        Ridge: every solver solves ``(K + reg I) alpha = y``.
+    iters : int, default=5
+        Updates of M; iteration 0 (``M = I``) is the lazy kernel.
+    diag : bool, default=False
+        Learn a diagonal M (d values) instead of a full (d, d) one.
+    agop_power : float, default=1.0
+        M is the AGOP to this power (1 or 1/2).
+    centre_agop : bool, default=False
+        Centre the gradients before their outer products.
+    feature_update : {"agop", "fact"}, default="agop"
+        The average gradient outer product, or the Features at Convergence Theorem matrix F with
+        ``M = (F F^T)^(1/2)``.
+    solver : {"auto", "direct", "cg", "nystrom"}, default="auto"
+        Dense Cholesky on one worker, exact-kernel conjugate gradient, or FALKON with ``n_centers`` centres;
+        ``auto`` picks ``direct`` for small n and ``nystrom`` above (thresholds in ``rfm.yaml``).
+    tol : float, default=1e-6
+        Relative residual at which CG stops.
+    validation_fraction : float, default=0.1
+        Share of the rows split off (seeded) to pick the best iteration when no ``X_val`` is given.
+    patience : int or None, default=2
+        Stop after this many iterations without improvement; None runs all ``iters``.
+    agop_samples : int or None, default=None
+        Rows sampled for the AGOP (None: ``rfm.agop-sample``).
+    n_centers : int or None, default=None
+        Nystrom centres m (None: ``rfm.nystrom-centres``).
+    random_state : int or None, default=None
+        Seed of the validation split, the AGOP sample and the centres.
+    checkpoint : path or None, default=None
+        File to save the fit's state to after every iteration.
+    resume : bool, default=False
+        Continue from ``checkpoint`` when it holds the state of the same fit.
+    client : distributed.Client or None, default=None
+        The cluster to run on; None: the default client, or an in-process local cluster.
+"""
+_ATTRIBUTES_DOC = """
+    Attributes
+    ----------
+    feature_matrix_ : ndarray of shape (d, d), or (d,) when ``diag``
+        The learned M of the kept iteration, scaled so that its largest entry is 1.
+    feature_importances_ : ndarray of shape (d,)
+        The diagonal of M divided by its sum.
+    best_iter_ : int
+        The iteration kept (0 = lazy kernel).
+    history_ : list of dict
+        One record per iteration: validation metrics, solver, CG iterations, residual, seconds.
+    n_features_in_ : int
+        The number of input features d.
+    preprocessing_ : dict
+        Only when fitted on an ingested store (``rfm_dask.jobs.fit_store``): its recorded preprocessing, with which
+        ``predict`` reads a pandas DataFrame of raw columns (see ``rfm_dask.io.TableEncoder``).
+"""
+
+
 class _RFMBase(BaseEstimator):
     """Shared parameters, input handling and fitting of the RFM estimators."""
 
@@ -254,14 +318,13 @@ class _RFMBase(BaseEstimator):
 
 
 class RFMRegressor(RegressorMixin, _RFMBase):
-    """Recursive Feature Machine for regression (single or multiple outputs).
+    __doc__ = """Recursive Feature Machine for regression (single or multiple outputs).
 
     Parameters mirror the RFM papers: a Laplace (exponent q) or Gaussian Mahalanobis kernel with bandwidth L, ridge
     ``reg`` as in (K + reg I) alpha = y, ``iters`` updates of M (full or diagonal) by ``feature_update``: "agop"
     (the average gradient outer product, to the power ``agop_power``, 1 or 1/2) or "fact" (the Features at
     Convergence Theorem matrix F, M = (F F^T)^(1/2)).
-    Fitted: ``feature_matrix_``, ``feature_importances_``, ``best_iter_`` (0 = lazy kernel), ``history_``.
-    """
+""" + _PARAMETERS_DOC + _ATTRIBUTES_DOC
 
     _y_numeric = True
 
@@ -295,10 +358,13 @@ class RFMRegressor(RegressorMixin, _RFMBase):
 
 
 class RFMClassifier(ClassifierMixin, _RFMBase):
-    """Recursive Feature Machine for classification: kernel regression on one-hot labels (one column if binary).
+    __doc__ = """Recursive Feature Machine for classification: kernel regression on one-hot labels (one column for two
+    classes).
 
     ``predict_proba`` clips the regression scores to be non-negative and normalises them (not calibrated).
-    """
+""" + _PARAMETERS_DOC + _ATTRIBUTES_DOC + """    classes_ : ndarray of shape (n_classes,)
+        The class labels, sorted.
+"""
 
     _y_numeric = False
 

@@ -73,8 +73,8 @@ class TableEncoder(TransformerMixin, BaseEstimator):
     ----------
     preprocessor_ : Preprocessor
         The fitted encodings (the same object ingest records in a store and a model file).
-    feature_names_in_ : ndarray of str, shape (n_features_in_,)
-        The input columns the features are made from.
+    feature_names_in_ : ndarray of str
+        The input columns the features are made from (``n_features_in_`` of them).
     n_features_in_ : int
         Their number.
 
