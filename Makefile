@@ -32,8 +32,8 @@ $(DOCS_STAMP): $(STAMP)
 	touch $(DOCS_STAMP)
 
 docs: $(DOCS_STAMP)
-	rm -rf docs/_build docs/generated docs/auto_examples
+	rm -rf docs/_build docs/generated docs/auto_examples docs/sg_execution_times.rst
 	$(BIN)/python -m sphinx -W --keep-going -q -b html docs docs/_build/html
 
 clean:
-	rm -rf $(VENV) .pytest_cache out docs/_build docs/generated docs/auto_examples
+	rm -rf $(VENV) .pytest_cache out docs/_build docs/generated docs/auto_examples docs/sg_execution_times.rst
