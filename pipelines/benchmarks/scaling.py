@@ -398,7 +398,8 @@ def fit_rfm_dask(client: Any, data: tuple, config: dict) -> dict:
     baseline = client.run(_warm_worker)
     model = RFMRegressor(client=client, **rfm_dask_params(config))
     settings = {f"rfm.{key}": value for key, value in config["rfm_config"].items()}
-    with dask.config.set(settings), PeakWorkerMemory(client, cluster_cfg["memory_sample_s"]) as memory, ForeignCpu() as foreign:
+    sampler = PeakWorkerMemory(client, cluster_cfg["memory_sample_s"])
+    with dask.config.set(settings), sampler as memory, ForeignCpu() as foreign:
         start = time.perf_counter()
         model.fit(X_fit, y_fit, X_val=X_val, y_val=y_val)
         fit_seconds = time.perf_counter() - start
