@@ -73,21 +73,13 @@ def _centre_rows(p: dict, seed: int, n: int) -> np.ndarray | None:
 
 
 def _reference(p: dict, X: np.ndarray, Y: np.ndarray, centre_rows: np.ndarray | None):
-    """(M, coef, centres, relative tolerance of coef and M) of the reference's last iteration."""
+    """(M, coef, centres, relative tolerance of coef and M) of the reference's last iteration: four times the sum of
+    every iteration's solve rounding bound, since each solve's rounding reaches the last M and coefficients."""
     args = (p["kernel"], p["bandwidth"], p["exponent"])
     iterations = ref.rfm_iterations(X, Y, *args, p["reg"], p["iters"], p["diag"], p["agop_power"],
                                     p["centre_agop"], p["feature_update"], centre_rows)
     C = X if centre_rows is None else X[centre_rows]
-    bound = 0.0
-    for M, coef in iterations:  # each solve's rounding reaches the last M and coefficients
-        K, E = ref.kernel(X, C, M, *args), ref.float32_kernel_error(X, C, M, *args)
-        if centre_rows is None:
-            A, dB = K + p["reg"] * np.eye(len(X)), E @ np.abs(coef)
-        else:  # A = K^T K + reg K_mm, B = K^T Y
-            A = K.T @ K + p["reg"] * K[centre_rows]
-            dB = E.T @ np.abs(Y) + (E.T @ np.abs(K) + np.abs(K).T @ E + p["reg"] * E[centre_rows]) @ np.abs(coef)
-        # first order, componentwise: |d coef| <= |A^-1| (|dB| + |dA| |coef|), gathered in dB
-        bound += np.max(np.abs(np.linalg.inv(A)) @ dB) / np.abs(coef).max()
+    bound = sum(ref.solve_rounding_bound(X, Y, M, coef, *args, p["reg"], centre_rows) for M, coef in iterations)
     M, coef = iterations[-1]
     return M, coef, C, 4 * bound
 
