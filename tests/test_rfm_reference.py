@@ -7,7 +7,8 @@ checked on a two-iteration fit: the feature matrix M_2, the coefficients and pre
 Tolerances follow the conditioning: the kernel entries are float32, each off by at most ``float32_kernel_error``
 (E); the coefficients solve A coef = B with A = K + reg I (or the Nystrom matrix), so their relative error is at most
 cond(A) ||E|| / ||A|| to first order (the same holds for the kernel matrix of the previous iteration, through M).
-The ridge is large enough (0.1) that cond(A) is a few hundred, which keeps these bounds near 1e-5.
+The ridge is large enough (0.1) that cond(A) is a few hundred, which keeps these bounds near 1e-4 (observed
+errors: about 1e-7). One seed by default; RFM_TEST_SEEDS=n runs n.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from rfm_dask.row_blocks import put_rows
 from rfm_dask.training import RFMSettings, run_rfm
 
 import reference as ref
-from seeds import SEEDS
+from seeds import seeds
 
 REG, ITERS, N, D, N_CENTRES = 0.1, 2, 40, 4, 25
 
@@ -97,7 +98,7 @@ def _check_model(p, M_got, coef_got, predict, X_test, M, coef, C, tol) -> None:
     assert np.all(np.abs(got - expected) <= bound), np.max(np.abs(got - expected) / bound)
 
 
-@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("seed", seeds(1))
 @pytest.mark.parametrize("case", list(CASES))
 def test_run_rfm_matches_reference(client, case, seed):
     """run_rfm without validation rows: the kept model is iteration 2's (M_2, coef_2)."""
