@@ -5,10 +5,10 @@ checked on a two-iteration fit: the feature matrix M_2, the coefficients and pre
 ``run_rfm`` (targets as given), then through the estimators (targets encoded by ``reference.encode_targets``).
 
 Tolerances follow the conditioning: the kernel entries are float32, each off by at most ``float32_kernel_error``
-(E); the coefficients solve A coef = B with A = K + reg I (or the Nystrom matrix), so their relative error is at most
-cond(A) ||E|| / ||A|| to first order (the same holds for the kernel matrix of the previous iteration, through M).
-The ridge is large enough (0.1) that cond(A) is a few hundred, which keeps these bounds near 1e-4 (observed
-errors: about 1e-7). One seed by default; RFM_TEST_SEEDS=n runs n.
+(E); the coefficients solve A coef = B with A = K + reg I (or the Nystrom matrix), so their error is at most
+|A^-1| (|dB| + |dA| |coef|) to first order (``reference.solve_rounding_bound``); each iteration's rounding reaches
+the next M. The ridge is large enough (0.1) that cond(A) is a few hundred, which keeps these bounds near 1e-4
+(observed errors: about 1e-7; Nystrom, whose matrix is K's square, about 3e-2). One seed by default; RFM_TEST_SEEDS=n runs n.
 """
 
 from __future__ import annotations
