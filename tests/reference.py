@@ -199,3 +199,20 @@ def float32_kernel_error(
         slope = k / (2 * bandwidth**2) if kind == "gaussian" else exponent / (2 * bandwidth**exponent) * k * r ** (
             exponent - 2)
     return np.where(r > 0, eps * (norms * slope + k), 0.0)
+
+
+def solve_rounding_bound(
+    X, Y, M, coef, kind: str, bandwidth: float, exponent: float, reg: float, centre_rows=None
+) -> float:
+    """First-order bound on max |d coef| / max |coef| when the solve of ``rfm_iterations`` (exact, or Nystrom on
+    ``centre_rows``) uses float32 kernel entries, each off by at most E = ``float32_kernel_error``:
+    componentwise, |d coef| <= |A^-1| (|dB| + |dA| |coef|) for A coef = B."""
+    C = X if centre_rows is None else X[centre_rows]
+    K, E = kernel(X, C, M, kind, bandwidth, exponent), float32_kernel_error(X, C, M, kind, bandwidth, exponent)
+    coef = np.abs(coef)
+    if centre_rows is None:  # A = K + reg I, B = Y
+        A, dB = K + reg * np.eye(len(X)), E @ coef
+    else:  # A = K^T K + reg K_mm, B = K^T Y
+        A = K.T @ K + reg * K[centre_rows]
+        dB = E.T @ np.abs(Y) + (E.T @ np.abs(K) + np.abs(K).T @ E + reg * E[centre_rows]) @ coef
+    return float(np.max(np.abs(np.linalg.inv(A)) @ dB) / coef.max())
