@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
 
@@ -10,13 +11,14 @@ import dask.array as da
 import numpy as np
 from distributed import Client
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, clone
+from sklearn.utils._param_validation import Interval, StrOptions, validate_parameter_constraints
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
 from . import config
 from .cluster import resolve_client
 from .inputs import check_dask_features, check_finite_targets, is_dask, to_host_targets
-from .kernels import KernelSpec
+from .kernels import KERNELS, KernelSpec
 from .krr import SOLVERS
 from .model import KernelModel
 from .model_file import ModelFileError, read_model_file, write_model_file
@@ -40,8 +42,42 @@ def _validation_rows(n: int, fraction: float, rng: np.random.Generator) -> np.nd
     return np.sort(rng.choice(n, n_val, replace=False))
 
 
+class Range(Interval):
+    """scikit-learn's ``Interval`` constraint, except that a bool is no number (``reg=True`` is refused, not 1.0).
+
+    NaN is outside every range, and an open end at infinity excludes infinity (see ``Interval.__contains__``).
+    """
+
+    def is_satisfied_by(self, val: Any) -> bool:
+        return not isinstance(val, (bool, np.bool_)) and super().is_satisfied_by(val)
+
+
 class _RFMBase(BaseEstimator):
     """Shared parameters, input handling and fitting of the RFM estimators."""
+
+    #: Allowed values of every constructor parameter, checked by ``_settings`` before a fit and on ``load``
+    #: (scikit-learn's declarative validation: a list of alternatives per parameter, None meaning None itself).
+    _parameter_constraints: dict = {
+        "kernel": [StrOptions(set(KERNELS))],
+        "bandwidth": [Range(Real, 0, None, closed="neither")],
+        "exponent": [Range(Real, 0, 2, closed="right")],
+        "reg": [Range(Real, 0, None, closed="left")],
+        "iters": [Range(Integral, 0, None, closed="left")],
+        "diag": ["boolean"],
+        "agop_power": [Range(Real, 0, None, closed="neither")],
+        "centre_agop": ["boolean"],
+        "feature_update": [StrOptions(set(FEATURE_UPDATES))],
+        "solver": [StrOptions(set(SOLVERS))],
+        "tol": [Range(Real, 0, 1, closed="neither")],
+        "validation_fraction": [Range(Real, 0, 1, closed="left")],
+        "patience": [Range(Integral, 0, None, closed="left"), None],
+        "agop_samples": [Range(Integral, 1, None, closed="left"), None],
+        "n_centers": [Range(Integral, 1, None, closed="left"), None],
+        "random_state": [Range(Integral, 0, None, closed="left"), None],
+        "checkpoint": [str, os.PathLike, None],
+        "resume": ["boolean"],
+        "client": [Client, None],
+    }
 
     def __init__(
         self,
@@ -105,22 +141,16 @@ class _RFMBase(BaseEstimator):
 
     # -- fitting ------------------------------------------------------------------------------------------------
     def _settings(self) -> RFMSettings:
-        if self.solver not in SOLVERS:
-            raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
-        if not (isinstance(self.iters, (int, np.integer)) and self.iters >= 0):
-            raise ValueError(f"iters must be an integer >= 0, got {self.iters!r}")
-        if not self.reg >= 0:
-            raise ValueError(f"reg must be >= 0, got {self.reg!r}")
-        if self.feature_update not in FEATURE_UPDATES:
-            raise ValueError(f"feature_update must be one of {FEATURE_UPDATES}, got {self.feature_update!r}")
-        if not 0 < self.agop_power:
-            raise ValueError(f"agop_power must be > 0, got {self.agop_power!r}")
-        if not 0 <= self.validation_fraction < 1:
-            raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}")
-        samples = self.agop_samples if self.agop_samples is not None else int(config.get("agop-sample"))
-        centres = self.n_centers if self.n_centers is not None else int(config.get("nystrom-centres"))
-        if not (isinstance(centres, (int, np.integer)) and centres >= 1):
-            raise ValueError(f"n_centers must be a positive integer, got {self.n_centers!r}")
+        """The validated settings (``_parameter_constraints``); None for agop_samples and n_centers means the
+        ``rfm.agop-sample`` and ``rfm.nystrom-centres`` defaults, which are held to the same constraints."""
+        self._validate_params()
+        samples = self.agop_samples if self.agop_samples is not None else config.get("agop-sample")
+        centres = self.n_centers if self.n_centers is not None else config.get("nystrom-centres")
+        validate_parameter_constraints(
+            {key: self._parameter_constraints[key][:1] for key in ("agop_samples", "n_centers")},
+            {"agop_samples": samples, "n_centers": centres},
+            caller_name=f"{type(self).__name__} (with the rfm config's defaults)",
+        )
         return RFMSettings(
             spec=KernelSpec(self.kernel, float(self.bandwidth), float(self.exponent)),
             reg=float(self.reg),
@@ -347,6 +377,9 @@ class RFMClassifier(ClassifierMixin, _RFMBase):
 def _check_state(state: dict, arrays: dict[str, np.ndarray], classifier: bool) -> None:
     """Raise ``ValueError`` unless a model file's state fits its arrays (``load`` reports it as ``ModelFileError``)."""
     d, centres, coef = state["n_features_in"], arrays["centres"], arrays["coef"]
+    non_finite = [name for name, a in arrays.items() if not np.isfinite(a).all()]
+    if non_finite:
+        raise ValueError(f"the arrays {non_finite} hold NaN or infinity")
     if isinstance(d, bool) or not isinstance(d, int) or centres.ndim != 2 or centres.shape[1] != d:
         raise ValueError(f"n_features_in {d!r} does not match the centres' shape {centres.shape}")
     names = state.get("feature_names_in")

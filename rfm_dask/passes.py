@@ -65,13 +65,14 @@ class Submitter:
             yield future
 
 
-def tree_sum(client: Client, futures: Iterable[Future], fan_in: int = 8) -> Any:
+def tree_sum(client: Client, futures: Iterable[Future], fan_in: int = 8, combine: Callable = _add) -> Any:
     """Sum futures' results on the cluster in a fixed tree, as they are submitted, gathering only the last few.
 
     Every ``fan_in`` consecutive futures of a level are folded by one reduction task as soon as they exist
     (reductions outrank the leaves, so partial results do not pile up on the workers); the tree depends on the
     number of futures only, so the total is the same bit for bit on any cluster. The at most ``fan_in`` partial
-    sums left at the end are gathered and added here, which saves a scheduling round trip per pass.
+    sums left at the end are gathered and added here, which saves a scheduling round trip per pass. ``combine``
+    (associative, any number of arguments) replaces the sum for other reductions.
     """
     levels: list[list[Future]] = [[]]
     for future in futures:
@@ -80,25 +81,48 @@ def tree_sum(client: Client, futures: Iterable[Future], fan_in: int = 8) -> Any:
         while len(levels[k]) == fan_in:
             if k + 1 == len(levels):
                 levels.append([])
-            levels[k + 1].append(client.submit(_add, *levels[k], priority=1, pure=False))
+            levels[k + 1].append(client.submit(combine, *levels[k], priority=1, pure=False))
             levels[k] = []
             k += 1
     rest = [f for level in levels for f in level]
     while len(rest) > fan_in:
-        rest = [client.submit(_add, *rest[i : i + fan_in], priority=1, pure=False) for i in range(0, len(rest), fan_in)]
-    return _add(*client.gather(rest))
+        rest = [client.submit(combine, *rest[i : i + fan_in], priority=1, pure=False)
+                for i in range(0, len(rest), fan_in)]
+    return combine(*client.gather(rest))
 
 
-def _column_sums(block: Any) -> np.ndarray:
-    return to_host(materialise(block).sum(axis=0, dtype=np.float64))
+def _column_stats(block: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Column sums (float64), minima and maxima of a row block: three (d,) arrays."""
+    block = materialise(block)
+    return tuple(to_host(a) for a in (block.sum(axis=0, dtype=np.float64), block.min(axis=0), block.max(axis=0)))
+
+
+def _merge_stats(*parts: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``_column_stats`` of several blocks merged: sums added, minima and maxima taken."""
+    sums, mins, maxs = zip(*parts)
+    return sum(sums), np.minimum.reduce(mins), np.maximum.reduce(maxs)
+
+
+#: The kernels' distances |x|^2 + |c|^2 - 2 x.c are taken in float32 on centred rows: the columns' ranges r must keep
+#: 2 sum_j r_j^2 (a bound on |x - shift|^2 + |c - shift|^2) below float32's largest value.
+MAX_SQUARED_SPREAD = float(np.finfo(np.float32).max) / 2
 
 
 def column_means(client: Client, rows: RowBlocks) -> np.ndarray:
-    """Mean of the rows (d,) float64, from one task per block; raises ValueError if X holds NaN or infinity."""
-    calls = ((_column_sums, f) for f in rows.futures)
-    total = tree_sum(client, Submitter(client).stream(calls, spread=rows.streamed))
+    """Mean of the rows (d,) float64, from one task per block; raises ValueError if X holds NaN or infinity, or
+    values so far apart that the kernels' float32 distances would overflow (``MAX_SQUARED_SPREAD``)."""
+    calls = ((_column_stats, f) for f in rows.futures)
+    total, lo, hi = tree_sum(client, Submitter(client).stream(calls, spread=rows.streamed), combine=_merge_stats)
     if not np.all(np.isfinite(total)):
         raise ValueError("Input X contains NaN or infinity")
+    spread = hi.astype(np.float64) - lo
+    if not np.sum(spread**2) < MAX_SQUARED_SPREAD:
+        wide = np.argsort(spread)[::-1][:3].tolist()
+        raise ValueError(
+            f"Input X is too large in magnitude: columns {wide} span up to {np.max(spread):.3g}, so squared distances "
+            f"between rows overflow float32 (the columns' squared ranges must sum to below {MAX_SQUARED_SPREAD:.3g}); "
+            "rescale the features"
+        )
     return total / max(rows.n, 1)
 
 

@@ -14,6 +14,7 @@ import warnings
 import zipfile
 from pathlib import Path
 
+import dask
 import dask.array as da
 import numpy as np
 import pandas as pd
@@ -26,6 +27,7 @@ from rfm_dask import ModelFileError, RFMClassifier, RFMRegressor
 from rfm_dask.cli import main
 from rfm_dask.io import DataError, DataWarning, Preprocessor, ingest, read_batches
 from rfm_dask.jobs import evaluate, fit_store, predict_parquet
+from rfm_dask.solvers import NumericalError
 
 FAST = {"iters": 1, "solver": "direct", "random_state": 0}
 
@@ -118,6 +120,70 @@ def test_estimator_fit_refuses_bad_input(case, client):
     estimator, X, y, match = FIT_CASES[case]
     with pytest.raises(ValueError, match=re.escape(match)):
         estimator(client=client, **FAST).fit(X, y)
+
+
+#: parameter -> values it refuses (each with the error naming the parameter)
+BAD_PARAMETERS = {
+    "reg": [-1.0, np.inf, np.nan, True, "1e-3"],
+    "bandwidth": [0.0, -2.0, np.inf, np.nan],
+    "exponent": [0.0, 2.5],
+    "tol": [0.0, -1.0, 1.0, np.nan, np.inf],
+    "iters": [-1, 1.5, None],
+    "agop_samples": [0, -5, 2.0],
+    "patience": [-3, 1.5],
+    "n_centers": [0],
+    "agop_power": [0.0, np.inf],
+    "validation_fraction": [1.0, -0.1],
+    "kernel": ["cosine"],
+    "solver": ["magic"],
+    "feature_update": ["pca"],
+    "diag": ["false", 1],
+    "random_state": [-1, 1.5],
+    "checkpoint": [5],
+}
+PARAMETER_CASES = {f"{name}={value!r}": (name, value) for name, values in BAD_PARAMETERS.items() for value in values}
+
+
+@pytest.mark.parametrize("case", PARAMETER_CASES)
+def test_estimator_refuses_bad_parameters(case, client):
+    name, value = PARAMETER_CASES[case]
+    X = np.random.default_rng(0).normal(size=(20, 2)).astype(np.float32)
+    with pytest.raises(ValueError, match=re.escape(f"The '{name}' parameter of RFMRegressor must be")):
+        RFMRegressor(client=client, **{**FAST, name: value}).fit(X, X[:, 0])
+
+
+@pytest.mark.parametrize("key", ["agop-sample", "nystrom-centres"])
+def test_config_defaults_of_parameters_are_checked(key, client):
+    X = np.random.default_rng(0).normal(size=(20, 2)).astype(np.float32)
+    with dask.config.set({f"rfm.{key}": 0}), pytest.raises(ValueError, match="with the rfm config's defaults"):
+        RFMRegressor(client=client, **FAST).fit(X, X[:, 0])
+
+
+def _numerical_cases() -> dict:
+    """name -> (X, y, parameters, error type, text): fits that must stop with a clear error, not return a model."""
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(200, 3)).astype(np.float32)
+    y = X[:, 0] - X[:, 1]
+    twice = np.repeat(X[:100], 2, axis=0)  # duplicate rows with different targets, reg=0: K is singular and
+    noisy = np.repeat(y[:100], 2) + rng.normal(size=200)  # the system inconsistent
+    too_large = "Input X is too large in magnitude"
+    return {
+        "X at 1e30": (X * np.float32(1e30), y, {}, ValueError, too_large),
+        "dask X at 1e30": (da.from_array(X * np.float32(1e30), chunks=(50, 3)), y, {}, ValueError, too_large),
+        "y at 1e300": (da.from_array(X, chunks=(50, 3)), y.astype(np.float64) * 1e300, {}, ValueError,
+                       "Input y is too large in magnitude"),
+        "CG diverges": (twice, noisy, {"reg": 0.0, "solver": "cg"}, NumericalError, "CG diverged"),
+    }
+
+
+NUMERICAL_CASES = _numerical_cases()
+
+
+@pytest.mark.parametrize("case", NUMERICAL_CASES)
+def test_numerically_failed_fits_raise(case, client):
+    X, y, params, error, match = NUMERICAL_CASES[case]
+    with dask.config.set({"rfm.cg.preconditioner-rank": 20}), pytest.raises(error, match=re.escape(match)):
+        RFMRegressor(client=client, **{**FAST, **params}).fit(X, y)
 
 
 def test_estimator_predict_refuses_bad_input(numpy_model):
@@ -513,6 +579,18 @@ def test_bad_model_files_are_refused_by_the_cli(command, bad_models, trained, tm
         line = _one_line_error(capsys, [command, *argv], match)
         assert path.name in line, line
     assert _listing(tmp_path) == []
+
+
+def test_non_finite_model_arrays_are_refused_at_load(numpy_model, tmp_path):
+    model, _ = numpy_model
+    saved = model.model_.coef.copy()
+    try:
+        model.model_.coef[0] = np.nan  # saved with checksums of the NaN array: only the values are wrong
+        path = model.save(tmp_path / "nan.rfm")
+    finally:
+        model.model_.coef[:] = saved
+    with pytest.raises(ModelFileError, match=re.escape("the arrays ['coef'] hold NaN or infinity")):
+        rfm_dask.load(path)
 
 
 def _inconsistent(edit):
