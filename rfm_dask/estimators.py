@@ -16,6 +16,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
 from . import config
+from .atomic import check_writable
 from .cluster import resolve_client
 from .inputs import check_dask_features, check_finite_targets, is_dask, to_host_targets
 from .kernels import KERNELS, KernelSpec
@@ -192,6 +193,8 @@ class _RFMBase(BaseEstimator):
     def _fit_targets(self, X: Any, y: Any, X_val: Any, y_val: Any, metrics) -> None:
         """Shared fit: ``self._encode(y)`` maps targets to an (n, c) float64 matrix."""
         settings = self._settings()
+        if self.checkpoint is not None:
+            check_writable(self.checkpoint, "checkpoint")
         X, y = self._check_xy(X, y, reset=True)
         Y = self._encode(y, fitting=True)
         rng = np.random.default_rng(self.random_state)

@@ -8,6 +8,7 @@ made for the output. The CLI prints exactly one line on stderr and exits with st
 from __future__ import annotations
 
 import json
+import os
 import re
 import struct
 import warnings
@@ -236,6 +237,16 @@ def _parquet_bytes(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
+def _non_utf8_name(table: pa.Table) -> bytes:
+    """Parquet bytes of ``table`` with a column named b"x\\xffy" (no Arrow schema stored: the name is read from the
+    Parquet schema)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table.append_column("xQy", table["x0"]), sink, store_schema=False)
+    blob = sink.getvalue().to_pybytes()
+    assert b"xQy" in blob  # in the schema and in the column chunk's path
+    return blob.replace(b"xQy", b"x\xffy")
+
+
 def _ingest_cases() -> dict:
     """name -> (the input: a table, raw bytes or None for no file; ingest options; text the error must contain).
     The input is written to ``<name with underscores>.parquet``."""
@@ -254,7 +265,12 @@ def _ingest_cases() -> dict:
         "0 feature columns": (base.select(["y"]), {}, "no feature columns"),
         "all-null column": (base.append_column("gone", pa.nulls(n, pa.float64())), {},
                             "'gone' has no non-null values"),
-        "null-typed column": (base.append_column("void", pa.nulls(n)), {}, "unsupported type: 'void' (null)"),
+        "null-typed column": (base.append_column("void", pa.nulls(n)), {},
+                              "null-typed_column.parquet: column(s) of unsupported type: 'void' (null)"),
+        "bogus time zone": (base.append_column("when", pa.array(np.arange(n), pa.timestamp("ms", "Mars/Olympus"))),
+                            {}, "bogus_time_zone.parquet: column 'when' (timestamp[ms, tz=Mars/Olympus]): Cannot locate"),
+        "non-UTF-8 column name": (_non_utf8_name(base), {},
+                                  "non-UTF-8_column_name.parquet: a column name is not valid UTF-8: 'x\\xffy'"),
         "list column": (base.append_column("nested", pa.array([[1, 2]] * n)), {}, "unsupported type: 'nested'"),
         "missing target": (base, {"target": "price"}, "target column 'price' not found"),
         "all targets null": (base.set_column(4, "y", pa.nulls(n, pa.float64())), {}, "'target_null': 30"),
@@ -479,6 +495,26 @@ def test_existing_outputs_are_refused_and_untouched(trained, tmp_path, capsys):
     assert existing.read_bytes() == b"precious" and _listing(tmp_path) == ["existing"]
     assert main(["predict", str(model_path), str(test), str(existing), "--overwrite", "--quiet"]) == 0
     assert pq.read_table(existing).num_rows == 20
+
+
+def test_unwritable_outputs_are_refused_before_fitting(trained, tmp_path, capsys, monkeypatch):
+    _, _, store = trained
+    monkeypatch.setattr("rfm_dask.estimators.run_rfm", lambda *a, **k: pytest.fail("fitted before the check"))
+    blocker = tmp_path / "a_file"
+    blocker.write_bytes(b"")
+    read_only = tmp_path / "read_only"
+    read_only.mkdir(mode=0o500)
+    cases = {
+        "model under a file": ([blocker / "sub" / "m.rfm"], "cannot write the model file"),
+        "checkpoint under a file": ([tmp_path / "m.rfm", "--checkpoint", blocker / "ck"], "cannot write the checkpoint"),
+    }
+    if os.geteuid() != 0:  # root writes into read-only directories
+        cases["read-only directory"] = ([read_only / "m.rfm"], "cannot write the model file")
+    for name, (argv, match) in cases.items():
+        _one_line_error(capsys, ["fit", store, *argv, "--iters", "1"], match)
+    with pytest.raises(NotADirectoryError, match="cannot write the checkpoint"):
+        RFMRegressor(checkpoint=blocker / "ck", **FAST).fit(np.ones((10, 2)), np.arange(10.0))
+    assert _listing(tmp_path) == ["a_file", "read_only"]
 
 
 def test_cli_single_class_through_ingest_and_fit(tmp_path, capsys):

@@ -166,6 +166,11 @@ def test_auto_solver_picks_by_size():
     with dask.config.set({"rfm.cg-max-rows": 12000}):
         assert choose_solver("auto", 10000) == "cg"
     assert choose_solver("nystrom", 100) == "nystrom"
+    # the dense solve (about 24 n^2 bytes) only where it fits half the smallest worker's memory limit
+    assert choose_solver("auto", 8000, worker_memory=4 * 2**30) == "direct"
+    assert choose_solver("auto", 8000, worker_memory=400 * 2**20) == "cg"
+    assert choose_solver("auto", 2000, worker_memory=400 * 2**20) == "direct"
+    assert choose_solver("auto", 6000, worker_memory=400 * 2**20) == "cg"
 
 
 def _busy_tasks(seconds: float) -> tuple[str, int]:
