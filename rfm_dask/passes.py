@@ -18,7 +18,7 @@ from . import config
 from . import worker_tasks as wt
 from .backend import identity, to_host
 from .kernels import KernelSpec
-from .row_blocks import RowBlocks, materialise
+from .row_blocks import RowBlocks, materialise, worker_memory_limits
 
 
 def _add(*parts: Any) -> Any:
@@ -29,36 +29,55 @@ def _add(*parts: Any) -> Any:
 
 
 class Submitter:
-    """Submits a pass's tasks in order with at most ``rfm.tasks-per-thread`` per worker thread unfinished at a time.
+    """Submits a pass's tasks in order with at most a few per worker unfinished at a time (its capacity).
 
-    Before a task is submitted past that limit, one of the unfinished ones is waited for. So the workers never hold
-    more than the limit of a pass's tasks (each with its arguments: a streamed block's recipe and row selection,
-    target slices) however many blocks there are, whatever the scheduler's queuing decides. The order of the calls,
-    and so of every sum over them, is unchanged.
+    Before a task is submitted past the cluster's capacity, one of the unfinished ones is waited for. So the workers
+    never hold more than that many of a pass's tasks (each with its arguments: a streamed block's recipe and row
+    selection, target slices) however many blocks there are, whatever the scheduler's queuing decides. The order of
+    the calls, and so of every sum over them, is unchanged.
+
+    A worker's capacity is ``rfm.tasks-per-thread`` per thread, but no more tasks than fit ``rfm.task-memory-fraction``
+    of its memory limit at ``task_bytes`` each (at least one): fewer tasks at a time when blocks are large.
 
     Tasks on held blocks go where their block is. Tasks on streamed blocks have no such home, and the scheduler
     would run them all where the pass's small shared keys happen to live: with ``spread`` each is sent to the worker
-    with the fewest unfinished tasks per thread (any other worker may still take it, e.g. if that one is lost).
+    with the fewest unfinished tasks for its capacity (any other worker may still take it, e.g. if that one is lost).
     """
 
     def __init__(self, client: Client) -> None:
         self.client = client
         self.threads = dict(client.nthreads())
-        self.limit = int(config.get("tasks-per-thread")) * max(1, sum(self.threads.values()))
+        self.memory = worker_memory_limits(client)
+        self.per_thread = int(config.get("tasks-per-thread"))
+        self.fraction = float(config.get("task-memory-fraction"))
 
-    def _least_busy(self, pending: list[tuple[Future, str | None]]) -> str:
-        busy = Counter(where for _, where in pending)
-        return min(sorted(self.threads), key=lambda w: busy[w] / max(self.threads[w], 1))
+    def capacity(self, task_bytes: int = 0) -> dict[str, int]:
+        """Tasks of ``task_bytes`` each (0: not known) that each worker may hold unfinished at a time."""
+        capacity = {}
+        for worker, threads in self.threads.items():
+            most = self.per_thread * max(threads, 1)
+            budget = int(self.fraction * self.memory.get(worker, 0))
+            capacity[worker] = min(most, max(1, budget // task_bytes)) if budget and task_bytes else most
+        return capacity
 
-    def stream(self, calls: Iterable[tuple], spread: bool = False) -> Iterator[Future]:
-        """Futures of ``(fn, *args)`` calls, submitted in order as the iterator is consumed."""
+    def limit(self, task_bytes: int = 0) -> int:
+        """Tasks of ``task_bytes`` each the cluster may hold unfinished at a time (at least one)."""
+        return max(1, sum(self.capacity(task_bytes).values()))
+
+    def stream(self, calls: Iterable[tuple], spread: bool = False, task_bytes: int = 0) -> Iterator[Future]:
+        """Futures of ``(fn, *args)`` calls of about ``task_bytes`` each, submitted in order as the iterator is
+        consumed."""
+        capacity, limit = self.capacity(task_bytes), self.limit(task_bytes)
         pending: list[tuple[Future, str | None]] = []  # submitted, not known to be finished, and where they were sent
         for fn, *args in calls:
-            if len(pending) >= self.limit:  # returns at once if one of them has finished already
+            if len(pending) >= limit:  # returns at once if one of them has finished already
                 with self.client.as_current():  # distributed.wait uses the current client
                     wait([f for f, _ in pending], return_when="FIRST_COMPLETED")
             pending = [(f, where) for f, where in pending if not f.done()]
-            where = self._least_busy(pending) if spread and self.threads else None
+            where = None
+            if spread and capacity:
+                busy = Counter(where for _, where in pending)
+                where = min(sorted(capacity), key=lambda w: busy[w] / capacity[w])
             placement = {"workers": [where], "allow_other_workers": True} if where else {}
             future = self.client.submit(fn, *args, pure=False, **placement)
             pending.append((future, where))
@@ -112,7 +131,8 @@ def column_means(client: Client, rows: RowBlocks) -> np.ndarray:
     """Mean of the rows (d,) float64, from one task per block; raises ValueError if X holds NaN or infinity, or
     values so far apart that the kernels' float32 distances would overflow (``MAX_SQUARED_SPREAD``)."""
     calls = ((_column_stats, f) for f in rows.futures)
-    total, lo, hi = tree_sum(client, Submitter(client).stream(calls, spread=rows.streamed), combine=_merge_stats)
+    futures = Submitter(client).stream(calls, spread=rows.streamed, task_bytes=rows.streamed_block_bytes)
+    total, lo, hi = tree_sum(client, futures, combine=_merge_stats)
     if not np.all(np.isfinite(total)):
         raise ValueError("Input X contains NaN or infinity")
     spread = hi.astype(np.float64) - lo
@@ -124,6 +144,16 @@ def column_means(client: Client, rows: RowBlocks) -> np.ndarray:
             "rescale the features"
         )
     return total / max(rows.n, 1)
+
+
+def task_bytes(rows: RowBlocks | None, tile: int) -> int:
+    """What one kernel task on a block of ``rows`` holds at most (the ``Submitter``'s estimate): a streamed block as
+    read, a sub-block transformed with its temporaries (about 3 x ``worker_tasks.SUB_BLOCK_BYTES``) and a float32
+    kernel tile of ``tile`` entries with its distance temporaries (about 3 tiles). 0 (not known) without ``rows``
+    (tasks on cached tiles)."""
+    if rows is None:
+        return 0
+    return rows.streamed_block_bytes + 3 * wt.SUB_BLOCK_BYTES + 3 * 4 * tile
 
 
 class KernelPasses:
@@ -148,7 +178,8 @@ class KernelPasses:
 
     def _stream(self, calls: Iterable[tuple], rows: RowBlocks | None = None) -> Iterator[Future]:
         """Futures of ``(fn, *args)`` calls on ``rows``'s blocks, submitted in order (see ``Submitter``)."""
-        return self._submitter.stream(calls, spread=rows is not None and rows.streamed)
+        return self._submitter.stream(calls, spread=rows is not None and rows.streamed,
+                                      task_bytes=task_bytes(rows, self.tile))
 
     def _submit(self, fn: Callable, rows: RowBlocks, *args: Any) -> Iterator[Future]:
         """One task per row block ``fn(block, *args)``, in block order (submitted as the iterator is consumed)."""
@@ -159,9 +190,10 @@ class KernelPasses:
         time so that the workers hold at most that many results."""
         results: list = []
         batch: list[Future] = []
+        limit = self._submitter.limit(task_bytes(rows, self.tile))
         for future in self._submit(fn, rows, *args):
             batch.append(future)
-            if len(batch) == self._submitter.limit:
+            if len(batch) == limit:
                 results += self.client.gather(batch)
                 batch = []
         return results + self.client.gather(batch)

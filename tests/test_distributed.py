@@ -191,10 +191,10 @@ def test_submitter_bounds_unfinished_tasks_and_spreads_streamed_ones(process_cli
 
     with dask.config.set({"rfm.tasks-per-thread": 2}):
         submitter = Submitter(process_client)
-    assert submitter.limit == 2 * sum(process_client.nthreads().values())
+    assert submitter.limit() == 2 * sum(process_client.nthreads().values())
     futures = list(submitter.stream(((_busy_tasks, 0.02) for _ in range(60)), spread=spread))
     seen = process_client.gather(futures)
-    assert max(unfinished for _, unfinished in seen) <= submitter.limit
+    assert max(unfinished for _, unfinished in seen) <= submitter.limit()
     if spread:
         counts = {address: sum(a == address for a, _ in seen) for address in process_client.nthreads()}
         assert min(counts.values()) >= 15, counts
