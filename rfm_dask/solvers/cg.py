@@ -6,6 +6,7 @@ Each column runs its own CG recurrence; all columns share every operator call.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Callable
 
@@ -19,6 +20,7 @@ from . import NumericalError
 DIVERGED = 2.0 / np.sqrt(np.finfo(np.float64).eps)
 
 Operator = Callable[[np.ndarray], np.ndarray]
+logger = logging.getLogger("rfm_dask")
 
 
 @dataclass
@@ -76,6 +78,7 @@ def conjugate_gradient(
         else:
             R -= alpha * AP
         rel = np.linalg.norm(R, axis=0) / b_norm
+        logger.debug("CG step %d: relative residual %.3g", it, np.max(rel), extra={"rfm_step": ("cg", it, max_iter)})
         _check_progress(it, ~(rel <= DIVERGED), f"relative residual {np.max(rel):.3g}")
         Z = apply_p(R)
         rz_new = _column_dot(R, Z)
