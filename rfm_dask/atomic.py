@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,6 +38,21 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
                 directory.rmdir()
             except OSError:  # not empty (written meanwhile by someone else) or already gone
                 break
+
+
+def check_writable(path: str | os.PathLike, what: str = "output") -> None:
+    """Raise ``OSError`` naming ``path`` unless a file can be written there (as ``atomic_path`` writes it), leaving
+    nothing behind: the nearest existing directory above it must be a directory that takes a new file. For checks
+    before long work whose output would otherwise fail only at the end."""
+    path = Path(path)
+    existing = next(p for p in (path.parent, *path.parent.parents) if p.exists() or p == p.parent)
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is not a directory")
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=f".{path.name}.probe-"):
+            pass
+    except OSError as exc:
+        raise type(exc)(f"cannot write the {what} {path}: {exc.strerror or exc}") from None
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

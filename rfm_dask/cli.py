@@ -47,6 +47,10 @@ FIT_PARAMS: tuple[tuple[str, Any, str], ...] = (
 )
 
 
+class ClusterError(RuntimeError):
+    """The Dask cluster failed under a command (see ``_cluster_failure``)."""
+
+
 class ConfigError(ValueError):
     """A config file that cannot be read or names options a command does not have."""
 
@@ -213,12 +217,15 @@ def _fit_params(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def check_fit(args: argparse.Namespace) -> None:
-    """What ``fit`` can refuse before a cluster starts: an existing model file, a path that is no store, and
-    estimator parameters out of range."""
+    """What ``fit`` can refuse before a cluster starts: an existing model file, a model file or checkpoint that
+    cannot be written, a path that is no store, and estimator parameters out of range."""
+    from .atomic import check_writable
     from .estimators import RFMRegressor
     from .jobs import is_zarr_store
 
     _refuse_existing(args.model, args.overwrite, "model file")
+    check_writable(args.model, "model file")
+    check_writable(args.checkpoint or f"{args.model}.ckpt", "checkpoint")
     if not is_zarr_store(args.store):
         raise ValueError(f"{args.store} is not a readable Zarr store of X and y (write one with `rfm-dask ingest`)")
     RFMRegressor(**_fit_params(args))._settings()
@@ -427,8 +434,18 @@ def _client(args: argparse.Namespace) -> Iterator[Any]:
             client = Client(args.scheduler, timeout="10s")
         except (OSError, TimeoutError) as exc:
             raise ConnectionError(f"cannot connect to the Dask scheduler at {args.scheduler}: {exc}") from None
-        with client:
+        client_log = logging.getLogger("distributed.client")
+        level = client_log.level
+        if not args.debug:  # a lost scheduler is reported in one line (``_cluster_failure``), not logged with a traceback
+            client_log.setLevel(logging.CRITICAL)
+        try:
             yield client
+        finally:
+            try:
+                client.close()
+            except OSError:  # a lost scheduler (reported by ``_cluster_failure``): nothing is left to close there
+                pass
+            client_log.setLevel(level)
         return
     if not args.needs_cluster:
         yield None
@@ -534,7 +551,13 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(args, "check"):
             args.check(args)  # bad options are refused before a cluster starts
         with _client(args) as client:
-            args.handler(args, client)
+            try:
+                args.handler(args, client)
+            except Exception as exc:  # noqa: BLE001 - re-raised as is unless it is a failure of the cluster
+                message = None if args.debug else _cluster_failure(args, exc, client)
+                if message is None:
+                    raise
+                raise ClusterError(message) from None
     except KeyboardInterrupt:
         print("rfm-dask: interrupted", file=sys.stderr)
         return 130
@@ -551,6 +574,34 @@ def main(argv: list[str] | None = None) -> int:
               "(run again with --debug for the traceback)", file=sys.stderr)
         return EXIT_INTERNAL
     return 0
+
+
+def _cluster_failure(args: argparse.Namespace, exc: Exception, client: Any) -> str | None:
+    """What to tell the user when ``exc`` is the cluster failing under a command (None for anything else): a worker
+    that kept dying (most likely of its memory limit), or the scheduler lost, with how to continue. ``client``: the
+    command's Dask client or None; an ``OSError`` is the scheduler lost only when that client is no longer running."""
+    from concurrent.futures import CancelledError
+
+    from dask.utils import format_bytes, key_split
+    from distributed import KilledWorker
+    from distributed.comm.core import CommClosedError
+
+    if isinstance(exc, KilledWorker):
+        limit = getattr(exc.last_worker, "memory_limit", 0)
+        return (f"the workers kept dying while running {key_split(exc.task)!r} ({exc.allowed_failures + 1} tries), "
+                f"most likely of their memory limit ({format_bytes(limit) if limit else 'none set'} per worker): "
+                "give the workers more memory, or lower rfm.block-bytes and rfm.tile-elements")
+    disconnected = client is not None and client.status != "running"
+    if not (isinstance(exc, (CancelledError, CommClosedError)) or (isinstance(exc, OSError) and disconnected)):
+        return None
+    text = "lost the connection to the Dask scheduler" + (f" at {args.scheduler}" if args.scheduler else "")
+    if args.command != "fit":
+        return f"{text}; nothing was written: run the command again"
+    checkpoint = Path(args.checkpoint or f"{args.model}.ckpt")
+    if checkpoint.exists():
+        return f"{text}; the checkpoint {checkpoint} holds the iterations done: run the same command with --resume " \
+               "to continue from there"
+    return f"{text} before the first iteration was complete: run the same command again"
 
 
 def _one_line(exc: BaseException) -> str:

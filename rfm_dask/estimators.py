@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
 
@@ -10,14 +11,16 @@ import dask.array as da
 import numpy as np
 from distributed import Client
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, clone
+from sklearn.utils._param_validation import Interval, StrOptions, validate_parameter_constraints
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
 from . import config
+from .atomic import check_writable
 from .cluster import resolve_client
 from .inputs import check_dask_features, check_finite_targets, is_dask, to_host_targets
 from .io.transformer import TableEncoder, is_pandas_frame
-from .kernels import KernelSpec
+from .kernels import KERNELS, KernelSpec
 from .krr import SOLVERS
 from .model import KernelModel
 from .model_file import ModelFileError, read_model_file, write_model_file
@@ -109,8 +112,42 @@ _ATTRIBUTES_DOC = """
 """
 
 
+class Range(Interval):
+    """scikit-learn's ``Interval`` constraint, except that a bool is no number (``reg=True`` is refused, not 1.0).
+
+    NaN is outside every range, and an open end at infinity excludes infinity (see ``Interval.__contains__``).
+    """
+
+    def is_satisfied_by(self, val: Any) -> bool:
+        return not isinstance(val, (bool, np.bool_)) and super().is_satisfied_by(val)
+
+
 class _RFMBase(BaseEstimator):
     """Shared parameters, input handling and fitting of the RFM estimators."""
+
+    #: Allowed values of every constructor parameter, checked by ``_settings`` before a fit and on ``load``
+    #: (scikit-learn's declarative validation: a list of alternatives per parameter, None meaning None itself).
+    _parameter_constraints: dict = {
+        "kernel": [StrOptions(set(KERNELS))],
+        "bandwidth": [Range(Real, 0, None, closed="neither")],
+        "exponent": [Range(Real, 0, 2, closed="right")],
+        "reg": [Range(Real, 0, None, closed="left")],
+        "iters": [Range(Integral, 0, None, closed="left")],
+        "diag": ["boolean"],
+        "agop_power": [Range(Real, 0, None, closed="neither")],
+        "centre_agop": ["boolean"],
+        "feature_update": [StrOptions(set(FEATURE_UPDATES))],
+        "solver": [StrOptions(set(SOLVERS))],
+        "tol": [Range(Real, 0, 1, closed="neither")],
+        "validation_fraction": [Range(Real, 0, 1, closed="left")],
+        "patience": [Range(Integral, 0, None, closed="left"), None],
+        "agop_samples": [Range(Integral, 1, None, closed="left"), None],
+        "n_centers": [Range(Integral, 1, None, closed="left"), None],
+        "random_state": [Range(Integral, 0, None, closed="left"), None],
+        "checkpoint": [str, os.PathLike, None],
+        "resume": ["boolean"],
+        "client": [Client, None],
+    }
 
     def __init__(
         self,
@@ -174,22 +211,16 @@ class _RFMBase(BaseEstimator):
 
     # -- fitting ------------------------------------------------------------------------------------------------
     def _settings(self) -> RFMSettings:
-        if self.solver not in SOLVERS:
-            raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
-        if not (isinstance(self.iters, (int, np.integer)) and self.iters >= 0):
-            raise ValueError(f"iters must be an integer >= 0, got {self.iters!r}")
-        if not self.reg >= 0:
-            raise ValueError(f"reg must be >= 0, got {self.reg!r}")
-        if self.feature_update not in FEATURE_UPDATES:
-            raise ValueError(f"feature_update must be one of {FEATURE_UPDATES}, got {self.feature_update!r}")
-        if not 0 < self.agop_power:
-            raise ValueError(f"agop_power must be > 0, got {self.agop_power!r}")
-        if not 0 <= self.validation_fraction < 1:
-            raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}")
-        samples = self.agop_samples if self.agop_samples is not None else int(config.get("agop-sample"))
-        centres = self.n_centers if self.n_centers is not None else int(config.get("nystrom-centres"))
-        if not (isinstance(centres, (int, np.integer)) and centres >= 1):
-            raise ValueError(f"n_centers must be a positive integer, got {self.n_centers!r}")
+        """The validated settings (``_parameter_constraints``); None for agop_samples and n_centers means the
+        ``rfm.agop-sample`` and ``rfm.nystrom-centres`` defaults, which are held to the same constraints."""
+        self._validate_params()
+        samples = self.agop_samples if self.agop_samples is not None else config.get("agop-sample")
+        centres = self.n_centers if self.n_centers is not None else config.get("nystrom-centres")
+        validate_parameter_constraints(
+            {key: self._parameter_constraints[key][:1] for key in ("agop_samples", "n_centers")},
+            {"agop_samples": samples, "n_centers": centres},
+            caller_name=f"{type(self).__name__} (with the rfm config's defaults)",
+        )
         return RFMSettings(
             spec=KernelSpec(self.kernel, float(self.bandwidth), float(self.exponent)),
             reg=float(self.reg),
@@ -234,6 +265,8 @@ class _RFMBase(BaseEstimator):
     def _fit_targets(self, X: Any, y: Any, X_val: Any, y_val: Any, metrics) -> None:
         """Shared fit: ``self._encode(y)`` maps targets to an (n, c) float64 matrix."""
         settings = self._settings()
+        if self.checkpoint is not None:
+            check_writable(self.checkpoint, "checkpoint")
         X, y = self._check_xy(X, y, reset=True)
         Y = self._encode(y, fitting=True)
         rng = np.random.default_rng(self.random_state)

@@ -7,9 +7,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from .solvers import NumericalError
+
 
 def psd_power(A: np.ndarray, power: float) -> np.ndarray:
-    """A^power for a symmetric PSD (d, d) matrix (or elementwise for a (d,) diagonal); negative eigenvalues -> 0."""
+    """A^power for a symmetric PSD (d, d) matrix (or elementwise for a (d,) diagonal); negative eigenvalues -> 0.
+
+    Raises ``NumericalError`` if A holds non-finite values (the gradients overflowed).
+    """
+    if not np.isfinite(A).all():
+        raise NumericalError("the feature update gave non-finite values: the gradients overflowed (features or "
+                             "targets too large in magnitude: rescale them)")
     if A.ndim == 1:
         return np.maximum(A, 0.0) ** power
     vals, vecs = np.linalg.eigh((A + A.T) / 2)

@@ -85,6 +85,11 @@ def to_host_targets(y: Any) -> np.ndarray:
 
 
 def check_finite_targets(y: np.ndarray) -> None:
-    """Raise a clear error for NaN or infinite regression targets."""
+    """Raise a clear error for NaN or infinite regression targets, or targets whose sum of squares overflows float64
+    (the validation MSE and the solves would)."""
     if not np.all(np.isfinite(y)):
         raise ValueError("Input y contains NaN or infinity")
+    with np.errstate(over="ignore"):
+        if not np.isfinite(np.sum(np.square(y, dtype=np.float64))):
+            raise ValueError(f"Input y is too large in magnitude (max |y| = {np.max(np.abs(y)):.3g}): the sum of its "
+                             "squares overflows float64; rescale the targets")

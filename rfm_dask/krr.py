@@ -14,6 +14,9 @@ from .solvers.falkon import falkon_solve
 from .solvers.preconditioner import nystrom_preconditioner
 
 SOLVERS = ("auto", "direct", "cg", "nystrom")
+#: Bytes the dense solve holds per kernel entry on its worker: the float64 kernel, its jittered copy factorised in
+#: place, and the float32 tiles it is computed from (about 3 x 8 n^2 bytes).
+DIRECT_BYTES_PER_ENTRY = 24
 
 
 @dataclass
@@ -26,13 +29,18 @@ class Solution:
     residual: float
 
 
-def choose_solver(solver: str, n: int) -> str:
-    """Resolve ``solver="auto"`` by the number of training rows: direct, then exact CG, then Nystrom (FALKON)."""
+def choose_solver(solver: str, n: int, worker_memory: int = 0) -> str:
+    """Resolve ``solver="auto"`` by the number of training rows: direct, then exact CG, then Nystrom (FALKON).
+
+    The dense solve is chosen only where its n x n matrices (``DIRECT_BYTES_PER_ENTRY``) fit half of
+    ``worker_memory``, the smallest worker's memory limit in bytes (0: no limit known).
+    """
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
     if solver != "auto":
         return solver
-    if n <= int(config.get("direct-max-rows")):
+    fits = not worker_memory or DIRECT_BYTES_PER_ENTRY * n * n <= worker_memory // 2
+    if n <= int(config.get("direct-max-rows")) and fits:
         return "direct"
     return "cg" if n <= int(config.get("cg-max-rows")) else "nystrom"
 

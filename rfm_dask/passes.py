@@ -18,7 +18,7 @@ from . import config
 from . import worker_tasks as wt
 from .backend import identity, to_host
 from .kernels import KernelSpec
-from .row_blocks import RowBlocks, materialise
+from .row_blocks import RowBlocks, materialise, worker_memory_limits
 
 
 def _add(*parts: Any) -> Any:
@@ -29,49 +29,69 @@ def _add(*parts: Any) -> Any:
 
 
 class Submitter:
-    """Submits a pass's tasks in order with at most ``rfm.tasks-per-thread`` per worker thread unfinished at a time.
+    """Submits a pass's tasks in order with at most a few per worker unfinished at a time (its capacity).
 
-    Before a task is submitted past that limit, one of the unfinished ones is waited for. So the workers never hold
-    more than the limit of a pass's tasks (each with its arguments: a streamed block's recipe and row selection,
-    target slices) however many blocks there are, whatever the scheduler's queuing decides. The order of the calls,
-    and so of every sum over them, is unchanged.
+    Before a task is submitted past the cluster's capacity, one of the unfinished ones is waited for. So the workers
+    never hold more than that many of a pass's tasks (each with its arguments: a streamed block's recipe and row
+    selection, target slices) however many blocks there are, whatever the scheduler's queuing decides. The order of
+    the calls, and so of every sum over them, is unchanged.
+
+    A worker's capacity is ``rfm.tasks-per-thread`` per thread, but no more tasks than fit ``rfm.task-memory-fraction``
+    of its memory limit at ``task_bytes`` each (at least one): fewer tasks at a time when blocks are large.
 
     Tasks on held blocks go where their block is. Tasks on streamed blocks have no such home, and the scheduler
     would run them all where the pass's small shared keys happen to live: with ``spread`` each is sent to the worker
-    with the fewest unfinished tasks per thread (any other worker may still take it, e.g. if that one is lost).
+    with the fewest unfinished tasks for its capacity (any other worker may still take it, e.g. if that one is lost).
     """
 
     def __init__(self, client: Client) -> None:
         self.client = client
         self.threads = dict(client.nthreads())
-        self.limit = int(config.get("tasks-per-thread")) * max(1, sum(self.threads.values()))
+        self.memory = worker_memory_limits(client)
+        self.per_thread = int(config.get("tasks-per-thread"))
+        self.fraction = float(config.get("task-memory-fraction"))
 
-    def _least_busy(self, pending: list[tuple[Future, str | None]]) -> str:
-        busy = Counter(where for _, where in pending)
-        return min(sorted(self.threads), key=lambda w: busy[w] / max(self.threads[w], 1))
+    def capacity(self, task_bytes: int = 0) -> dict[str, int]:
+        """Tasks of ``task_bytes`` each (0: not known) that each worker may hold unfinished at a time."""
+        capacity = {}
+        for worker, threads in self.threads.items():
+            most = self.per_thread * max(threads, 1)
+            budget = int(self.fraction * self.memory.get(worker, 0))
+            capacity[worker] = min(most, max(1, budget // task_bytes)) if budget and task_bytes else most
+        return capacity
 
-    def stream(self, calls: Iterable[tuple], spread: bool = False) -> Iterator[Future]:
-        """Futures of ``(fn, *args)`` calls, submitted in order as the iterator is consumed."""
+    def limit(self, task_bytes: int = 0) -> int:
+        """Tasks of ``task_bytes`` each the cluster may hold unfinished at a time (at least one)."""
+        return max(1, sum(self.capacity(task_bytes).values()))
+
+    def stream(self, calls: Iterable[tuple], spread: bool = False, task_bytes: int = 0) -> Iterator[Future]:
+        """Futures of ``(fn, *args)`` calls of about ``task_bytes`` each, submitted in order as the iterator is
+        consumed."""
+        capacity, limit = self.capacity(task_bytes), self.limit(task_bytes)
         pending: list[tuple[Future, str | None]] = []  # submitted, not known to be finished, and where they were sent
         for fn, *args in calls:
-            if len(pending) >= self.limit:  # returns at once if one of them has finished already
+            if len(pending) >= limit:  # returns at once if one of them has finished already
                 with self.client.as_current():  # distributed.wait uses the current client
                     wait([f for f, _ in pending], return_when="FIRST_COMPLETED")
             pending = [(f, where) for f, where in pending if not f.done()]
-            where = self._least_busy(pending) if spread and self.threads else None
+            where = None
+            if spread and capacity:
+                busy = Counter(where for _, where in pending)
+                where = min(sorted(capacity), key=lambda w: busy[w] / capacity[w])
             placement = {"workers": [where], "allow_other_workers": True} if where else {}
             future = self.client.submit(fn, *args, pure=False, **placement)
             pending.append((future, where))
             yield future
 
 
-def tree_sum(client: Client, futures: Iterable[Future], fan_in: int = 8) -> Any:
+def tree_sum(client: Client, futures: Iterable[Future], fan_in: int = 8, combine: Callable = _add) -> Any:
     """Sum futures' results on the cluster in a fixed tree, as they are submitted, gathering only the last few.
 
     Every ``fan_in`` consecutive futures of a level are folded by one reduction task as soon as they exist
     (reductions outrank the leaves, so partial results do not pile up on the workers); the tree depends on the
     number of futures only, so the total is the same bit for bit on any cluster. The at most ``fan_in`` partial
-    sums left at the end are gathered and added here, which saves a scheduling round trip per pass.
+    sums left at the end are gathered and added here, which saves a scheduling round trip per pass. ``combine``
+    (associative, any number of arguments) replaces the sum for other reductions.
     """
     levels: list[list[Future]] = [[]]
     for future in futures:
@@ -80,26 +100,60 @@ def tree_sum(client: Client, futures: Iterable[Future], fan_in: int = 8) -> Any:
         while len(levels[k]) == fan_in:
             if k + 1 == len(levels):
                 levels.append([])
-            levels[k + 1].append(client.submit(_add, *levels[k], priority=1, pure=False))
+            levels[k + 1].append(client.submit(combine, *levels[k], priority=1, pure=False))
             levels[k] = []
             k += 1
     rest = [f for level in levels for f in level]
     while len(rest) > fan_in:
-        rest = [client.submit(_add, *rest[i : i + fan_in], priority=1, pure=False) for i in range(0, len(rest), fan_in)]
-    return _add(*client.gather(rest))
+        rest = [client.submit(combine, *rest[i : i + fan_in], priority=1, pure=False)
+                for i in range(0, len(rest), fan_in)]
+    return combine(*client.gather(rest))
 
 
-def _column_sums(block: Any) -> np.ndarray:
-    return to_host(materialise(block).sum(axis=0, dtype=np.float64))
+def _column_stats(block: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Column sums (float64), minima and maxima of a row block: three (d,) arrays."""
+    block = materialise(block)
+    return tuple(to_host(a) for a in (block.sum(axis=0, dtype=np.float64), block.min(axis=0), block.max(axis=0)))
+
+
+def _merge_stats(*parts: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``_column_stats`` of several blocks merged: sums added, minima and maxima taken."""
+    sums, mins, maxs = zip(*parts)
+    return sum(sums), np.minimum.reduce(mins), np.maximum.reduce(maxs)
+
+
+#: The kernels' distances |x|^2 + |c|^2 - 2 x.c are taken in float32 on centred rows: the columns' ranges r must keep
+#: 2 sum_j r_j^2 (a bound on |x - shift|^2 + |c - shift|^2) below float32's largest value.
+MAX_SQUARED_SPREAD = float(np.finfo(np.float32).max) / 2
 
 
 def column_means(client: Client, rows: RowBlocks) -> np.ndarray:
-    """Mean of the rows (d,) float64, from one task per block; raises ValueError if X holds NaN or infinity."""
-    calls = ((_column_sums, f) for f in rows.futures)
-    total = tree_sum(client, Submitter(client).stream(calls, spread=rows.streamed))
+    """Mean of the rows (d,) float64, from one task per block; raises ValueError if X holds NaN or infinity, or
+    values so far apart that the kernels' float32 distances would overflow (``MAX_SQUARED_SPREAD``)."""
+    calls = ((_column_stats, f) for f in rows.futures)
+    futures = Submitter(client).stream(calls, spread=rows.streamed, task_bytes=rows.streamed_block_bytes)
+    total, lo, hi = tree_sum(client, futures, combine=_merge_stats)
     if not np.all(np.isfinite(total)):
         raise ValueError("Input X contains NaN or infinity")
+    spread = hi.astype(np.float64) - lo
+    if not np.sum(spread**2) < MAX_SQUARED_SPREAD:
+        wide = np.argsort(spread)[::-1][:3].tolist()
+        raise ValueError(
+            f"Input X is too large in magnitude: columns {wide} span up to {np.max(spread):.3g}, so squared distances "
+            f"between rows overflow float32 (the columns' squared ranges must sum to below {MAX_SQUARED_SPREAD:.3g}); "
+            "rescale the features"
+        )
     return total / max(rows.n, 1)
+
+
+def task_bytes(rows: RowBlocks | None, tile: int) -> int:
+    """What one kernel task on a block of ``rows`` holds at most (the ``Submitter``'s estimate): a streamed block as
+    read, a sub-block transformed with its temporaries (about 3 x ``worker_tasks.SUB_BLOCK_BYTES``) and a float32
+    kernel tile of ``tile`` entries with its distance temporaries (about 3 tiles). 0 (not known) without ``rows``
+    (tasks on cached tiles)."""
+    if rows is None:
+        return 0
+    return rows.streamed_block_bytes + 3 * wt.SUB_BLOCK_BYTES + 3 * 4 * tile
 
 
 class KernelPasses:
@@ -124,7 +178,8 @@ class KernelPasses:
 
     def _stream(self, calls: Iterable[tuple], rows: RowBlocks | None = None) -> Iterator[Future]:
         """Futures of ``(fn, *args)`` calls on ``rows``'s blocks, submitted in order (see ``Submitter``)."""
-        return self._submitter.stream(calls, spread=rows is not None and rows.streamed)
+        return self._submitter.stream(calls, spread=rows is not None and rows.streamed,
+                                      task_bytes=task_bytes(rows, self.tile))
 
     def _submit(self, fn: Callable, rows: RowBlocks, *args: Any) -> Iterator[Future]:
         """One task per row block ``fn(block, *args)``, in block order (submitted as the iterator is consumed)."""
@@ -135,9 +190,10 @@ class KernelPasses:
         time so that the workers hold at most that many results."""
         results: list = []
         batch: list[Future] = []
+        limit = self._submitter.limit(task_bytes(rows, self.tile))
         for future in self._submit(fn, rows, *args):
             batch.append(future)
-            if len(batch) == self._submitter.limit:
+            if len(batch) == limit:
                 results += self.client.gather(batch)
                 batch = []
         return results + self.client.gather(batch)

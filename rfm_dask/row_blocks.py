@@ -64,6 +64,12 @@ class RowBlocks:
         return int(sum(self.sizes))
 
     @property
+    def streamed_block_bytes(self) -> int:
+        """Bytes of the largest block as a task reads it (float32) if the blocks are streamed, else 0 (held blocks
+        are in the workers' memory already)."""
+        return 4 * max(self.sizes, default=0) * self.n_features if self.streamed else 0
+
+    @property
     def offsets(self) -> np.ndarray:
         """Start row of each block, plus n at the end: (n_blocks + 1,)."""
         return np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
@@ -131,18 +137,20 @@ def stream_rows(X: da.Array, device: str = "cpu") -> RowBlocks:
     return RowBlocks(blocks, [int(c) for c in X.chunks[0]], int(X.shape[1]), device)
 
 
-def _memory_limits(client: Client) -> list[int]:
-    return [int(w.get("memory_limit") or 0) for w in client.scheduler_info()["workers"].values()]
+def worker_memory_limits(client: Client) -> dict[str, int]:
+    """Each worker's memory limit in bytes (0 where it sets none), by address."""
+    workers = client.scheduler_info()["workers"]
+    return {address: int(w.get("memory_limit") or 0) for address, w in workers.items()}
 
 
 def cluster_memory(client: Client) -> int:
     """Total memory limit of the cluster's workers in bytes (0 when the workers set none)."""
-    return sum(_memory_limits(client))
+    return sum(worker_memory_limits(client).values())
 
 
 def smallest_worker_memory(client: Client) -> int:
     """The smallest memory limit among the workers in bytes (0 when some worker sets none)."""
-    return min(_memory_limits(client), default=0)
+    return min(worker_memory_limits(client).values(), default=0)
 
 
 def place_rows(client: Client, X: da.Array) -> RowBlocks:

@@ -16,7 +16,7 @@ from .features import agop_feature_matrix, fact_feature_matrix, matrix_sqrt
 from .kernels import KernelSpec
 from .krr import Solution, choose_solver, solve_krr
 from .passes import KernelPasses, column_means
-from .row_blocks import RowBlocks, fetch_rows, take_rows
+from .row_blocks import RowBlocks, fetch_rows, smallest_worker_memory, take_rows
 from .tables import format_cell
 
 logger = logging.getLogger("rfm_dask")
@@ -132,7 +132,7 @@ def run_rfm(
     iteration and gives the model an uninterrupted fit gives.
     """
     d = train.n_features
-    solver = choose_solver(settings.solver, train.n)
+    solver = choose_solver(settings.solver, train.n, smallest_worker_memory(client))
     n_sample = min(train.n, settings.agop_samples)
     shift = column_means(client, train)
     key = None if checkpoint is None else fingerprint(

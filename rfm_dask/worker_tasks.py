@@ -7,7 +7,7 @@ transformed centres (m, d) and their squared norms (m,). Every task runs BLAS on
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -21,10 +21,40 @@ from .solvers.falkon import falkon_solve
 Centres = tuple[Any, Any]
 FeatureMap = tuple[np.ndarray, np.ndarray]
 
+#: Bytes of a row block's rows transformed at a time by a pass's task (rounded to whole kernel tiles): with the kernel
+#: tile, this bounds what a task holds besides its block, whatever the block's (the store's chunk's) size.
+SUB_BLOCK_BYTES = 4 << 20
+
 
 def _transform(xp: Any, X: Any, fmap: FeatureMap) -> Any:
     S, shift = fmap
     return kn.transform(xp, X, like(xp, S, X.dtype), like(xp, shift, X.dtype))
+
+
+def sub_block_rows(b: int, d: int, m: int, tile: int) -> int:
+    """Rows per sub-block of a (b, d) block against m centres: whole kernel tiles of ``tile`` entries, about
+    ``SUB_BLOCK_BYTES`` of float32 rows (at least one tile)."""
+    tile_rows = max(1, tile // max(m, 1))
+    return min(max(b, 1), tile_rows * max(1, SUB_BLOCK_BYTES // (4 * max(d, 1) * tile_rows)))
+
+
+def _sub_blocks(X: Any, fmap: FeatureMap, m: int, tile: int) -> Iterator[tuple[Any, slice, Any]]:
+    """The block's rows in sub-blocks (see ``sub_block_rows``), each transformed only when it is reached:
+    (xp, the rows' slice, the transformed rows (b_s, d))."""
+    X = materialise(X)
+    xp = namespace_of(X)
+    step = sub_block_rows(X.shape[0], X.shape[1], m, tile)
+    for start in range(0, X.shape[0], step):
+        rows = slice(start, min(start + step, X.shape[0]))
+        yield xp, rows, _transform(xp, X[rows], fmap)
+
+
+def _summed(parts: Iterable[Any]) -> Any:
+    """The sum of the sub-blocks' partial results, added in order."""
+    total = None
+    for part in parts:
+        total = part if total is None else total + part
+    return total
 
 
 @single_blas_thread
@@ -46,53 +76,52 @@ def select_centres(centres: Centres, index: np.ndarray) -> Centres:
 
 @single_blas_thread
 def matvec(X: Any, fmap: FeatureMap, centres: Centres, V: np.ndarray, spec: kn.KernelSpec, tile: int) -> np.ndarray:
-    """K(X, C) @ V for one row block: (b, c) float64 on the host."""
-    X = materialise(X)
-    xp = namespace_of(X)
-    return to_host(kn.kernel_matvec(xp, _transform(xp, X, fmap), *centres, like(xp, V), spec, tile))
+    """K(X, C) @ V for one row block, by sub-blocks: (b, c) float64 on the host."""
+    Ct, c_sq = centres
+    return np.concatenate([to_host(kn.kernel_matvec(xp, Xt, Ct, c_sq, like(xp, V), spec, tile))
+                           for xp, _, Xt in _sub_blocks(X, fmap, Ct.shape[0], tile)], axis=0)
 
 
 @single_blas_thread
 def gram_matvec(
     X: Any, fmap: FeatureMap, centres: Centres, W: np.ndarray, spec: kn.KernelSpec, tile: int
 ) -> np.ndarray:
-    """K_b^T (K_b W) for one row block: (m, c) float64 on the host."""
-    X = materialise(X)
-    xp = namespace_of(X)
-    return to_host(kn.kernel_gram_matvec(xp, _transform(xp, X, fmap), *centres, like(xp, W), spec, tile))
+    """K_b^T (K_b W) for one row block, summed over its sub-blocks: (m, c) float64 on the host."""
+    Ct, c_sq = centres
+    return to_host(_summed(kn.kernel_gram_matvec(xp, Xt, Ct, c_sq, like(xp, W), spec, tile)
+                           for xp, _, Xt in _sub_blocks(X, fmap, Ct.shape[0], tile)))
 
 
 @single_blas_thread
-def kernel_tiles(X: Any, fmap: FeatureMap, centres: Centres, spec: kn.KernelSpec, tile: int) -> list[Any]:
+def kernel_tiles(X: Any, fmap: FeatureMap, centres: Centres, spec: kn.KernelSpec, tile: int) -> list[list[Any]]:
     """One block's kernel against the centres as row tiles in the data's dtype, kept on this worker (see
-    ``kernels.kernel_tiles``): (b, m) in all."""
-    X = materialise(X)
-    xp = namespace_of(X)
-    return kn.kernel_tiles(xp, _transform(xp, X, fmap), *centres, spec, tile)
+    ``kernels.kernel_tiles``): one list of tiles per sub-block, (b, m) in all."""
+    Ct, c_sq = centres
+    return [kn.kernel_tiles(xp, Xt, Ct, c_sq, spec, tile) for xp, _, Xt in _sub_blocks(X, fmap, Ct.shape[0], tile)]
 
 
 @single_blas_thread
-def tiles_gram_matvec(tiles: list[Any], W: np.ndarray) -> np.ndarray:
-    """K_b^T (K_b W) from a block's cached tiles: (m, c) float64 on the host."""
-    xp = namespace_of(tiles[0])
-    return to_host(kn.tiles_gram_matvec(xp, tiles, like(xp, W), tiles[0].shape[1]))
+def tiles_gram_matvec(tiles: list[list[Any]], W: np.ndarray) -> np.ndarray:
+    """K_b^T (K_b W) from a block's cached tiles (see ``kernel_tiles``), summed over its sub-blocks as
+    ``gram_matvec`` sums them, so bit for bit the same: (m, c) float64 on the host."""
+    xp = namespace_of(tiles[0][0])
+    return to_host(_summed(kn.tiles_gram_matvec(xp, group, like(xp, W), group[0].shape[1]) for group in tiles))
 
 
 @single_blas_thread
 def rmatvec(X: Any, Y: np.ndarray, fmap: FeatureMap, centres: Centres, spec: kn.KernelSpec, tile: int) -> np.ndarray:
-    """K_b^T Y_b for one row block and its targets: (m, c) float64 on the host."""
-    X = materialise(X)
-    xp = namespace_of(X)
-    return to_host(kn.kernel_rmatvec(xp, _transform(xp, X, fmap), *centres, like(xp, Y), spec, tile))
+    """K_b^T Y_b for one row block and its targets, summed over its sub-blocks: (m, c) float64 on the host."""
+    Ct, c_sq = centres
+    return to_host(_summed(kn.kernel_rmatvec(xp, Xt, Ct, c_sq, like(xp, Y[rows]), spec, tile)
+                           for xp, rows, Xt in _sub_blocks(X, fmap, Ct.shape[0], tile)))
 
 
 @single_blas_thread
 def kernel_columns(X: Any, fmap: FeatureMap, centres: Centres, spec: kn.KernelSpec) -> np.ndarray:
     """The kernel block K(X, C) (b, m) as float64 on the host; for a few landmark columns only."""
-    X = materialise(X)
-    xp = namespace_of(X)
-    Xt = _transform(xp, X, fmap)
-    return to_host(kn.kernel_tile(xp, Xt, kn.sq_norms(xp, Xt), *centres, spec)).astype(np.float64)
+    Ct, c_sq = centres
+    return np.concatenate([to_host(kn.kernel_tile(xp, Xt, kn.sq_norms(xp, Xt), Ct, c_sq, spec)).astype(np.float64)
+                           for xp, _, Xt in _sub_blocks(X, fmap, Ct.shape[0], kn.DEFAULT_TILE)], axis=0)
 
 
 @single_blas_thread

@@ -8,12 +8,14 @@ made for the output. The CLI prints exactly one line on stderr and exits with st
 from __future__ import annotations
 
 import json
+import os
 import re
 import struct
 import warnings
 import zipfile
 from pathlib import Path
 
+import dask
 import dask.array as da
 import numpy as np
 import pandas as pd
@@ -26,6 +28,7 @@ from rfm_dask import ModelFileError, RFMClassifier, RFMRegressor
 from rfm_dask.cli import main
 from rfm_dask.io import DataError, DataWarning, Preprocessor, ingest, read_batches
 from rfm_dask.jobs import evaluate, fit_store, predict_parquet
+from rfm_dask.solvers import NumericalError
 
 FAST = {"iters": 1, "solver": "direct", "random_state": 0}
 
@@ -120,6 +123,70 @@ def test_estimator_fit_refuses_bad_input(case, client):
         estimator(client=client, **FAST).fit(X, y)
 
 
+#: parameter -> values it refuses (each with the error naming the parameter)
+BAD_PARAMETERS = {
+    "reg": [-1.0, np.inf, np.nan, True, "1e-3"],
+    "bandwidth": [0.0, -2.0, np.inf, np.nan],
+    "exponent": [0.0, 2.5],
+    "tol": [0.0, -1.0, 1.0, np.nan, np.inf],
+    "iters": [-1, 1.5, None],
+    "agop_samples": [0, -5, 2.0],
+    "patience": [-3, 1.5],
+    "n_centers": [0],
+    "agop_power": [0.0, np.inf],
+    "validation_fraction": [1.0, -0.1],
+    "kernel": ["cosine"],
+    "solver": ["magic"],
+    "feature_update": ["pca"],
+    "diag": ["false", 1],
+    "random_state": [-1, 1.5],
+    "checkpoint": [5],
+}
+PARAMETER_CASES = {f"{name}={value!r}": (name, value) for name, values in BAD_PARAMETERS.items() for value in values}
+
+
+@pytest.mark.parametrize("case", PARAMETER_CASES)
+def test_estimator_refuses_bad_parameters(case, client):
+    name, value = PARAMETER_CASES[case]
+    X = np.random.default_rng(0).normal(size=(20, 2)).astype(np.float32)
+    with pytest.raises(ValueError, match=re.escape(f"The '{name}' parameter of RFMRegressor must be")):
+        RFMRegressor(client=client, **{**FAST, name: value}).fit(X, X[:, 0])
+
+
+@pytest.mark.parametrize("key", ["agop-sample", "nystrom-centres"])
+def test_config_defaults_of_parameters_are_checked(key, client):
+    X = np.random.default_rng(0).normal(size=(20, 2)).astype(np.float32)
+    with dask.config.set({f"rfm.{key}": 0}), pytest.raises(ValueError, match="with the rfm config's defaults"):
+        RFMRegressor(client=client, **FAST).fit(X, X[:, 0])
+
+
+def _numerical_cases() -> dict:
+    """name -> (X, y, parameters, error type, text): fits that must stop with a clear error, not return a model."""
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(200, 3)).astype(np.float32)
+    y = X[:, 0] - X[:, 1]
+    twice = np.repeat(X[:100], 2, axis=0)  # duplicate rows with different targets, reg=0: K is singular and
+    noisy = np.repeat(y[:100], 2) + rng.normal(size=200)  # the system inconsistent
+    too_large = "Input X is too large in magnitude"
+    return {
+        "X at 1e30": (X * np.float32(1e30), y, {}, ValueError, too_large),
+        "dask X at 1e30": (da.from_array(X * np.float32(1e30), chunks=(50, 3)), y, {}, ValueError, too_large),
+        "y at 1e300": (da.from_array(X, chunks=(50, 3)), y.astype(np.float64) * 1e300, {}, ValueError,
+                       "Input y is too large in magnitude"),
+        "CG diverges": (twice, noisy, {"reg": 0.0, "solver": "cg"}, NumericalError, "CG diverged"),
+    }
+
+
+NUMERICAL_CASES = _numerical_cases()
+
+
+@pytest.mark.parametrize("case", NUMERICAL_CASES)
+def test_numerically_failed_fits_raise(case, client):
+    X, y, params, error, match = NUMERICAL_CASES[case]
+    with dask.config.set({"rfm.cg.preconditioner-rank": 20}), pytest.raises(error, match=re.escape(match)):
+        RFMRegressor(client=client, **{**FAST, **params}).fit(X, y)
+
+
 def test_estimator_predict_refuses_bad_input(numpy_model):
     model, X = numpy_model
     with_nan = X.copy()
@@ -170,6 +237,16 @@ def _parquet_bytes(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
+def _non_utf8_name(table: pa.Table) -> bytes:
+    """Parquet bytes of ``table`` with a column named b"x\\xffy" (no Arrow schema stored: the name is read from the
+    Parquet schema)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table.append_column("xQy", table["x0"]), sink, store_schema=False)
+    blob = sink.getvalue().to_pybytes()
+    assert b"xQy" in blob  # in the schema and in the column chunk's path
+    return blob.replace(b"xQy", b"x\xffy")
+
+
 def _ingest_cases() -> dict:
     """name -> (the input: a table, raw bytes or None for no file; ingest options; text the error must contain).
     The input is written to ``<name with underscores>.parquet``."""
@@ -192,7 +269,12 @@ def _ingest_cases() -> dict:
         "0 feature columns": (base.select(["y"]), {}, "no feature columns"),
         "all-null column": (base.append_column("gone", pa.nulls(n, pa.float64())), {},
                             "'gone' has no non-null values"),
-        "null-typed column": (base.append_column("void", pa.nulls(n)), {}, "unsupported type: 'void' (null)"),
+        "null-typed column": (base.append_column("void", pa.nulls(n)), {},
+                              "null-typed_column.parquet: column(s) of unsupported type: 'void' (null)"),
+        "bogus time zone": (base.append_column("when", pa.array(np.arange(n), pa.timestamp("ms", "Mars/Olympus"))),
+                            {}, "bogus_time_zone.parquet: column 'when' (timestamp[ms, tz=Mars/Olympus]): Cannot locate"),
+        "non-UTF-8 column name": (_non_utf8_name(base), {},
+                                  "non-UTF-8_column_name.parquet: a column name is not valid UTF-8: 'x\\xffy'"),
         "list column": (base.append_column("nested", pa.array([[1, 2]] * n)), {}, "unsupported type: 'nested'"),
         "missing target": (base, {"target": "price"}, "target column 'price' not found"),
         "all targets null": (base.set_column(4, "y", pa.nulls(n, pa.float64())), {}, "'target_null': 30"),
@@ -445,6 +527,26 @@ def test_existing_outputs_are_refused_and_untouched(trained, tmp_path, capsys):
     assert existing.read_bytes() == b"precious" and _listing(tmp_path) == ["existing"]
     assert main(["predict", str(model_path), str(test), str(existing), "--overwrite", "--quiet"]) == 0
     assert pq.read_table(existing).num_rows == 20
+
+
+def test_unwritable_outputs_are_refused_before_fitting(trained, tmp_path, capsys, monkeypatch):
+    _, _, store = trained
+    monkeypatch.setattr("rfm_dask.estimators.run_rfm", lambda *a, **k: pytest.fail("fitted before the check"))
+    blocker = tmp_path / "a_file"
+    blocker.write_bytes(b"")
+    read_only = tmp_path / "read_only"
+    read_only.mkdir(mode=0o500)
+    cases = {
+        "model under a file": ([blocker / "sub" / "m.rfm"], "cannot write the model file"),
+        "checkpoint under a file": ([tmp_path / "m.rfm", "--checkpoint", blocker / "ck"], "cannot write the checkpoint"),
+    }
+    if os.geteuid() != 0:  # root writes into read-only directories
+        cases["read-only directory"] = ([read_only / "m.rfm"], "cannot write the model file")
+    for name, (argv, match) in cases.items():
+        _one_line_error(capsys, ["fit", store, *argv, "--iters", "1"], match)
+    with pytest.raises(NotADirectoryError, match="cannot write the checkpoint"):
+        RFMRegressor(checkpoint=blocker / "ck", **FAST).fit(np.ones((10, 2)), np.arange(10.0))
+    assert _listing(tmp_path) == ["a_file", "read_only"]
 
 
 def test_cli_single_class_through_ingest_and_fit(tmp_path, capsys):

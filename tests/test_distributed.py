@@ -166,6 +166,11 @@ def test_auto_solver_picks_by_size():
     with dask.config.set({"rfm.cg-max-rows": 12000}):
         assert choose_solver("auto", 10000) == "cg"
     assert choose_solver("nystrom", 100) == "nystrom"
+    # the dense solve (about 24 n^2 bytes) only where it fits half the smallest worker's memory limit
+    assert choose_solver("auto", 8000, worker_memory=4 * 2**30) == "direct"
+    assert choose_solver("auto", 8000, worker_memory=400 * 2**20) == "cg"
+    assert choose_solver("auto", 2000, worker_memory=400 * 2**20) == "direct"
+    assert choose_solver("auto", 6000, worker_memory=400 * 2**20) == "cg"
 
 
 def _busy_tasks(seconds: float) -> tuple[str, int]:
@@ -186,10 +191,10 @@ def test_submitter_bounds_unfinished_tasks_and_spreads_streamed_ones(process_cli
 
     with dask.config.set({"rfm.tasks-per-thread": 2}):
         submitter = Submitter(process_client)
-    assert submitter.limit == 2 * sum(process_client.nthreads().values())
+    assert submitter.limit() == 2 * sum(process_client.nthreads().values())
     futures = list(submitter.stream(((_busy_tasks, 0.02) for _ in range(60)), spread=spread))
     seen = process_client.gather(futures)
-    assert max(unfinished for _, unfinished in seen) <= submitter.limit
+    assert max(unfinished for _, unfinished in seen) <= submitter.limit()
     if spread:
         counts = {address: sum(a == address for a, _ in seen) for address in process_client.nthreads()}
         assert min(counts.values()) >= 15, counts

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tracemalloc
+from types import SimpleNamespace
+
 import dask
 import dask.array as da
 import numpy as np
@@ -9,7 +12,11 @@ import pytest
 from distributed import Client, LocalCluster
 
 from rfm_dask import RFMRegressor, open_zarr, write_zarr
+from rfm_dask import kernels as kn
+from rfm_dask import worker_tasks as wt
 from rfm_dask.diagnostics import PeakWorkerMemory
+from rfm_dask.passes import Submitter, task_bytes
+from rfm_dask.row_blocks import stream_rows
 
 MIB = 1 << 20
 
@@ -52,6 +59,78 @@ def test_fit_on_zarr_four_times_larger_than_cluster_memory(tmp_path):
     assert before == after, "a worker was restarted (killed) during the fit"
     assert "Pausing worker" not in logs
     assert memory.peak < limit
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_fit_on_16_mb_chunks_at_300_mib_per_worker(tmp_path):
+    """The chunks users have (100k rows x 40 float32 = 16 MB): no pause, no restart, RSS within the limit."""
+    limit = 300 * MIB
+    nbytes, model, memory, before, after, logs = _fit_out_of_core(
+        tmp_path, n=4_000_000, d=40, chunk_rows=100_000, memory_limit=limit, n_centers=500, tol=1e-2
+    )
+    print(f"peak worker RSS {memory.peak / MIB:.0f} MiB of {limit / MIB:.0f} MiB limit ({memory.samples} samples)")
+    assert nbytes > 2 * limit, "the data set must be larger than the cluster's total memory limit"
+    assert len(model.history_) == 2
+    assert before == after, "a worker was restarted (killed) during the fit"
+    assert "Pausing worker" not in logs
+    assert memory.peak < limit
+
+
+def _traced_peak(fn, *args) -> int:
+    """Peak bytes allocated (traced by tracemalloc, which sees NumPy's buffers) while ``fn(*args)`` runs."""
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        fn(*args)
+        return tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+
+
+def test_streamed_task_peak_does_not_grow_with_the_chunk_size(tmp_path):
+    """A streamed task on a 16 MB chunk holds the chunk and then what it holds on a 4 MB chunk (rows are transformed
+    by sub-blocks), within the outputs' size; and never more than the Submitter's estimate."""
+    d, m, c, tile = 40, 500, 2, kn.DEFAULT_TILE
+    rng = np.random.default_rng(0)
+    fmap = (np.eye(d, dtype=np.float32), np.zeros(d, np.float32))
+    centres = wt.transformed_centres(fmap, rng.normal(size=(m, d)).astype(np.float32))
+    spec, W = kn.KernelSpec("laplace", 10.0), np.ones((m, c))
+    beyond_block = {}
+    for rows in (25_000, 100_000):  # 4 MB and 16 MB chunks
+        X = da.random.default_rng(1).standard_normal((rows, d), chunks=(rows, d), dtype=np.float32)
+        with dask.config.set(scheduler="sync"):
+            write_zarr(tmp_path / f"{rows}.zarr", X, chunk_rows=rows)
+        blocks = stream_rows(open_zarr(tmp_path / f"{rows}.zarr").X)
+        block, Y = blocks.futures[0], np.ones((rows, c))
+        _traced_peak(block.load)  # imports and caches of the first read out of the way
+        peaks = {
+            "matvec": _traced_peak(wt.matvec, block, fmap, centres, W, spec, tile),
+            "gram_matvec": _traced_peak(wt.gram_matvec, block, fmap, centres, W, spec, tile),
+            "rmatvec": _traced_peak(wt.rmatvec, block, Y, fmap, centres, spec, tile),
+        }
+        print(rows, {k: f"{v / MIB:.1f} MiB" for k, v in peaks.items()})
+        assert max(peaks.values()) <= task_bytes(blocks, tile), (peaks, task_bytes(blocks, tile))
+        beyond_block[rows] = {k: v - 4 * rows * d for k, v in peaks.items()}
+    for task, small in beyond_block[25_000].items():
+        outputs = 2 * 8 * 100_000 * c if task == "matvec" else 0  # per-row results and their concatenation
+        assert beyond_block[100_000][task] <= small + outputs + 2 * MIB, (task, beyond_block)
+
+
+def test_submitter_capacity_follows_the_workers_memory_limits():
+    """Tasks in flight per worker: rfm.tasks-per-thread per thread, fewer where the memory limit holds fewer tasks of
+    the estimated size, at least one, and the per-thread count where no limit or size is known."""
+    workers = {"a": (2, 300 * MIB), "b": (2, 8 << 30), "c": (1, 0)}
+    client = SimpleNamespace(
+        nthreads=lambda: {w: t for w, (t, _) in workers.items()},
+        scheduler_info=lambda: {"workers": {w: {"memory_limit": mem} for w, (_, mem) in workers.items()}},
+    )
+    with dask.config.set({"rfm.tasks-per-thread": 3, "rfm.task-memory-fraction": 0.25}):
+        submitter = Submitter(client)
+    assert submitter.capacity() == {"a": 6, "b": 6, "c": 3}
+    assert submitter.capacity(30 * MIB) == {"a": 2, "b": 6, "c": 3}  # 75 MiB of a's 300 MiB hold 2 tasks of 30 MiB
+    assert submitter.capacity(80 * MIB) == {"a": 1, "b": 6, "c": 3}
+    assert submitter.limit(80 * MIB) == 10
 
 
 def test_zarr_store_round_trip_and_refusals(tmp_path):

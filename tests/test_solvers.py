@@ -10,6 +10,7 @@ import scipy.linalg
 
 import reference as ref
 from seeds import seeds
+from rfm_dask.solvers import NumericalError
 from rfm_dask.solvers.cg import conjugate_gradient
 from rfm_dask.solvers.direct import cholesky_solve
 from rfm_dask.solvers.preconditioner import nystrom_preconditioner
@@ -140,6 +141,34 @@ def test_cg_zero_column_among_others(system):
     np.testing.assert_array_equal(res.x[:, 1], 0.0)
     expected = np.linalg.solve(A, b)
     assert rel_err(res.x[:, [0, 2]], expected[:, [0, 2]]) < 1e-6
+
+
+def _failing_systems() -> dict:
+    """name -> (A, b, text of the error): systems on which CG must stop with ``NumericalError``."""
+    rng = np.random.default_rng(8)
+    Q, _ = np.linalg.qr(rng.standard_normal((N, N)))
+    indefinite = (Q * np.linspace(-1.0, 1.0, N)) @ Q.T
+    singular = (Q[:, : N // 2] * np.linspace(1.0, 2.0, N // 2)) @ Q[:, : N // 2].T  # rank N/2, PSD
+    return {
+        "indefinite": (indefinite, rng.standard_normal(N), "p^T A p <= 0"),
+        "singular, b outside the range": (singular, Q[:, -1] + 1e-3 * Q[:, 0], "diverged"),
+        "NaN in the operator": (np.where(np.eye(N) > 0, np.nan, 1.0), rng.standard_normal(N), "diverged"),
+    }
+
+
+@pytest.mark.parametrize("case", _failing_systems())
+def test_cg_stops_on_a_system_that_is_not_positive_definite(case):
+    A, b, match = _failing_systems()[case]
+    with pytest.raises(NumericalError, match=re.escape(match)):
+        conjugate_gradient(operator_of(A), b, tol=1e-12, max_iter=10 * N)
+
+
+def test_cholesky_solve_refuses_non_finite_values(system):
+    K, _, _, _ = system
+    with pytest.raises(NumericalError, match="kernel matrix holds non-finite"):
+        cholesky_solve(np.where(np.eye(N) > 0, np.inf, K), np.ones((N, 1)), REG)
+    with pytest.raises(NumericalError, match="non-finite coefficients"):
+        cholesky_solve(K, np.full((N, 1), np.inf), REG)
 
 
 def test_cg_warm_start(system):

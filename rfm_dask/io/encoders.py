@@ -38,7 +38,12 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 def _values(name: str, kind: str, parts: list[str], arr: pa.Array) -> np.ndarray:
     """(b, len(parts)) float64 values of a standardised column, NaN where null."""
     check_kind(name, kind, arr.type)
-    return timestamp_values(arr, parts) if kind == TIMESTAMP else numeric_values(name, arr)[:, None]
+    if kind != TIMESTAMP:
+        return numeric_values(name, arr)[:, None]
+    try:
+        return timestamp_values(arr, parts)
+    except pa.ArrowInvalid as err:  # a time zone that is not in the time zone database
+        raise DataError(f"column {name!r} ({arr.type}): {err}") from None
 
 
 @dataclass

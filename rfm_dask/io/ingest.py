@@ -75,11 +75,12 @@ def ingest(
     if chunk_rows is not None and chunk_rows < 1:
         raise ValueError(f"chunk_rows must be a positive integer, got {chunk_rows}")
     src = open_source(source)
-    features = _feature_columns(src.schema, target, id_column, exclude)
-    fit = PreprocessorFit(src.schema, features, max_categories=max_categories, high_cardinality=high_cardinality,
-                          nulls=nulls, timestamps=timestamps)
-    target_fit = TargetFit(target, src.schema.field(target).type, task)
-    ids_dtype = id_dtype(id_column, src.schema.field(id_column).type) if id_column else None
+    with located(src.parts[0].name):  # the schema is the first file's
+        features = _feature_columns(src.schema, target, id_column, exclude)
+        fit = PreprocessorFit(src.schema, features, max_categories=max_categories, high_cardinality=high_cardinality,
+                              nulls=nulls, timestamps=timestamps)
+        target_fit = TargetFit(target, src.schema.field(target).type, task)
+        ids_dtype = id_dtype(id_column, src.schema.field(id_column).type) if id_column else None
     rows = _Rows(target, fit.columns if nulls == "drop" else [], id_column)
     tick = _Ticker(progress, 2 * src.num_rows)
 

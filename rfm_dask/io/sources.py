@@ -40,6 +40,10 @@ class ParquetPart:
                 parquet = pq.ParquetFile(handle)
             except (pa.ArrowException, OSError) as err:
                 raise DataError(f"{self.name} is not a readable Parquet file ({err})") from err
+            except UnicodeDecodeError as err:  # a column name (or other schema text) that is not UTF-8
+                text = err.object.decode("utf-8", errors="backslashreplace")
+                raise DataError(f"{self.name}: a column name is not valid UTF-8: '{text}' ({err.reason} at byte "
+                                f"{err.start}); rename the column") from None
             yield parquet
 
 

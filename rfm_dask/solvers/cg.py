@@ -12,6 +12,13 @@ from typing import Callable
 
 import numpy as np
 
+from . import NumericalError
+
+#: CG on a positive definite system of condition number kappa keeps ||r_k|| / ||r_0|| <= 2 sqrt(kappa); in float64
+#: kappa is at most 1 / eps, so a relative residual above 2 / sqrt(eps) (1.3e8) means the system is not numerically
+#: positive definite and CG is diverging.
+DIVERGED = 2.0 / np.sqrt(np.finfo(np.float64).eps)
+
 Operator = Callable[[np.ndarray], np.ndarray]
 logger = logging.getLogger("rfm_dask")
 
@@ -41,7 +48,9 @@ def conjugate_gradient(
     """Solve A x = b for symmetric positive definite A given as ``operator``.
 
     Stops when every column's relative residual ||b - A x|| / ||b|| is below ``tol``. The residual is recomputed
-    from scratch every ``refresh_every`` iterations to stop drift in the recurrence.
+    from scratch every ``refresh_every`` iterations to stop drift in the recurrence. Raises ``NumericalError``
+    when A is not numerically positive definite: p^T A p <= 0 for a search direction, a residual past ``DIVERGED``,
+    or a non-finite value.
     """
     b = np.asarray(b, dtype=np.float64)
     squeeze = b.ndim == 1
@@ -60,6 +69,7 @@ def conjugate_gradient(
         active = rel > tol
         AP = operator(P)
         pap = _column_dot(P, AP)
+        _check_progress(it, active & ~(pap > 0), "p^T A p <= 0 (the operator is not positive definite)")
         alpha = np.where(active, rz / np.where(pap > 0, pap, 1.0), 0.0)
         X += alpha * P
         it += 1
@@ -69,10 +79,22 @@ def conjugate_gradient(
             R -= alpha * AP
         rel = np.linalg.norm(R, axis=0) / b_norm
         logger.debug("CG step %d: relative residual %.3g", it, np.max(rel), extra={"rfm_step": ("cg", it, max_iter)})
+        _check_progress(it, ~(rel <= DIVERGED), f"relative residual {np.max(rel):.3g}")
         Z = apply_p(R)
         rz_new = _column_dot(R, Z)
         beta = np.where(active, rz_new / np.where(rz > 0, rz, 1.0), 0.0)
         P = Z + beta * P
         rz = rz_new
     true_rel = float(np.max(np.linalg.norm(B - operator(X), axis=0) / b_norm)) if it else float(np.max(rel))
+    _check_progress(it, np.array([not true_rel <= DIVERGED]), f"final relative residual {true_rel:.3g}")
     return CGResult(x=X[:, 0] if squeeze else X, iterations=it, residual=true_rel)
+
+
+def _check_progress(iteration: int, failed: np.ndarray, what: str) -> None:
+    """Raise ``NumericalError`` if any column ``failed`` (c,) bool at this iteration."""
+    if np.any(failed):
+        raise NumericalError(
+            f"CG diverged at iteration {iteration}: {what} in column(s) {np.flatnonzero(failed).tolist()}; the "
+            "kernel system is not numerically positive definite: increase reg, or use solver='direct' (which adds "
+            "jitter), or rescale the inputs"
+        )
