@@ -27,7 +27,7 @@ EXIT_INTERNAL = 1
 FIT_PARAMS: tuple[tuple[str, Any, str], ...] = (
     ("--iters", int, "RFM iterations (feature updates); 0 fits the lazy kernel only"),
     ("--solver", str, "auto, direct, cg or nystrom"),
-    ("--kernel", str, "laplace or gaussian"),
+    ("--kernel", str, "laplace, gaussian or l1_laplace (diagonal M)"),
     ("--bandwidth", float, "kernel bandwidth L"),
     ("--reg", float, "ridge, as in (K + reg I) alpha = y"),
     ("--exponent", float, "Laplace exponent q, 0 < q <= 2"),
