@@ -2,7 +2,8 @@
 
 Blocks arrive as NumPy or CuPy arrays; the namespace follows the block, so the same task serves CPU and GPU workers.
 The feature map travels as a tuple ``(S, shift)`` (see ``kernels.transform``), the centres as a tuple ``(Ct, c_sq)``:
-transformed centres (m, d) and their squared norms (m,). Every task runs BLAS on one thread (see ``blas_threads``).
+transformed centres (m, d) and their squared norms (m,). Every task runs BLAS on one thread (see ``blas_threads``); the
+direct solve spreads its tiles over the worker's threads instead.
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from distributed import get_worker
 
 from . import kernels as kn
 from .backend import like, namespace_of, to_host
 from .blas_threads import single_blas_thread
 from .row_blocks import materialise
-from .solvers.direct import cholesky_solve
+from .solvers.direct import direct_solve as dense_solve
 from .solvers.falkon import falkon_solve
 
 Centres = tuple[Any, Any]
@@ -162,15 +164,20 @@ def fact_sums(
     return to_host(kn.fact_partial(xp, G, U, Xs - shift, diag))
 
 
+def _worker_threads() -> int:
+    """Threads of the Dask worker running this task (1 outside a worker)."""
+    try:
+        return int(get_worker().state.nthreads)
+    except ValueError:
+        return 1
+
+
 @single_blas_thread
 def direct_solve(centres: Centres, Y: np.ndarray, spec: kn.KernelSpec, reg: float) -> tuple[np.ndarray, float]:
-    """Exact KRR on one worker: alpha (n, c) with (K + reg I) alpha = Y, and the relative residual."""
-    K = centre_kernel(centres, spec)
-    alpha = cholesky_solve(K, Y, reg)
-    residual = K @ alpha + reg * alpha - Y
-    y_norm = np.linalg.norm(Y, axis=0)
-    rel = np.linalg.norm(residual, axis=0) / np.where(y_norm > 0, y_norm, 1.0)
-    return alpha, float(np.max(rel))
+    """Exact KRR on one worker, on all its threads (see ``solvers.direct.direct_solve``; the result does not depend
+    on their number): alpha (n, c) with (K + reg I) alpha = Y, and the relative residual."""
+    solution = dense_solve(centre_kernel(centres, spec), Y, reg, _worker_threads())
+    return solution.x, solution.residual
 
 
 @single_blas_thread
