@@ -3,11 +3,12 @@
 Blocks arrive as NumPy or CuPy arrays; the namespace follows the block, so the same task serves CPU and GPU workers.
 The feature map travels as a tuple ``(S, shift)`` (see ``kernels.transform``), the centres as a tuple ``(Ct, c_sq)``:
 transformed centres (m, d) and their squared norms (m,). Every task runs BLAS on one thread (see ``blas_threads``); the
-direct solve spreads its tiles over the worker's threads instead.
+centre kernel and the direct solve spread their tiles over the worker's threads instead.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -97,9 +98,21 @@ def kernel_columns(X: Any, fmap: FeatureMap, centres: Centres, spec: kn.KernelSp
     return to_host(kn.kernel_tile(xp, Xt, kn.sq_norms(xp, Xt), *centres, spec)).astype(np.float64)
 
 
+def _worker_threads() -> int:
+    """Threads of the Dask worker running this task (1 outside a worker)."""
+    try:
+        return int(get_worker().state.nthreads)
+    except ValueError:
+        return 1
+
+
+#: Rows per tile of ``centre_kernel`` (a fixed grid, so that K does not depend on the number of threads).
+CENTRE_TILE_ROWS = 512
+
+
 @single_blas_thread
 def centre_kernel(centres: Centres, spec: kn.KernelSpec) -> np.ndarray:
-    """K(C, C) (m, m) in float64 on the host, symmetrised.
+    """K(C, C) (m, m) in float64 on the host, symmetrised, computed by row tiles on all the worker's threads.
 
     Computed in float64 (m x m is small): a float32 Laplace kernel of near-duplicate centres is off by up to
     sqrt(eps32 |c|^2) / L ~ 1e-3, enough to make K_mm indefinite, which breaks the Cholesky-based solvers.
@@ -107,8 +120,23 @@ def centre_kernel(centres: Centres, spec: kn.KernelSpec) -> np.ndarray:
     Ct = centres[0].astype(np.float64)
     xp = namespace_of(Ct)
     c_sq = kn.sq_norms(xp, Ct)
-    K = to_host(kn.kernel_tile(xp, Ct, c_sq, Ct, c_sq, spec))
-    return (K + K.T) / 2
+    m = Ct.shape[0]
+    tiles = [slice(s, min(s + CENTRE_TILE_ROWS, m)) for s in range(0, m, CENTRE_TILE_ROWS)]
+    K = np.empty((m, m))
+
+    def fill(rows: slice) -> None:
+        K[rows] = to_host(kn.kernel_tile(xp, Ct[rows], c_sq[rows], Ct, c_sq, spec))
+
+    def symmetrise(i: int) -> None:  # (K + K^T) / 2 on the tile pairs (i, j >= i): disjoint for different i
+        for cols in tiles[i:]:
+            mean = (K[tiles[i], cols] + K[cols, tiles[i]].T) / 2
+            K[tiles[i], cols] = mean
+            K[cols, tiles[i]] = mean.T
+
+    with ThreadPoolExecutor(_worker_threads()) as pool:
+        list(pool.map(fill, tiles))
+        list(pool.map(symmetrise, range(len(tiles))))
+    return K
 
 
 def _sampled_rows(X: Any, rows: np.ndarray, fmap: FeatureMap) -> tuple[Any, Any, Any, Any]:
@@ -162,14 +190,6 @@ def fact_sums(
         U = U - kn.kernel_matvec(xp, kn.transform(xp, Xs, S, shift), *centres, beta, spec, tile)
     G = kn.predictor_gradients(xp, Xs, S, *centres, beta, spec, tile, shift=shift)
     return to_host(kn.fact_partial(xp, G, U, Xs - shift, diag))
-
-
-def _worker_threads() -> int:
-    """Threads of the Dask worker running this task (1 outside a worker)."""
-    try:
-        return int(get_worker().state.nthreads)
-    except ValueError:
-        return 1
 
 
 @single_blas_thread
