@@ -344,9 +344,8 @@ def predictor_gradients(
     x_sq = sq_norms(xp, Xt)
     b, c = Xt.shape[0], beta.shape[1]
     beta = beta.astype(xp.float64, copy=False)
-    Xt64 = Xt.astype(xp.float64)
     Gt = xp.zeros((b, c, Xt.shape[1]), dtype=xp.float64)
-    Ct64 = None if spec.l1 else Ct.astype(xp.float64)
+    Xt64, Ct64 = (None, None) if spec.l1 else (Xt.astype(xp.float64), Ct.astype(xp.float64))
     for rows in _row_tiles(b, Ct.shape[0], tile):
         W = gradient_weights(xp, pair_distances(xp, Xt[rows], x_sq[rows], Ct, c_sq, spec), spec).astype(xp.float64)
         if spec.l1:
