@@ -30,7 +30,7 @@ EXIT_INTERNAL = 1
 FIT_PARAMS: tuple[tuple[str, Any, str], ...] = (
     ("--iters", int, "RFM iterations (feature updates); 0 fits the lazy kernel only"),
     ("--solver", str, "KRR solver: direct (dense Cholesky), cg (exact kernel), nystrom (FALKON), or auto by size"),
-    ("--kernel", str, "laplace or gaussian (of the Mahalanobis distance)"),
+    ("--kernel", str, "laplace or gaussian (of the Mahalanobis distance), or l1_laplace (product Laplace, diagonal M)"),
     ("--bandwidth", float, "kernel bandwidth L"),
     ("--reg", float, "ridge, as in (K + reg I) alpha = y"),
     ("--exponent", float, "Laplace exponent q, 0 < q <= 2"),

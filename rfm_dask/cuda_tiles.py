@@ -210,7 +210,12 @@ def compiled(kind: int) -> tuple[Any, Any]:
 
 
 def kernel_constants(spec: KernelSpec) -> tuple[int, float, float]:
-    """(kernel formula, scale, q / 2) for the fused kernel; the scale is what the unfused path multiplies by."""
+    """(kernel formula, scale, q / 2) for the fused kernel; the scale is what the unfused path multiplies by.
+
+    The fused tile computes L2 distances: the L1 kernel has no fused route (``kernels.gpu_route``).
+    """
+    if spec.l1:
+        raise ValueError("the fused CUDA tile computes L2 distances; the L1 kernel runs on the tiled CuPy path")
     if spec.kind == "gaussian":
         return GAUSSIAN, -0.5 / spec.bandwidth**2, 0.0
     if spec.exponent == 1.0:

@@ -7,6 +7,10 @@ On CuPy, the kernel products (``kernel_matvec``, ``kernel_rmatvec``, ``kernel_gr
 
 Notation: ``X`` is a (b, d) row block, ``C`` the (m, d) centres, ``S`` the square root of the feature matrix M,
 either (d, d) symmetric or (d,) for a diagonal M. A tilde means "multiplied by S": ``Xt = X S``.
+
+The L2 kernels (Laplace, Gaussian) take squared distances from a GEMM; the L1 (product) Laplace kernel takes L1
+distances sum_i |x~_i - c~_i| from elementwise passes over the features (no GEMM form) and needs a diagonal M.
+Functions that serve both speak of the pair "distance term" a: r^2 for the L2 kernels, r for the L1 kernel.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from typing import Any, Callable, Iterable, Iterator
 
 from . import config, cuda_tiles
 
-KERNELS = ("laplace", "gaussian")
+KERNELS = ("laplace", "gaussian", "l1_laplace")
+#: Kernels of the form exp(-(r / L)^q), with an exponent q in (0, 2].
+LAPLACE_KERNELS = ("laplace", "l1_laplace")
 #: Values of ``rfm.gpu.precision``: exact float32 distances, or (an explicit opt-in, less accurate) TF32 GEMMs.
 GPU_PRECISIONS = ("float32", "tf32")
 
@@ -37,9 +43,10 @@ WIDEN_ELEMENTS = 1 << 16
 
 @dataclass(frozen=True)
 class KernelSpec:
-    """Which kernel, its bandwidth L and (Laplace only) its exponent q.
+    """Which kernel, its bandwidth L and (Laplace kernels only) its exponent q.
 
-    Laplace: k = exp(-(r / L)^q), 0 < q <= 2.  Gaussian: k = exp(-r^2 / (2 L^2)).
+    Laplace: k = exp(-(r / L)^q), 0 < q <= 2, r = ||x~ - c~||_2.  Gaussian: k = exp(-r^2 / (2 L^2)).
+    L1 Laplace (product Laplace): k = exp(-(r / L)^q), r = ||x~ - c~||_1 = sum_i s_i |x_i - c_i| for M = diag(s^2).
     """
 
     kind: str = "laplace"
@@ -51,8 +58,18 @@ class KernelSpec:
             raise ValueError(f"kernel must be one of {KERNELS}, got {self.kind!r}")
         if not self.bandwidth > 0:
             raise ValueError(f"bandwidth must be > 0, got {self.bandwidth!r}")
-        if self.kind == "laplace" and not 0 < self.exponent <= 2:
+        if self.kind in LAPLACE_KERNELS and not 0 < self.exponent <= 2:
             raise ValueError(f"exponent must be in (0, 2], got {self.exponent!r}")
+
+    @property
+    def l1(self) -> bool:
+        """Whether the kernel is of the L1 distance (no GEMM form, diagonal M only)."""
+        return self.kind == "l1_laplace"
+
+    @property
+    def distance_power(self) -> int:
+        """p with distance term a = r^p: 2 for the L2 kernels (squared distances), 1 for the L1 kernel."""
+        return 1 if self.l1 else 2
 
 
 def transform(xp: Any, X: Any, S: Any, shift: Any = None) -> Any:
@@ -103,22 +120,50 @@ def sq_distances(xp: Any, Xt: Any, x_sq: Any, Ct: Any, c_sq: Any) -> Any:
     return xp.maximum(d2, 0, out=d2)
 
 
-def kernel_from_sq(xp: Any, d2: Any, spec: KernelSpec) -> Any:
-    """Kernel values from squared distances, overwriting ``d2``: (b, m) -> (b, m)."""
+def l1_distances(xp: Any, Xt: Any, Ct: Any) -> Any:
+    """L1 distances sum_i |x~_i - c~_i| (b, m) in the data's dtype, one elementwise pass per feature (no GEMM).
+
+    Memory: the (b, m) result and one (b, m) temporary. The difference form does not cancel: rows equal after the
+    (elementwise, for a diagonal M) transform get exactly 0, so the self-term and duplicate rows need no fix-up.
+    """
+    b, m = Xt.shape[0], Ct.shape[0]
+    r = xp.zeros((b, m), dtype=Xt.dtype)
+    diff = xp.empty_like(r)
+    XT, CT = xp.ascontiguousarray(Xt.T), xp.ascontiguousarray(Ct.T)  # (d, b), (d, m): one contiguous row per feature
+    for x_k, c_k in zip(XT, CT):
+        xp.subtract(x_k[:, None], c_k[None, :], out=diff)
+        r += xp.abs(diff, out=diff)
+    return r
+
+
+def pair_distances(xp: Any, Xt: Any, x_sq: Any, Ct: Any, c_sq: Any, spec: KernelSpec) -> Any:
+    """The distance term a (b, m) of ``spec``: squared L2 distances (``sq_distances``), or L1 distances
+    (``l1_distances``, which ignores the squared norms) for the L1 kernel. Exactly 0 for the self-term and
+    duplicates."""
+    if spec.l1:
+        return l1_distances(xp, Xt, Ct)
+    return sq_distances(xp, Xt, x_sq, Ct, c_sq)
+
+
+def kernel_from_distance(xp: Any, a: Any, spec: KernelSpec) -> Any:
+    """Kernel values from the distance term a = r^p of ``spec`` (see ``KernelSpec.distance_power``), overwriting
+    ``a``: (b, m) -> (b, m). Laplace kernels: exp(-a^(q/p) / L^q); Gaussian: exp(-a / (2 L^2))."""
     if spec.kind == "gaussian":
-        d2 *= -0.5 / spec.bandwidth**2
-    elif spec.exponent == 1.0:
-        xp.sqrt(d2, out=d2)
-        d2 *= -1.0 / spec.bandwidth
-    else:
-        xp.power(d2, 0.5 * spec.exponent, out=d2)
-        d2 *= -(1.0 / spec.bandwidth) ** spec.exponent
-    return xp.exp(d2, out=d2)
+        a *= -0.5 / spec.bandwidth**2
+        return xp.exp(a, out=a)
+    power = spec.exponent / spec.distance_power
+    if power == 0.5:
+        xp.sqrt(a, out=a)
+    elif power != 1.0:
+        xp.power(a, power, out=a)
+    a *= -((1.0 / spec.bandwidth) ** spec.exponent)
+    return xp.exp(a, out=a)
 
 
 def kernel_tile(xp: Any, Xt: Any, x_sq: Any, Ct: Any, c_sq: Any, spec: KernelSpec) -> Any:
-    """Kernel tile K(X, C) of shape (b, m) in the data's dtype."""
-    return kernel_from_sq(xp, sq_distances(xp, Xt, x_sq, Ct, c_sq), spec)
+    """Kernel tile K(X, C) of shape (b, m) in the data's dtype (``x_sq``, ``c_sq``: squared norms, unused by the L1
+    kernel)."""
+    return kernel_from_distance(xp, pair_distances(xp, Xt, x_sq, Ct, c_sq, spec), spec)
 
 
 def _row_tiles(b: int, m: int, tile: int):
@@ -128,12 +173,13 @@ def _row_tiles(b: int, m: int, tile: int):
         yield slice(start, min(start + step, b))
 
 
-def gpu_route(xp: Any, Xt: Any, Ct: Any, V: Any) -> str | None:
+def gpu_route(xp: Any, Xt: Any, Ct: Any, V: Any, spec: KernelSpec) -> str | None:
     """How a kernel product of Xt (b, d), Ct (m, d) and V (m or b, c) runs: None for the tiled code of this module
-    (always on NumPy), "fused" for ``cuda_tiles`` (CuPy, ``rfm.gpu.fused``, float32 data, c <= cuda_tiles.MAX_COLUMNS)
-    or "tf32" for the tiled code with its float32 GEMMs in TF32 (CuPy, ``rfm.gpu.precision: tf32``: faster distance
-    GEMMs, but squared distances off by ~1e-3 of the squared norms, so an explicit opt-in)."""
-    if getattr(xp, "__name__", None) != "cupy":
+    (always on NumPy, and for the L1 kernel, whose tiles are CuPy elementwise passes with no GEMM), "fused" for
+    ``cuda_tiles`` (CuPy, ``rfm.gpu.fused``, float32 data, c <= cuda_tiles.MAX_COLUMNS) or "tf32" for the tiled code
+    with its float32 GEMMs in TF32 (CuPy, ``rfm.gpu.precision: tf32``: faster distance GEMMs, but squared distances
+    off by ~1e-3 of the squared norms, so an explicit opt-in)."""
+    if getattr(xp, "__name__", None) != "cupy" or spec.l1:
         return None
     precision = config.get("gpu.precision")
     if precision not in GPU_PRECISIONS:
@@ -149,7 +195,7 @@ def _product(
     tiled: Callable, fused: Callable, xp: Any, Xt: Any, Ct: Any, c_sq: Any, V: Any, spec: KernelSpec, tile: int
 ) -> Any:
     """``tiled(xp, Xt, Ct, c_sq, V, spec, tile)``, or ``fused(Xt, Ct, V, spec)``, as ``gpu_route`` says."""
-    route = gpu_route(xp, Xt, Ct, V)
+    route = gpu_route(xp, Xt, Ct, V, spec)
     if route == "fused":
         return fused(Xt, Ct, V, spec)
     if route == "tf32":
@@ -253,21 +299,22 @@ def tiles_gram_matvec(xp: Any, tiles: Iterable[Any], W: Any, m: int) -> Any:
     return out
 
 
-def gradient_weights(xp: Any, d2: Any, spec: KernelSpec) -> Any:
-    """Weights w (b, m) with dk/dx = S w (c~ - x~), from squared distances ``d2`` (overwritten).
+def gradient_weights(xp: Any, a: Any, spec: KernelSpec) -> Any:
+    """Weights w (b, m) from the distance term ``a`` of ``spec`` (overwritten): dk/dx = S w (c~ - x~) for the L2
+    kernels, dk/dx = S w sign(c~ - x~) for the L1 kernel.
 
-    Laplace: w = (q / L^q) k r^(q-2); Gaussian: w = k / L^2. Pairs at distance 0 (the self-term and duplicate rows,
-    exactly 0 by ``sq_distances``) get w = 0 instead of a division by zero.
+    Laplace kernels: w = (q / L^q) k r^(q-p) (p = 2 for L2, 1 for L1); Gaussian: w = k / L^2. Pairs at distance 0
+    (the self-term and duplicate rows, exactly 0 by ``pair_distances``) get w = 0 instead of a division by zero.
     """
     if spec.kind == "gaussian":
-        w = kernel_from_sq(xp, d2, spec)
+        w = kernel_from_distance(xp, a, spec)
         w *= 1.0 / spec.bandwidth**2
         return w
-    q, L = spec.exponent, spec.bandwidth
-    duplicate = d2 == 0
-    d2[duplicate] = 1.0  # any positive value: these weights are zeroed below
-    r_pow = xp.power(d2, 0.5 * q - 1.0)  # r^(q-2)
-    w = kernel_from_sq(xp, d2, spec)
+    q, L, p = spec.exponent, spec.bandwidth, spec.distance_power
+    duplicate = a == 0
+    a[duplicate] = 1.0  # any positive value: these weights are zeroed below
+    r_pow = xp.power(a, q / p - 1.0)  # r^(q-p)
+    w = kernel_from_distance(xp, a, spec)
     w *= r_pow
     w *= q / L**q
     w[duplicate] = 0
@@ -287,24 +334,40 @@ def predictor_gradients(
 ) -> Any:
     """Input gradients of f(x) = K(x, C) beta at the rows of X.
 
-    X (b, d) raw rows, S (d, d) or (d,), Ct (m, d) transformed centres, beta (m, c), shift as in ``transform``.
-    Returns G (b, c, d) float64 with G[i, l] = grad f_l(x_i) in the original coordinates.
+    X (b, d) raw rows, S (d, d) or (d,) ((d,) only for the L1 kernel), Ct (m, d) transformed centres, beta (m, c),
+    shift as in ``transform``. Returns G (b, c, d) float64 with G[i, l] = grad f_l(x_i) in the original coordinates.
+    L1 kernel: the subgradient with sign(0) = 0 where a coordinate of x~ equals that of a centre.
     """
+    if spec.l1 and S.ndim != 1:
+        raise ValueError(f"the L1 kernel needs a diagonal feature matrix: S of shape (d,), got {S.shape}")
     Xt = transform(xp, X, S, shift)
     x_sq = sq_norms(xp, Xt)
     b, c = Xt.shape[0], beta.shape[1]
     beta = beta.astype(xp.float64, copy=False)
-    Xt64 = Xt.astype(xp.float64)
     Gt = xp.zeros((b, c, Xt.shape[1]), dtype=xp.float64)
-    Ct64 = Ct.astype(xp.float64)
+    Xt64, Ct64 = (None, None) if spec.l1 else (Xt.astype(xp.float64), Ct.astype(xp.float64))
     for rows in _row_tiles(b, Ct.shape[0], tile):
-        W = gradient_weights(xp, sq_distances(xp, Xt[rows], x_sq[rows], Ct, c_sq), spec).astype(xp.float64)
+        W = gradient_weights(xp, pair_distances(xp, Xt[rows], x_sq[rows], Ct, c_sq, spec), spec).astype(xp.float64)
+        if spec.l1:
+            _l1_tile_gradients(xp, W, beta, Xt[rows], Ct, Gt[rows])
+            continue
         Wb = W @ beta  # (r, c)
         for l in range(c):  # summed in float64 for the same reason as in kernel_matvec
             Gt[rows, l, :] = W @ (beta[:, l, None] * Ct64) - Wb[:, l, None] * Xt64[rows]
     # grad = S (c~ - x~)-weighted sum; S is symmetric, so for row vectors G = G~ S.
     S64 = S.astype(xp.float64)
     return Gt * S64 if S.ndim == 1 else Gt @ S64
+
+
+def _l1_tile_gradients(xp: Any, W: Any, beta: Any, Xt: Any, Ct: Any, Gt: Any) -> None:
+    """Gt[i, l, k] = sum_j W_ij beta_jl sign(c~_jk - x~_ik) for a row tile: W (r, m) float64 weights, beta (m, c)
+    float64, Xt (r, d), Ct (m, d); written into Gt (r, c, d). One elementwise pass and one (r, m) x (m, c) product
+    per feature (the sign of a float difference is exact, so ties give 0)."""
+    signed = xp.empty_like(W)
+    XT, CT = xp.ascontiguousarray(Xt.T), xp.ascontiguousarray(Ct.T)
+    for k, (x_k, c_k) in enumerate(zip(XT, CT)):
+        xp.multiply(W, xp.sign(c_k[None, :] - x_k[:, None]), out=signed)
+        Gt[:, :, k] = signed @ beta
 
 
 def agop_partial(xp: Any, G: Any, diag: bool) -> tuple[Any, Any]:

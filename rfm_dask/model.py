@@ -33,8 +33,8 @@ def _decision_block_of(X: Any, holder: np.ndarray, spec: kn.KernelSpec) -> np.nd
 
 @dataclass
 class KernelModel:
-    """centres (m, d) float32, coef (m, c) float64, feature_matrix (d, d) or (d,), the kernel, and the shift (d,)
-    subtracted before the feature map (see ``kernels.transform``)."""
+    """centres (m, d) float32, coef (m, c) float64, feature_matrix (d, d) or (d,) ((d,) for the L1 kernel), the
+    kernel, and the shift (d,) subtracted before the feature map (see ``kernels.transform``)."""
 
     centres: np.ndarray
     coef: np.ndarray
@@ -50,11 +50,13 @@ class KernelModel:
             and self.coef.shape[0] == m
             and self.feature_matrix.shape in ((d,), (d, d))
             and self.shift.shape == (d,)
+            and (self.feature_matrix.ndim == 1 or not self.spec.l1)
         )
         if not consistent:
             raise ValueError(
                 f"inconsistent model arrays: centres {self.centres.shape}, coef {self.coef.shape}, "
-                f"feature_matrix {self.feature_matrix.shape}, shift {self.shift.shape}"
+                f"feature_matrix {self.feature_matrix.shape} (diagonal (d,) for the L1 kernel), "
+                f"shift {self.shift.shape}"
             )
 
     @cached_property

@@ -2,20 +2,23 @@
 
 Blocks arrive as NumPy or CuPy arrays; the namespace follows the block, so the same task serves CPU and GPU workers.
 The feature map travels as a tuple ``(S, shift)`` (see ``kernels.transform``), the centres as a tuple ``(Ct, c_sq)``:
-transformed centres (m, d) and their squared norms (m,). Every task runs BLAS on one thread (see ``blas_threads``).
+transformed centres (m, d) and their squared norms (m,). Every task runs BLAS on one thread (see ``blas_threads``); the
+centre kernel and the direct solve spread their tiles over the worker's threads instead.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterable, Iterator
 
 import numpy as np
+from distributed import get_worker
 
 from . import kernels as kn
 from .backend import like, namespace_of, to_host
 from .blas_threads import single_blas_thread
 from .row_blocks import materialise
-from .solvers.direct import cholesky_solve
+from .solvers.direct import direct_solve as dense_solve
 from .solvers.falkon import falkon_solve
 
 Centres = tuple[Any, Any]
@@ -124,9 +127,21 @@ def kernel_columns(X: Any, fmap: FeatureMap, centres: Centres, spec: kn.KernelSp
                            for xp, _, Xt in _sub_blocks(X, fmap, Ct.shape[0], kn.DEFAULT_TILE)], axis=0)
 
 
+def _worker_threads() -> int:
+    """Threads of the Dask worker running this task (1 outside a worker)."""
+    try:
+        return int(get_worker().state.nthreads)
+    except ValueError:
+        return 1
+
+
+#: Rows per tile of ``centre_kernel`` (a fixed grid, so that K does not depend on the number of threads).
+CENTRE_TILE_ROWS = 512
+
+
 @single_blas_thread
 def centre_kernel(centres: Centres, spec: kn.KernelSpec) -> np.ndarray:
-    """K(C, C) (m, m) in float64 on the host, symmetrised.
+    """K(C, C) (m, m) in float64 on the host, symmetrised, computed by row tiles on all the worker's threads.
 
     Computed in float64 (m x m is small): a float32 Laplace kernel of near-duplicate centres is off by up to
     sqrt(eps32 |c|^2) / L ~ 1e-3, enough to make K_mm indefinite, which breaks the Cholesky-based solvers.
@@ -134,8 +149,23 @@ def centre_kernel(centres: Centres, spec: kn.KernelSpec) -> np.ndarray:
     Ct = centres[0].astype(np.float64)
     xp = namespace_of(Ct)
     c_sq = kn.sq_norms(xp, Ct)
-    K = to_host(kn.kernel_tile(xp, Ct, c_sq, Ct, c_sq, spec))
-    return (K + K.T) / 2
+    m = Ct.shape[0]
+    tiles = [slice(s, min(s + CENTRE_TILE_ROWS, m)) for s in range(0, m, CENTRE_TILE_ROWS)]
+    K = np.empty((m, m))
+
+    def fill(rows: slice) -> None:
+        K[rows] = to_host(kn.kernel_tile(xp, Ct[rows], c_sq[rows], Ct, c_sq, spec))
+
+    def symmetrise(i: int) -> None:  # (K + K^T) / 2 on the tile pairs (i, j >= i): disjoint for different i
+        for cols in tiles[i:]:
+            mean = (K[tiles[i], cols] + K[cols, tiles[i]].T) / 2
+            K[tiles[i], cols] = mean
+            K[cols, tiles[i]] = mean.T
+
+    with ThreadPoolExecutor(_worker_threads()) as pool:
+        list(pool.map(fill, tiles))
+        list(pool.map(symmetrise, range(len(tiles))))
+    return K
 
 
 def _sampled_rows(X: Any, rows: np.ndarray, fmap: FeatureMap) -> tuple[Any, Any, Any, Any]:
@@ -193,13 +223,10 @@ def fact_sums(
 
 @single_blas_thread
 def direct_solve(centres: Centres, Y: np.ndarray, spec: kn.KernelSpec, reg: float) -> tuple[np.ndarray, float]:
-    """Exact KRR on one worker: alpha (n, c) with (K + reg I) alpha = Y, and the relative residual."""
-    K = centre_kernel(centres, spec)
-    alpha = cholesky_solve(K, Y, reg)
-    residual = K @ alpha + reg * alpha - Y
-    y_norm = np.linalg.norm(Y, axis=0)
-    rel = np.linalg.norm(residual, axis=0) / np.where(y_norm > 0, y_norm, 1.0)
-    return alpha, float(np.max(rel))
+    """Exact KRR on one worker, on all its threads (see ``solvers.direct.direct_solve``; the result does not depend
+    on their number): alpha (n, c) with (K + reg I) alpha = Y, and the relative residual."""
+    solution = dense_solve(centre_kernel(centres, spec), Y, reg, _worker_threads())
+    return solution.x, solution.residual
 
 
 @single_blas_thread

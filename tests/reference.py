@@ -4,7 +4,8 @@ Written independently of ``rfm_dask`` (nothing here imports it) so the tests com
 
 * distances by direct broadcasting ``x[:, None, :] - c[None, :, :]`` with a full PSD M:
   r = sqrt((x - c)^T M (x - c))  (a diagonal M given as a (d,) vector is expanded to ``np.diag``);
-* Laplace k = exp(-(r / L)^q), Gaussian k = exp(-r^2 / (2 L^2));
+  for the L1 kernel, with a diagonal M only: r = sum_i sqrt(M_ii) |x_i - c_i|;
+* Laplace and L1 Laplace k = exp(-(r / L)^q), Gaussian k = exp(-r^2 / (2 L^2));
 * predictor f(X) = K(X, C) beta;
 * gradients of f by central finite differences (only valid at points that are not centres, where the Laplace
   kernel is smooth), and the AGOP (1/n) sum_i sum_l grad f_l(x_i) grad f_l(x_i)^T built from them;
@@ -49,8 +50,19 @@ def distances(X: np.ndarray, C: np.ndarray, M: np.ndarray) -> np.ndarray:
     return np.sqrt(np.clip(quad, 0.0, None))
 
 
+def l1_distances(X: np.ndarray, C: np.ndarray, M: np.ndarray) -> np.ndarray:
+    """L1 distances r (n, m) = sum_i sqrt(M_ii) |x_i - c_i| for a diagonal M, (d,) or a diagonal (d, d) matrix."""
+    M = np.asarray(M, dtype=np.float64)
+    if M.ndim == 2:
+        if np.any(M != np.diag(np.diag(M))):
+            raise ValueError("the L1 kernel is defined for a diagonal M only")
+        M = np.diag(M)
+    diff = np.asarray(X, dtype=np.float64)[:, None, :] - np.asarray(C, dtype=np.float64)[None, :, :]
+    return np.abs(diff) @ np.sqrt(M)
+
+
 def kernel_from_r(r: np.ndarray, kind: str, bandwidth: float, exponent: float = 1.0) -> np.ndarray:
-    if kind == "laplace":
+    if kind in ("laplace", "l1_laplace"):
         return np.exp(-((r / bandwidth) ** exponent))
     if kind == "gaussian":
         return np.exp(-(r**2) / (2.0 * bandwidth**2))
@@ -59,7 +71,8 @@ def kernel_from_r(r: np.ndarray, kind: str, bandwidth: float, exponent: float = 
 
 def kernel(X, C, M, kind: str, bandwidth: float, exponent: float = 1.0) -> np.ndarray:
     """Kernel matrix K(X, C) of shape (n, m), float64."""
-    return kernel_from_r(distances(X, C, M), kind, bandwidth, exponent)
+    r = l1_distances(X, C, M) if kind == "l1_laplace" else distances(X, C, M)
+    return kernel_from_r(r, kind, bandwidth, exponent)
 
 
 def predictor(X, C, beta, M, kind: str, bandwidth: float, exponent: float = 1.0) -> np.ndarray:

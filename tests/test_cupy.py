@@ -70,6 +70,32 @@ def test_kernel_functions_match_numpy(spec):
         np.testing.assert_allclose(got, expected, rtol=2e-4, atol=2e-4 * np.abs(expected).max(), err_msg=fn.__name__)
 
 
+@pytest.mark.parametrize("q", [1.0, 0.7])
+def test_l1_kernel_functions_on_cupy(q):
+    """The L1 kernel takes the tiled CuPy path (no fused tile): products and gradients agree with NumPy, the product
+    with a float64 reference, and the self-terms are exact."""
+    X, C, _, shift, beta, Y = _data()
+    S = np.random.default_rng(2).uniform(0.2, 1.0, X.shape[1]).astype(np.float32)
+    spec, tile = kn.KernelSpec("l1_laplace", 3.0, q), 4096
+    Xg, Cg = cupy.asarray(X), cupy.asarray(C)
+    assert kn.gpu_route(cupy, Xg, Cg, cupy.asarray(beta), spec) is None
+
+    def products(xp, X, C, S, shift, beta, Y):
+        Xt, Ct = kn.transform(xp, X, S, shift), kn.transform(xp, C, S, shift)
+        c_sq = kn.sq_norms(xp, Ct)
+        return (kn.kernel_matvec(xp, Xt, Ct, c_sq, beta, spec, tile),
+                kn.kernel_gram_matvec(xp, Xt, Ct, c_sq, beta, spec, tile),
+                kn.kernel_rmatvec(xp, Xt, Ct, c_sq, Y, spec, tile),
+                kn.predictor_gradients(xp, X, S, Ct, c_sq, beta, spec, tile, shift=shift), kn.l1_distances(xp, Xt, Xt))
+
+    expected, got = _both(products, X, C, S, shift, beta, Y)
+    for e, g in zip(expected[:4], got[:4]):
+        np.testing.assert_allclose(g, e, rtol=2e-4, atol=2e-4 * np.abs(e).max())
+    assert np.all(np.diag(got[4]) == 0)
+    K = ref.kernel(X, C, S.astype(np.float64) ** 2, "l1_laplace", 3.0, q)
+    _close(got[0], K @ beta)
+
+
 def test_self_terms_are_exact_on_the_gpu():
     X, C, S, shift, *_ = _data()
     Xt = kn.transform(cupy, cupy.asarray(X), cupy.asarray(S), cupy.asarray(shift))
@@ -173,7 +199,7 @@ def test_kernel_products_take_the_fused_route_on_cupy():
     X, C, V, U = _fused_case(300, 257, 20, 2)
     Xg, Cg, Vg, Ug = (cupy.asarray(a) for a in (X, C, V, U))
     c_sq = kn.sq_norms(cupy, Cg)
-    assert kn.gpu_route(cupy, Xg, Cg, Vg) == "fused" and kn.gpu_route(np, X, C, V) is None
+    assert kn.gpu_route(cupy, Xg, Cg, Vg, spec) == "fused" and kn.gpu_route(np, X, C, V, spec) is None
     pairs = [
         (kn.kernel_matvec(cupy, Xg, Cg, c_sq, Vg, spec), cuda_tiles.matvec(Xg, Cg, Vg, spec)),
         (kn.kernel_rmatvec(cupy, Xg, Cg, c_sq, Ug, spec), cuda_tiles.rmatvec(Xg, Cg, Ug, spec)),
@@ -182,8 +208,8 @@ def test_kernel_products_take_the_fused_route_on_cupy():
     for routed, fused in pairs:
         np.testing.assert_array_equal(cupy.asnumpy(routed), cupy.asnumpy(fused))
     with dask.config.set({"rfm.gpu.fused": False}):
-        assert kn.gpu_route(cupy, Xg, Cg, Vg) is None
-    assert kn.gpu_route(cupy, Xg.astype(np.float64), Cg.astype(np.float64), Vg) is None
+        assert kn.gpu_route(cupy, Xg, Cg, Vg, spec) is None
+    assert kn.gpu_route(cupy, Xg.astype(np.float64), Cg.astype(np.float64), Vg, spec) is None
 
 
 def test_tf32_route_is_close_and_restores_float32_gemms():
@@ -194,7 +220,7 @@ def test_tf32_route_is_close_and_restores_float32_gemms():
     Xg, Cg, Vg = cupy.asarray(X), cupy.asarray(C), cupy.asarray(V)
     before = linalg.get_compute_type(np.float32)
     with dask.config.set({"rfm.gpu.precision": "tf32"}):
-        assert kn.gpu_route(cupy, Xg, Cg, Vg) == "tf32"
+        assert kn.gpu_route(cupy, Xg, Cg, Vg, spec) == "tf32"
         got = cupy.asnumpy(kn.kernel_matvec(cupy, Xg, Cg, kn.sq_norms(cupy, Cg), Vg, spec))
     assert linalg.get_compute_type(np.float32) == before
     _close(got, _dense_kernel(X, C, spec) @ V, rtol=1e-2)  # TF32: an opt-in, less accurate

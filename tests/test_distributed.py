@@ -49,6 +49,24 @@ def test_distributed_cg_matches_dense_solve(client):
     np.testing.assert_allclose(direct.coef, expected, rtol=1e-6, atol=1e-6 * np.abs(expected).max())
 
 
+def test_centre_kernel_is_the_same_on_any_number_of_threads(monkeypatch):
+    """The centre kernel's row tiles, spread over the worker's threads, give (K + K^T) / 2 of the whole tile bit for
+    bit, whatever the number of threads (3 tiles of CENTRE_TILE_ROWS = 64 rows and one of 8)."""
+    from rfm_dask import worker_tasks as wt
+
+    X, M, _ = _problem(n=200)
+    S = matrix_sqrt(M).astype(np.float32)
+    centres = wt.transformed_centres((S, X.mean(axis=0).astype(np.float32)), X.astype(np.float32))
+    spec = kn.KernelSpec("laplace", bandwidth=2.0)
+    Ct = centres[0].astype(np.float64)
+    c_sq = kn.sq_norms(np, Ct)
+    whole = kn.kernel_tile(np, Ct, c_sq, Ct, c_sq, spec)
+    monkeypatch.setattr(wt, "CENTRE_TILE_ROWS", 64)
+    for threads in (1, 2, 3):
+        monkeypatch.setattr(wt, "_worker_threads", lambda: threads)
+        np.testing.assert_array_equal(wt.centre_kernel(centres, spec), (whole + whole.T) / 2)
+
+
 def test_task_graph_does_not_grow_with_cg_iterations(client):
     """Each CG step is one flat map over the row blocks: the scheduler holds the same number of tasks throughout."""
     X, M, Y = _problem(n=300)

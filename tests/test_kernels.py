@@ -12,11 +12,16 @@ from seeds import seeds
 from rfm_dask.kernels import (
     KernelSpec,
     agop_partial,
+    kernel_gram_matvec,
     kernel_matvec,
+    kernel_rmatvec,
     kernel_tile,
+    kernel_tiles,
+    l1_distances,
     predictor_gradients,
     sq_distances,
     sq_norms,
+    tiles_gram_matvec,
     transform,
 )
 
@@ -30,6 +35,14 @@ KERNEL_CASES = [
     pytest.param("gaussian", 1.0, id="gaussian"),
 ]
 M_KINDS = ["full", "diag"]
+L1_CASES = [pytest.param("l1_laplace", q, id=f"l1-q{q}") for q in (1.0, 0.7, 1.5)]
+# (M kind, kernel, q): every kernel under a diagonal M, the L2 kernels under a full M as well (the L1 kernel is
+# defined for a diagonal M only)
+CASES = [
+    pytest.param(mkind, *case.values, id=f"{case.id}-{mkind}")
+    for mkind in M_KINDS
+    for case in KERNEL_CASES + (L1_CASES if mkind == "diag" else [])
+]
 # dtype of the inputs handed to the package -> relative tolerance against the float64 reference
 DTYPES = [pytest.param(np.float64, 1e-10, id="f64"), pytest.param(np.float32, 1e-5, id="f32")]
 # Finite differences (h = 1e-5, float64) carry ~1e-10 truncation/rounding error of their own, so the float64
@@ -52,6 +65,9 @@ def problem(request):
     rng = np.random.default_rng(1234 + M_KINDS.index(mkind))
     X = rng.standard_normal((N_EVAL, DIM))
     C = rng.standard_normal((N_CENTRES, DIM))
+    # the L1 kernel has a kink where a coordinate of x equals a centre's: keep the finite differences off them
+    while np.any(close := (np.abs(X[:, None, :] - C[None]) < 100 * ref.FD_STEP).any(axis=1)):
+        X[close] += 200 * ref.FD_STEP
     beta = rng.standard_normal((N_CENTRES, N_OUT))
     return X, C, beta, random_m(mkind, rng)
 
@@ -78,8 +94,7 @@ def package_inputs(X, C, M, dtype):
 
 
 @pytest.mark.parametrize("dtype, rtol", DTYPES)
-@pytest.mark.parametrize("problem", M_KINDS, indirect=True)
-@pytest.mark.parametrize("kind, q", KERNEL_CASES)
+@pytest.mark.parametrize("problem, kind, q", CASES, indirect=["problem"])
 def test_kernel_tile_matches_reference(problem, kind, q, dtype, rtol):
     X, C, _, M = problem
     spec = KernelSpec(kind, BANDWIDTH, q)
@@ -94,8 +109,7 @@ def test_kernel_tile_matches_reference(problem, kind, q, dtype, rtol):
 
 @pytest.mark.parametrize("n_cols", [1, N_OUT])
 @pytest.mark.parametrize("dtype, rtol", DTYPES)
-@pytest.mark.parametrize("problem", M_KINDS, indirect=True)
-@pytest.mark.parametrize("kind, q", KERNEL_CASES)
+@pytest.mark.parametrize("problem, kind, q", CASES, indirect=["problem"])
 def test_kernel_matvec_matches_reference(problem, kind, q, dtype, rtol, n_cols):
     X, C, beta, M = problem
     spec = KernelSpec(kind, BANDWIDTH, q)
@@ -129,12 +143,29 @@ def test_kernel_matvec_independent_of_tile(seed):
         assert np.all(np.abs(kernel_matvec(np, Xt, Ct, c_sq, beta, spec, tile=tile) - whole) <= bound)
 
 
+@pytest.mark.parametrize("dtype, rtol", DTYPES)
+@pytest.mark.parametrize("problem, kind, q", CASES, indirect=["problem"])
+def test_gram_and_rmatvec_match_reference(problem, kind, q, dtype, rtol):
+    """K^T (K W), K^T Y and the held tiles' K^T (K W) against the dense reference kernel."""
+    X, C, beta, M = problem
+    spec = KernelSpec(kind, BANDWIDTH, q)
+    Y = np.random.default_rng(5).standard_normal((N_EVAL, 2))
+    _, _, _, Xt, Ct, X64, C64 = package_inputs(X, C, M, dtype)
+    K = ref.kernel(X64, C64, M, kind, BANDWIDTH, q)
+    c_sq = sq_norms(np, Ct)
+    gram = kernel_gram_matvec(np, Xt, Ct, c_sq, beta, spec, tile=7)
+    assert gram.dtype == np.float64 and gram.shape == (N_CENTRES, N_OUT)
+    assert_rel_close(gram, K.T @ (K @ beta), rtol)
+    np.testing.assert_array_equal(tiles_gram_matvec(np, kernel_tiles(np, Xt, Ct, c_sq, spec, tile=7), beta, N_CENTRES),
+                                  gram)
+    assert_rel_close(kernel_rmatvec(np, Xt, Ct, c_sq, Y, spec, tile=7), K.T @ Y, rtol)
+
+
 # --------------------------------------------------------------------------------------------- predictor_gradients
 
 
 @pytest.mark.parametrize("dtype, rtol", [pytest.param(np.float64, FD_RTOL64, id="f64"), DTYPES[1]])
-@pytest.mark.parametrize("problem", M_KINDS, indirect=True)
-@pytest.mark.parametrize("kind, q", KERNEL_CASES)
+@pytest.mark.parametrize("problem, kind, q", CASES, indirect=["problem"])
 def test_predictor_gradients_match_finite_differences(problem, kind, q, dtype, rtol):
     X, C, beta, M = problem
     spec = KernelSpec(kind, BANDWIDTH, q)
@@ -146,8 +177,7 @@ def test_predictor_gradients_match_finite_differences(problem, kind, q, dtype, r
 
 
 @pytest.mark.parametrize("dtype, rtol", [pytest.param(np.float64, FD_RTOL64, id="f64"), DTYPES[1]])
-@pytest.mark.parametrize("problem", M_KINDS, indirect=True)
-@pytest.mark.parametrize("kind, q", KERNEL_CASES)
+@pytest.mark.parametrize("problem, kind, q", CASES, indirect=["problem"])
 def test_predictor_gradients_mask_self_term(problem, kind, q, dtype, rtol):
     """At the centres themselves the self-term is dropped: grad f at c_i == grad of the predictor without c_i."""
     _, C, beta, M = problem
@@ -167,14 +197,14 @@ def test_predictor_gradients_mask_self_term(problem, kind, q, dtype, rtol):
     assert_rel_close(G, expected, rtol)
 
 
-@pytest.mark.parametrize("kind, q", KERNEL_CASES)
+@pytest.mark.parametrize("kind, q", KERNEL_CASES + L1_CASES)
 def test_predictor_gradients_mask_duplicate_centres(kind, q):
     """A centre repeated in C contributes nothing at its own location, whichever copy."""
     rng = np.random.default_rng(7)
     C = rng.standard_normal((12, DIM))
     C[5] = C[2]
     beta = rng.standard_normal((12, 2))
-    S = ref.sqrtm_psd(random_m("full", rng))
+    S = ref.sqrtm_psd(random_m("diag" if kind == "l1_laplace" else "full", rng))
     spec = KernelSpec(kind, BANDWIDTH, q)
     Ct = transform(np, C, S)
     G = predictor_gradients(np, C[2:3], S, Ct, sq_norms(np, Ct), beta, spec)
@@ -211,8 +241,7 @@ def test_agop_partial_sums(dtype):
     assert_rel_close(gsum_d, G64.sum(axis=0), rtol)
 
 
-@pytest.mark.parametrize("problem", M_KINDS, indirect=True)
-@pytest.mark.parametrize("kind, q", KERNEL_CASES)
+@pytest.mark.parametrize("problem, kind, q", CASES, indirect=["problem"])
 def test_agop_from_gradients_matches_reference_agop(problem, kind, q):
     """(1/n) agop_partial(predictor_gradients) == the reference AGOP from finite differences."""
     X, C, beta, M = problem
@@ -277,6 +306,8 @@ def test_sq_distances_clamped_at_zero(dtype):
         dict(kind="laplace", exponent=-0.5),
         dict(kind="laplace", exponent=2.5),
         dict(kind="laplace", exponent=math.nan),
+        dict(kind="l1_laplace", exponent=2.5),
+        dict(kind="l1_laplace", bandwidth=0.0),
     ],
 )
 def test_kernel_spec_rejects_bad_arguments(kwargs):
@@ -286,7 +317,60 @@ def test_kernel_spec_rejects_bad_arguments(kwargs):
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(), dict(kind="laplace", exponent=2.0), dict(kind="laplace", exponent=1e-3), dict(kind="gaussian", bandwidth=0.1)],
+    [
+        dict(),
+        dict(kind="laplace", exponent=2.0),
+        dict(kind="laplace", exponent=1e-3),
+        dict(kind="gaussian", bandwidth=0.1),
+        dict(kind="l1_laplace", exponent=0.5),
+    ],
 )
 def test_kernel_spec_accepts_valid_arguments(kwargs):
     KernelSpec(**kwargs)
+
+
+# --------------------------------------------------------------------------------------------- L1 kernel
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_l1_distances_are_exact_for_equal_rows_far_from_the_origin(dtype):
+    """The difference form has no cancellation: equal rows give exactly 0, others their L1 distance to rounding."""
+    rng = np.random.default_rng(12)
+    X = (1000.0 + rng.standard_normal((25, DIM))).astype(dtype)
+    C = np.concatenate([X, (1000.0 + rng.standard_normal((5, DIM))).astype(dtype)])
+    r = l1_distances(np, X, C)
+    assert r.dtype == dtype and r.shape == (25, 30)
+    assert np.all(np.diag(r[:, :25]) == 0)
+    expected = ref.l1_distances(X, C, np.ones(DIM))
+    # each |x_i - c_i| is a correctly rounded difference; DIM of them summed in the data's dtype
+    np.testing.assert_allclose(r, expected, rtol=2 * DIM * np.finfo(dtype).eps, atol=0)
+    K = kernel_tile(np, X, sq_norms(np, X), C, sq_norms(np, C), KernelSpec("l1_laplace", BANDWIDTH, 0.7))
+    assert np.all(np.diag(K[:, :25]) == 1)
+
+
+@pytest.mark.parametrize("q", [1.0, 0.7])
+def test_l1_gradients_at_coordinate_ties_are_the_symmetric_subgradient(q):
+    """On a grid (one-hot-like data) many coordinates of x equal a centre's: the gradient then takes sign(0) = 0 for
+    that coordinate, which is what a central finite difference gives (|x_k - c_k| is even in the step)."""
+    rng = np.random.default_rng(8)
+    C = rng.integers(0, 3, (30, DIM)).astype(np.float64)
+    X = rng.integers(0, 3, (40, DIM)).astype(np.float64) + np.where(rng.random((40, DIM)) < 0.5, 0.0, 0.37)
+    X = X[np.all(np.abs(X[:, None, :] - C[None]).sum(axis=2) > 0, axis=1)]  # no row at a centre (self-terms)
+    assert np.any(X[:, None, :] == C[None]), "test data must have coordinate ties"
+    M = rng.uniform(0.2, 1.0, DIM)
+    beta = rng.standard_normal((30, 2))
+    spec = KernelSpec("l1_laplace", BANDWIDTH, q)
+    S = np.sqrt(M)
+    Ct = transform(np, C, S)
+    G = predictor_gradients(np, X, S, Ct, sq_norms(np, Ct), beta, spec, tile=7)
+    # first order in the step where r^q is not linear (q != 1): rtol at the step's order
+    assert_rel_close(G, ref.fd_gradients(X, C, beta, M, "l1_laplace", BANDWIDTH, q), 1e-4)
+
+
+def test_l1_gradients_need_a_diagonal_feature_matrix():
+    rng = np.random.default_rng(9)
+    X, C = rng.standard_normal((4, DIM)), rng.standard_normal((6, DIM))
+    S = ref.sqrtm_psd(random_m("full", rng))
+    Ct = transform(np, C, S)
+    with pytest.raises(ValueError, match="diagonal"):
+        predictor_gradients(np, X, S, Ct, sq_norms(np, Ct), np.ones((6, 1)), KernelSpec("l1_laplace", BANDWIDTH))

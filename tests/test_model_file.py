@@ -48,6 +48,18 @@ def test_round_trip_in_process(fitted, tmp_path):
     del reg.preprocessing_
 
 
+def test_round_trip_of_an_l1_kernel_model(client, tmp_path):
+    X = np.random.default_rng(1).normal(size=(200, 5)).astype(np.float32)
+    y = np.abs(X[:, 0]) + X[:, 1] * X[:, 2]
+    model = RFMRegressor(kernel="l1_laplace", exponent=0.8, iters=2, random_state=0, client=client).fit(X, y)
+    assert model.feature_matrix_.shape == (5,)
+    loaded = rfm_dask.load(model.save(tmp_path / "l1.rfm"))
+    assert loaded.get_params(deep=False) == {**model.get_params(deep=False), "client": None}
+    assert loaded.model_.spec == model.model_.spec
+    np.testing.assert_array_equal(loaded.feature_matrix_, model.feature_matrix_)
+    np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
+
+
 def test_predictions_identical_in_a_new_process(fitted, tmp_path):
     X, reg, _ = fitted
     reg.save(tmp_path / "model.rfm")
@@ -133,6 +145,8 @@ def test_bad_files_are_refused(fitted, tmp_path, monkeypatch):
         _rewrite(good, tmp_path / "estimator.rfm", _set(["estimator"], "os.system")).name: "unknown estimator",
         _rewrite(good, tmp_path / "params.rfm", _set(["state", "params", "bogus"], 1)).name: "not a valid",
         _rewrite(good, tmp_path / "kernel.rfm", _set(["state", "params", "kernel"], "rbf")).name: "not a valid",
+        # the L1 kernel with the full M of this model: the L1 kernel is defined for a diagonal M only
+        _rewrite(good, tmp_path / "l1.rfm", _set(["state", "params", "kernel"], "l1_laplace")).name: "not a valid",
     }
     for name in ("load", "loads"):  # numpy would unpickle an object array with pickle.load
         monkeypatch.setattr(pickle, name, lambda *a, **k: pytest.fail("pickle used while loading"))

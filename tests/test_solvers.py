@@ -12,7 +12,8 @@ import reference as ref
 from seeds import seeds
 from rfm_dask.solvers import NumericalError
 from rfm_dask.solvers.cg import conjugate_gradient
-from rfm_dask.solvers.direct import cholesky_solve
+from rfm_dask.solvers import direct
+from rfm_dask.solvers.direct import cholesky_solve, direct_solve, tiled_cholesky
 from rfm_dask.solvers.preconditioner import nystrom_preconditioner
 
 N, DIM, BANDWIDTH, REG, N_LANDMARKS = 200, 5, 10.0, 1e-2, 40
@@ -242,3 +243,68 @@ def test_cholesky_solve_error_reports_largest_jitter_tried(count_factorisations)
     tried = max(np.mean(np.diag(a) - np.diag(K)) for a in count_factorisations)
     reported = float(re.search(r"jitter ([0-9.eE+-]+)", str(info.value)).group(1))
     assert reported == pytest.approx(tried, rel=1e-2)
+
+
+# --------------------------------------------------------------------------------------------- direct_solve
+
+
+@pytest.fixture
+def small_tiles(monkeypatch):
+    """Tiles of 64 rows, so the N = 200 test system spans 4 tile rows (the last one of 8)."""
+    monkeypatch.setattr(direct, "TILE", 64)
+
+
+@pytest.mark.parametrize("n_rhs", [1, 3])
+def test_direct_solve_matches_dense_solve(system, small_tiles, n_rhs):
+    K, A, _, _ = system
+    Y = np.random.default_rng(10).standard_normal((N, n_rhs))
+    K_before = K.copy()
+    sol = direct_solve(K, Y, REG, threads=2)
+    assert sol.precision == "float32" and 0 < sol.iterations < direct.DIRECT_MAX_ITER
+    assert sol.x.shape == Y.shape and sol.residual <= direct.DIRECT_TOL
+    # the float64 Cholesky solve's accuracy: its residual, and so its forward error up to the condition number
+    assert rel_err(sol.x, np.linalg.solve(A, Y)) <= np.linalg.cond(A) * 2 * direct.DIRECT_TOL
+    assert np.linalg.norm(A @ sol.x - Y) / np.linalg.norm(Y) <= 2 * direct.DIRECT_TOL
+    np.testing.assert_array_equal(K, K_before)
+
+
+def test_direct_solve_is_bitwise_independent_of_threads(system, small_tiles):
+    K, _, _, _ = system
+    Y = np.random.default_rng(11).standard_normal((N, 2))
+    first = direct_solve(K, Y, REG, threads=1).x
+    for threads in (2, 3, 8):
+        np.testing.assert_array_equal(direct_solve(K, Y, REG, threads=threads).x, first)
+
+
+def test_tiled_cholesky_matches_lapack(system, small_tiles):
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, A, _, _ = system
+    with ThreadPoolExecutor(2) as pool:
+        L = np.tril(tiled_cholesky(A.copy(), pool))
+    np.testing.assert_allclose(L, np.linalg.cholesky(A), rtol=0, atol=1e-13 * np.abs(L).max())
+    with ThreadPoolExecutor(2) as pool, pytest.raises(np.linalg.LinAlgError):
+        tiled_cholesky(np.diag([1.0, 1.0, -1.0]), pool)
+
+
+def test_direct_solve_falls_back_to_float64_cholesky(system, small_tiles, monkeypatch):
+    """When the preconditioned CG does not converge in DIRECT_MAX_ITER steps, the float64 Cholesky solve is used."""
+    K, _, _, _ = system
+    Y = np.random.default_rng(12).standard_normal((N, 2))
+    monkeypatch.setattr(direct, "DIRECT_MAX_ITER", 1)
+    sol = direct_solve(K, Y, REG, threads=2)
+    assert sol.precision == "float64" and sol.iterations == 0
+    np.testing.assert_array_equal(sol.x, cholesky_solve(K, Y, REG))
+    assert sol.residual < 1e-12
+
+
+def test_direct_solve_on_a_singular_kernel():
+    """reg = 0 on a rank-deficient PSD kernel: the jittered float32 factor (or the float64 fallback) still gives a
+    solution that reproduces consistent targets."""
+    rng = np.random.default_rng(9)
+    B = rng.standard_normal((60, 4))
+    K = B @ B.T
+    Y = K @ rng.standard_normal((60, 2))
+    sol = direct_solve(K, Y, reg=0.0, threads=2)
+    assert np.all(np.isfinite(sol.x))
+    assert np.linalg.norm(K @ sol.x - Y) / np.linalg.norm(Y) < 1e-4
