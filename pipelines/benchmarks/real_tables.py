@@ -595,7 +595,8 @@ def run_section6(config: dict, client: Any, results: dict, out_dir: Path) -> Non
         else:
             params = dict(model.get("params", {}))
             problem = rfm_dask_problem(params, classification=False)
-            fit = lambda params=params: scaling.fit_rfm_dask(client, case["data"], section6_config(config, params))  # noqa: E731
+            cfg = section6_config(config, params)
+            fit = lambda cfg=cfg: scaling.fit_rfm_dask(client, case["data"], cfg)  # noqa: E731
         if problem:
             rows.append({**row, "status": "skipped", "reason": f"skipped: {problem}"})
             continue
