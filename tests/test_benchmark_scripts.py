@@ -68,6 +68,8 @@ def test_real_tables_benchmark_runs_every_model_on_the_same_rows(tmp_path):
             if row["status"] == "ok":
                 assert row["score"] > (0.5 if table == "flights_arr_delay" else 0.7)
                 assert rows[table, "rfm_dask"]["time_vs_" + model] > 0
+    (tmp_path / "out" / "results.md").unlink()
+    assert real_tables.main([*argv, "--render"]) == 0
     assert "| flights_late |" in (tmp_path / "out" / "results.md").read_text()
 
 
