@@ -1,8 +1,10 @@
 """The ``rfm-dask`` command line: ingest, fit, predict, evaluate, inspect.
 
 Every command takes ``--scheduler ADDRESS`` (else it runs on a local in-process cluster where it needs one) and
-``--config FILE`` (YAML or TOML: a table per command, e.g. ``[fit]`` with ``iters = 8``; command-line options win).
-Bad input ends the command with a one-line reason on stderr and exit status 2; ``--debug`` shows the traceback.
+``--config FILE`` (YAML or TOML: a table per command, e.g. ``[fit]`` with ``iters = 8``; each value is parsed as
+the command line parses it; command-line options win). Bad input ends the command with a one-line reason on stderr,
+in command-line spelling, and exit status 2; ``--debug`` shows the traceback. Progress bars (tqdm) are drawn on
+stderr when it is a terminal.
 """
 
 from __future__ import annotations
@@ -10,13 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 import time
 import tomllib
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import yaml
 
@@ -26,21 +29,21 @@ EXIT_INTERNAL = 1
 # fit options: (flag, type, help); the estimator parameter is the flag's name with underscores
 FIT_PARAMS: tuple[tuple[str, Any, str], ...] = (
     ("--iters", int, "RFM iterations (feature updates); 0 fits the lazy kernel only"),
-    ("--solver", str, "auto, direct, cg or nystrom"),
-    ("--kernel", str, "laplace or gaussian"),
+    ("--solver", str, "KRR solver: direct (dense Cholesky), cg (exact kernel), nystrom (FALKON), or auto by size"),
+    ("--kernel", str, "laplace or gaussian (of the Mahalanobis distance)"),
     ("--bandwidth", float, "kernel bandwidth L"),
     ("--reg", float, "ridge, as in (K + reg I) alpha = y"),
     ("--exponent", float, "Laplace exponent q, 0 < q <= 2"),
     ("--diag", argparse.BooleanOptionalAction, "learn a diagonal M"),
-    ("--feature-update", str, "agop or fact"),
+    ("--feature-update", str, "update of M: agop or fact"),
     ("--agop-power", float, "AGOP power, 1 or 0.5"),
     ("--centre-agop", argparse.BooleanOptionalAction, "centre the gradients before the AGOP"),
-    ("--n-centers", int, "Nystrom centres m"),
+    ("--n-centers", int, "Nystrom centres m (default: rfm.nystrom-centres)"),
     ("--tol", float, "CG relative residual tolerance"),
     ("--validation-fraction", float, "share of rows held out to pick the best iteration"),
     ("--patience", int, "stop after this many iterations without improvement"),
-    ("--agop-samples", int, "rows sampled for the feature update"),
-    ("--random-state", int, "seed (default 0)"),
+    ("--agop-samples", int, "rows sampled for the feature update (default: rfm.agop-sample)"),
+    ("--random-state", int, "seed"),
 )
 
 
@@ -65,49 +68,116 @@ def load_config(path: Path) -> dict:
 
 
 PATH_OPTIONS = frozenset({"checkpoint", "plot"})  # options naming files: confined to the config file's directory
+FLAG_ACTIONS = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)
 
 
-def _confined(base: Path, value: Any, key: str) -> str:
+def _confined(base: Path, value: str, where: str) -> str:
     """A path from a config file, relative to the file's directory ``base``; one that escapes it is refused."""
-    path = (base / str(value)).resolve()
+    path = (base / value).resolve()
     if not path.is_relative_to(base.resolve()):
-        raise ConfigError(f"config option {key!r} = {value!r} points outside the config file's directory {base}")
+        raise ConfigError(f"{where} = {value!r} points outside the config file's directory {base}")
     return str(path)
 
 
-def _apply_config(parser: argparse.ArgumentParser, command: str, config: dict, base: Path) -> None:
-    """Use the config's section for ``command`` (and a top-level ``scheduler``) as the parser's defaults; path
-    options are resolved against (and confined to) ``base``, the config file's directory."""
+def _config_scalar(action: argparse.Action, value: Any, where: str) -> Any:
+    """One config value parsed as the command line parses the option's argument: by the option's ``type`` (from
+    its text, so ``iters = 2.5`` fails as ``--iters 2.5`` does) and checked against its ``choices``. Strings,
+    integers and floats are accepted where a number is expected; booleans, lists, tables and nulls are not."""
+    if value is None or isinstance(value, (bool, list, dict)):
+        raise ConfigError(f"{where} must be a single value, got {value!r}")
+    if action.type is None and not isinstance(value, str):
+        raise ConfigError(f"{where} must be a string (quote it), got {value!r}")
+    try:
+        parsed = value if action.type is None else action.type(str(value))
+    except (TypeError, ValueError, argparse.ArgumentTypeError):
+        kind = getattr(action.type, "__name__", "value")
+        raise ConfigError(f"{where} must be {'an' if kind[0] in 'aeiou' else 'a'} {kind}, got {value!r}") from None
+    if action.choices is not None and parsed not in action.choices:
+        raise ConfigError(f"{where} must be one of {', '.join(map(str, action.choices))}, got {value!r}")
+    return parsed
+
+
+def _config_value(action: argparse.Action, value: Any, where: str) -> Any:
+    """A config value as the option's command-line form would give it (see ``_config_scalar``): on/off options
+    take true or false only, list options (``nargs``) a list or a single string (one item)."""
+    if isinstance(action, FLAG_ACTIONS):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false (unquoted), got {value!r}")
+        return value if not isinstance(action, argparse._StoreFalseAction) else not value
+    if action.nargs in ("*", "+"):
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or (action.nargs == "+" and not items):
+            raise ConfigError(f"{where} must be a list of values, got {value!r}")
+        return [_config_scalar(action, item, f"{where}[{i}]") for i, item in enumerate(items)]
+    return _config_scalar(action, value, where)
+
+
+def _apply_config(parser: argparse.ArgumentParser, command: str, config: dict, path: Path, commands: Iterable[str]
+                  ) -> None:
+    """Use the config's section for ``command`` (and a top-level ``scheduler``) as the parser's defaults.
+
+    Every value goes through the option's command-line parsing (``_config_value``); path options are resolved
+    against (and confined to) the config file's directory. A section or key that is not a command or option, and
+    a value the command line would refuse, raise ``ConfigError`` naming the file and the key.
+    """
+    unknown = sorted(str(key) for key in config if key not in {*commands, "scheduler"})
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown section(s) {', '.join(unknown)} (expected "
+                          f"{', '.join(sorted(commands))} or a top-level scheduler)")
     section = config.get(command) or {}
     if not isinstance(section, dict):
-        raise ConfigError(f"config section {command!r} must be a mapping of options")
-    known = {action.dest for action in parser._actions if action.option_strings} - {"help", "config"}
-    values = {key.replace("-", "_"): value for key, value in section.items()}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"config section {command!r} has unknown option(s): {', '.join(unknown)}")
-    for key in PATH_OPTIONS & set(values):
-        values[key] = _confined(base, values[key], key)
-    if "scheduler" in config and "scheduler" not in values:
-        values["scheduler"] = config["scheduler"]
+        raise ConfigError(f"config file {path}: section {command!r} must be a mapping of options")
+    actions = {action.dest: action for action in parser._actions
+               if action.option_strings and action.dest not in {"help", "config", "version"}}
+    entries = [(f"config file {path}: [{command}] {key}", str(key).replace("-", "_"), value)
+               for key, value in section.items()]
+    if "scheduler" in config and "scheduler" not in {dest for _, dest, _ in entries}:
+        entries.append((f"config file {path}: scheduler", "scheduler", config["scheduler"]))
+    values = {}
+    for where, dest, value in entries:
+        if dest not in actions:
+            raise ConfigError(f"{where}: unknown option for {command}")
+        values[dest] = _config_value(actions[dest], value, where)
+        if dest in PATH_OPTIONS:
+            values[dest] = _confined(path.parent, str(values[dest]), where)
     parser.set_defaults(**values)
 
 
 # -- commands -------------------------------------------------------------------------------------------------------
-def _progress(label: str, quiet: bool) -> Callable[[int, int], None] | None:
-    """A callback printing ``label: done/total rows`` to stderr at most twice a second."""
-    if quiet:
-        return None
-    last = [0.0]
+def _bar(label: str, unit: str, quiet: bool, total: int | None = None, position: int = 0) -> Any:
+    """A tqdm progress bar on stderr: off with --quiet, or when stderr is not a terminal."""
+    from tqdm.auto import tqdm
+
+    return tqdm(desc=label, unit=unit, total=total, position=position, file=sys.stderr, leave=position == 0,
+                disable=quiet or not sys.stderr.isatty(), dynamic_ncols=True, unit_scale=unit == "rows")
+
+
+@contextmanager
+def _progress(label: str, quiet: bool) -> Iterator[Callable[[int, int], None]]:
+    """A ``progress(done, total)`` callback (rows; total 0 when unknown) drawing a progress bar, closed on exit."""
+    bar = _bar(label, "rows", quiet)
 
     def report(done: int, total: int) -> None:
-        now = time.monotonic()
-        if now - last[0] >= 0.5 or (total and done >= total):
-            last[0] = now
-            share = f" ({100 * done / total:.0f}%)" if total else ""
-            print(f"{label}: {done:,}{f'/{total:,}' if total else ''} rows{share}", file=sys.stderr, flush=True)
+        if total and bar.total != total:
+            bar.reset(total=total)
+        bar.update(done - bar.n)
 
-    return report
+    try:
+        yield report
+    finally:
+        bar.close()
+
+
+def _refuse_existing(path: str | Path, overwrite: bool, what: str) -> None:
+    if Path(path).exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists (pass --overwrite to replace the {what})")
+
+
+def check_ingest(args: argparse.Namespace) -> None:
+    """What ``ingest`` can refuse before any work starts."""
+    if not args.target:
+        raise ConfigError("ingest needs --target COLUMN (on the command line or in the config file)")
+    _refuse_existing(args.store, args.overwrite, "store")
 
 
 def cmd_ingest(args: argparse.Namespace, client: Any) -> None:
@@ -116,12 +186,12 @@ def cmd_ingest(args: argparse.Namespace, client: Any) -> None:
     options = dict(
         target=args.target,
         id_column=args.id_column,
-        task=args.task or "auto",
+        task=args.task,
         max_categories=args.max_categories,
         high_cardinality=args.high_cardinality,
         nulls=args.nulls,
         timestamps=args.timestamps,
-        exclude=tuple(args.exclude or ()),
+        exclude=tuple(args.exclude),
         chunk_rows=args.chunk_rows,
         batch_rows=args.batch_rows,
         overwrite=args.overwrite,
@@ -130,37 +200,58 @@ def cmd_ingest(args: argparse.Namespace, client: Any) -> None:
         print("ingest: running on the cluster (paths are read where the workers are)", file=sys.stderr)
         report = client.submit(ingest, args.data, args.store, pure=False, **options).result()
     else:
-        report = ingest(args.data, args.store, progress=_progress("ingest (2 passes)", args.quiet), **options)
+        with _progress("ingest (2 passes)", args.quiet) as progress:
+            report = ingest(args.data, args.store, progress=progress, **options)
     print(json.dumps(asdict(report), indent=2, default=str))
+
+
+def _fit_params(args: argparse.Namespace) -> dict[str, Any]:
+    """The estimator parameters given by the fit options (None: the estimator's default)."""
+    params = {flag.lstrip("-").replace("-", "_"): getattr(args, flag.lstrip("-").replace("-", "_"))
+              for flag, _, _ in FIT_PARAMS}
+    return {key: value for key, value in params.items() if value is not None}
+
+
+def check_fit(args: argparse.Namespace) -> None:
+    """What ``fit`` can refuse before a cluster starts: an existing model file, a path that is no store, and
+    estimator parameters out of range."""
+    from .estimators import RFMRegressor
+    from .jobs import is_zarr_store
+
+    _refuse_existing(args.model, args.overwrite, "model file")
+    if not is_zarr_store(args.store):
+        raise ValueError(f"{args.store} is not a readable Zarr store of X and y (write one with `rfm-dask ingest`)")
+    RFMRegressor(**_fit_params(args))._settings()
 
 
 def cmd_fit(args: argparse.Namespace, client: Any) -> None:
     from .jobs import fit_store
-    from .tables import HISTORY_COLUMNS, text_table
 
-    if Path(args.model).exists() and not args.overwrite:
-        raise FileExistsError(f"{args.model} already exists (pass --overwrite to replace it)")
-    params = {
-        flag.lstrip("-").replace("-", "_"): getattr(args, flag.lstrip("-").replace("-", "_"))
-        for flag, _, _ in FIT_PARAMS
-    }
-    params = {key: value for key, value in params.items() if value is not None}
-    params.setdefault("random_state", 0)
     checkpoint = Path(args.checkpoint or f"{args.model}.ckpt")
     if args.resume and not checkpoint.exists():
         print(f"rfm-dask fit: no checkpoint at {checkpoint}, starting from iteration 0", file=sys.stderr)
     start = time.perf_counter()
-    model = fit_store(args.store, task=args.task, client=client, checkpoint=str(checkpoint), resume=args.resume,
-                      **params)
+    with _fit_progress(args.quiet, args.iters):
+        model = fit_store(args.store, task=args.task, client=client, checkpoint=str(checkpoint),
+                          resume=args.resume, **_fit_params(args))
     seconds = time.perf_counter() - start
     model.set_params(checkpoint=None, resume=False)
     model.save(args.model, overwrite=args.overwrite)
     checkpoint.unlink(missing_ok=True)
-    if not args.quiet:
-        print(text_table(model.history_, HISTORY_COLUMNS), file=sys.stderr)
     summary = {"model": str(args.model), "estimator": type(model).__name__, "best_iter": int(model.best_iter_),
                "fit_seconds": round(seconds, 3), "history": model.history_}
     print(json.dumps(summary, indent=2))
+
+
+def check_predict(args: argparse.Namespace) -> None:
+    """What ``predict`` can refuse before reading the model: an existing output, and a Zarr store as input."""
+    from .jobs import is_zarr_store
+
+    _refuse_existing(args.out, args.overwrite, "output file")
+    if is_zarr_store(args.data):
+        raise ValueError(f"{args.data} is a Zarr store, but predict reads raw Parquet rows (the columns given to "
+                         "`rfm-dask ingest`); for metrics on a store use `rfm-dask evaluate MODEL STORE`, for its "
+                         "predictions use Python: rfm_dask.load(MODEL).predict(rfm_dask.open_zarr(STORE).X)")
 
 
 def cmd_predict(args: argparse.Namespace, client: Any) -> None:
@@ -168,11 +259,12 @@ def cmd_predict(args: argparse.Namespace, client: Any) -> None:
     from .jobs import predict_parquet
 
     model = load(args.model)
-    rows = predict_parquet(
-        model, args.data, args.out, id_column=args.id_column, client=client, batch_rows=args.batch_rows,
-        overwrite=args.overwrite, progress=_progress("predict", args.quiet),
-    )
-    print(json.dumps({"out": str(args.out), "rows": rows}))
+    with _progress("predict", args.quiet) as progress:
+        report = predict_parquet(
+            model, args.data, args.out, id_column=args.id_column, client=client, batch_rows=args.batch_rows,
+            overwrite=args.overwrite, progress=progress,
+        )
+    print(json.dumps({"out": str(args.out), **report}))
 
 
 def cmd_evaluate(args: argparse.Namespace, client: Any) -> None:
@@ -209,6 +301,15 @@ def cmd_inspect(args: argparse.Namespace, client: Any) -> None:
 
 
 # -- parser ---------------------------------------------------------------------------------------------------------
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's help with every option's default shown, except where there is none (None)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler address (default: a local cluster)")
     parser.add_argument("--config", type=Path, metavar="FILE", help="YAML or TOML file of options per command")
@@ -216,62 +317,87 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
+def _fit_options(fit: argparse.ArgumentParser) -> None:
+    """The estimator's parameters as ``fit`` options, with the estimator's defaults (values are checked by the
+    estimator, before a cluster starts: see ``check_fit``)."""
+    from .estimators import RFMRegressor
+
+    defaults = RFMRegressor().get_params(deep=False)
+    for flag, kind, text in FIT_PARAMS:
+        default = defaults[flag.lstrip("-").replace("-", "_")]
+        if flag == "--random-state":
+            default = 0  # the command line is reproducible by default
+        if kind is argparse.BooleanOptionalAction:
+            fit.add_argument(flag, action=kind, default=default, help=text)
+        else:
+            fit.add_argument(flag, type=kind, default=default, help=text)
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The top-level parser and each command's parser by name."""
-    parser = argparse.ArgumentParser(prog="rfm-dask", description="Recursive Feature Machines on Dask.")
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="rfm-dask", description="Recursive Feature Machines on Dask.",
+                                     formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    ingest = commands.add_parser("ingest", help="Parquet to a Zarr store (encoded, standardised, streamed)")
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=text, description=text, formatter_class=_HelpFormatter)
+
+    model_in = "model file written by `rfm-dask fit` (.rfm)"
+    ingest = command("ingest", "Parquet to a Zarr store (encoded, standardised, streamed)")
     ingest.add_argument("data", help="Parquet file, directory, glob or fsspec URL")
     ingest.add_argument("store", help="output Zarr store")
     ingest.add_argument("--target", required=False, help="target column")
     ingest.add_argument("--id-column", help="column passed through as row ids")
-    ingest.add_argument("--task", choices=("auto", "regression", "classification"))
+    ingest.add_argument("--task", choices=("auto", "regression", "classification"), default="auto",
+                        help="auto: classification for string, bool and few-valued integer targets")
     ingest.add_argument("--max-categories", type=int, default=32, help="one-hot cap per categorical column")
     ingest.add_argument("--high-cardinality", choices=("error", "top"), default="error",
                         help="above the cap: fail, or keep the most frequent categories plus 'other'")
-    ingest.add_argument("--nulls", choices=("impute", "drop"), default="impute")
-    ingest.add_argument("--timestamps", choices=("expand", "drop"), default="expand")
-    ingest.add_argument("--exclude", nargs="*", metavar="COLUMN", help="columns to leave out")
-    ingest.add_argument("--chunk-rows", type=int, help="rows per Zarr chunk")
+    ingest.add_argument("--nulls", choices=("impute", "drop"), default="impute",
+                        help="missing values: impute (and flag) them, or drop their rows")
+    ingest.add_argument("--timestamps", choices=("expand", "drop"), default="expand",
+                        help="timestamp columns: expand into calendar parts, or leave out")
+    ingest.add_argument("--exclude", nargs="*", metavar="COLUMN", default=[], help="columns to leave out")
+    ingest.add_argument("--chunk-rows", type=int, help="rows per Zarr chunk (default: about 32 MiB of float32)")
     ingest.add_argument("--batch-rows", type=int, default=65536, help="rows per Parquet read batch")
-    ingest.add_argument("--overwrite", action="store_true")
-    ingest.set_defaults(handler=cmd_ingest, needs_cluster=False)
+    ingest.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    ingest.set_defaults(handler=cmd_ingest, check=check_ingest, needs_cluster=False)
 
-    fit = commands.add_parser("fit", help="fit an RFM on an ingested store and save the model")
+    fit = command("fit", "fit an RFM on an ingested store and save the model")
     fit.add_argument("store", help="Zarr store written by `rfm-dask ingest`")
-    fit.add_argument("model", help="output model file")
+    fit.add_argument("model", help="output model file (.rfm): the fitted estimator and the store's preprocessing")
     fit.add_argument("--task", choices=("regression", "classification"), help="default: the task recorded at ingest")
-    for flag, kind, text in FIT_PARAMS:
-        if kind is argparse.BooleanOptionalAction:
-            fit.add_argument(flag, action=kind, default=None, help=text)
-        else:
-            fit.add_argument(flag, type=kind, help=text)
+    _fit_options(fit)
     fit.add_argument("--checkpoint", metavar="PATH", help="state after each iteration (default: MODEL.ckpt)")
     fit.add_argument("--resume", action="store_true", help="continue from the checkpoint's last complete iteration")
-    fit.add_argument("--overwrite", action="store_true")
-    fit.set_defaults(handler=cmd_fit, needs_cluster=True)
+    fit.add_argument("--overwrite", action="store_true", help="replace an existing model file")
+    fit.add_argument("--dashboard", action="store_true",
+                     help="serve the local cluster's Dask dashboard on 127.0.0.1 and print its link")
+    fit.set_defaults(handler=cmd_fit, check=check_fit, needs_cluster=True)
 
-    predict = commands.add_parser("predict", help="predict Parquet rows, writing Parquet")
-    predict.add_argument("model")
-    predict.add_argument("data", help="Parquet file, directory, glob or fsspec URL")
+    predict = command("predict", "predict Parquet rows, writing Parquet")
+    predict.add_argument("model", help=model_in)
+    predict.add_argument("data", help="Parquet file, directory, glob or fsspec URL of raw rows")
     predict.add_argument("out", help="output Parquet file")
     predict.add_argument("--id-column", help="column passed through (default: the one named at ingest)")
-    predict.add_argument("--batch-rows", type=int, default=65536)
-    predict.add_argument("--overwrite", action="store_true")
-    predict.set_defaults(handler=cmd_predict, needs_cluster=False)
+    predict.add_argument("--batch-rows", type=int, default=65536, help="rows per Parquet read batch")
+    predict.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    predict.set_defaults(handler=cmd_predict, check=check_predict, needs_cluster=False)
 
-    evaluate = commands.add_parser("evaluate", help="JSON metrics on Parquet (with the target) or a Zarr store")
-    evaluate.add_argument("model")
+    evaluate = command("evaluate", "JSON metrics on Parquet (with the target) or a Zarr store")
+    evaluate.add_argument("model", help=model_in)
     evaluate.add_argument("data", help="Parquet source or Zarr store")
     evaluate.add_argument("--target", help="target column (default: the one named at ingest)")
-    evaluate.add_argument("--batch-rows", type=int, default=65536)
+    evaluate.add_argument("--batch-rows", type=int, default=65536, help="rows per Parquet read batch")
     evaluate.set_defaults(handler=cmd_evaluate, needs_cluster=False)
 
-    inspect = commands.add_parser("inspect", help="feature importances, eigen-directions of M, a PNG of M")
-    inspect.add_argument("model")
+    inspect = command("inspect", "feature importances, eigen-directions of M, a PNG of M")
+    inspect.add_argument("model", help=model_in)
     inspect.add_argument("--plot", type=Path, metavar="FILE.png", help="write a picture of M")
-    inspect.add_argument("--top", type=int, default=10, help="features listed (default 10)")
+    inspect.add_argument("--top", type=int, default=10, help="features listed")
     inspect.add_argument("--json", action="store_true", help="print the report as JSON")
     inspect.set_defaults(handler=cmd_inspect, needs_cluster=False)
 
@@ -281,15 +407,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     return parser, by_name
 
 
-def _parse(argv: list[str] | None) -> argparse.Namespace:
+def _parse(parser: argparse.ArgumentParser, commands: dict[str, argparse.ArgumentParser], argv: list[str] | None
+           ) -> argparse.Namespace:
     """Parse the command line; with ``--config``, parse again over the config section's defaults."""
-    parser, commands = build_parser()
     args = parser.parse_args(argv)
     if args.config is not None:
-        _apply_config(commands[args.command], args.command, load_config(args.config), args.config.parent)
+        _apply_config(commands[args.command], args.command, load_config(args.config), args.config, commands)
         args = parser.parse_args(argv)
-    if args.command == "ingest" and not args.target:
-        raise ConfigError("ingest needs --target COLUMN (on the command line or in the config file)")
     return args
 
 
@@ -309,31 +433,106 @@ def _client(args: argparse.Namespace) -> Iterator[Any]:
     if not args.needs_cluster:
         yield None
         return
+    import dask
+
     from .cluster import close_local_client, local_client
 
     try:
-        yield local_client()
+        with dask.config.set({"rfm.dashboard": args.dashboard}):
+            client = local_client()
+        yield client
     finally:
         close_local_client()
 
 
+def _bars_on(quiet: bool) -> bool:
+    """Whether progress bars are drawn: not with --quiet, and only on a terminal (logs get lines instead)."""
+    return not quiet and sys.stderr.isatty()
+
+
 def _log_progress(quiet: bool) -> None:
-    """Per-iteration fit lines from the ``rfm_dask`` logger on stderr (not with --quiet)."""
+    """Lines from the ``rfm_dask`` logger on stderr (not with --quiet); per-iteration lines only where no progress
+    bar shows the iterations (stderr is not a terminal)."""
     logger = logging.getLogger("rfm_dask")
-    logger.setLevel(logging.WARNING if quiet else logging.INFO)
-    if not any(getattr(h, "_rfm_cli", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("rfm-dask: %(message)s"))
-        handler._rfm_cli = True
-        logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.DEBUG if _bars_on(quiet) else logging.INFO)
+    for old in [h for h in logger.handlers if getattr(h, "_rfm_cli", False)]:  # an earlier main() in this process
+        logger.removeHandler(old)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("rfm-dask: %(message)s"))
+    handler.setLevel(logging.INFO)
+    handler._rfm_cli = True
+    logger.addHandler(handler)
+    if _bars_on(quiet):
+        handler.addFilter(lambda record: not hasattr(record, "rfm_step"))
+
+
+class _FitBars(logging.Handler):
+    """Progress bars of a fit, driven by the ``rfm_dask`` logger's records that carry ``rfm_step`` = (kind, step,
+    total): RFM iterations ("iteration", with the iteration's metrics) and the CG steps of the current solve
+    ("cg")."""
+
+    def __init__(self, quiet: bool, iters: int) -> None:
+        super().__init__(logging.DEBUG)
+        self.iterations = _bar("fit", "iteration", quiet, total=iters + 1)
+        self.steps = _bar("CG steps", "step", quiet, position=1)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        kind, step, _ = getattr(record, "rfm_step", (None, 0, 0))
+        if kind == "iteration":
+            self.iterations.set_postfix_str(record.getMessage().split(": ", 1)[-1], refresh=False)
+            self.iterations.update(1)
+            self.steps.reset()
+        elif kind == "cg":
+            self.steps.update(step - self.steps.n)
+
+    def close(self) -> None:
+        self.steps.close()
+        self.iterations.close()
+        super().close()
+
+
+@contextmanager
+def _fit_progress(quiet: bool, iters: int) -> Iterator[None]:
+    """Fit progress bars (iterations, CG steps) while the block runs."""
+    logger = logging.getLogger("rfm_dask")
+    bars = _FitBars(quiet, iters)
+    logger.addHandler(bars)
+    try:
+        yield
+    finally:
+        logger.removeHandler(bars)
+        bars.close()
+
+
+def _cli_spelling(text: str, parser: argparse.ArgumentParser) -> str:
+    """An error message with the command's options in their command-line spelling: ``overwrite=True`` becomes
+    ``--overwrite``, ``high_cardinality='top'`` becomes ``--high-cardinality top``, ``max_categories``
+    ``--max-categories``, and sklearn's "The 'reg' parameter of RFMRegressor" or a leading "reg must" ``--reg``."""
+    for action in parser._actions:
+        if not action.option_strings or action.dest in {"help", "version"}:
+            continue
+        flag, dest = action.option_strings[0], re.escape(action.dest)
+
+        def spelled(match: re.Match) -> str:
+            value = next((g for g in match.groups() if g is not None), "")
+            return flag if value in ("", "True") else f"{flag} {value}"
+
+        text = re.sub(rf"(?<![\w-]){dest}=(?:'([^']*)'|\"([^\"]*)\"|([^\s,;)]*))", spelled, text)
+        text = re.sub(rf"The '{dest}' parameter of \w+|^{dest}(?= must)", flag, text)
+        if "_" in action.dest:
+            text = re.sub(rf"(?<![\w-]){dest}\b", flag, text)
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit status (0 ok, 2 bad input, 1 internal error, 130 interrupted)."""
-    args = build_parser()[0].parse_args(argv)  # usage errors exit here with argparse's message and status 2
+    parser, commands = build_parser()
+    args = parser.parse_args(argv)  # usage errors exit here with argparse's message and status 2
     try:
-        args = _parse(argv)
+        args = _parse(parser, commands, argv)
         _log_progress(args.quiet)
+        if hasattr(args, "check"):
+            args.check(args)  # bad options are refused before a cluster starts
         with _client(args) as client:
             args.handler(args, client)
     except KeyboardInterrupt:
@@ -342,7 +541,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, KeyError, RuntimeError) as exc:
         if args.debug:
             raise
-        print(f"rfm-dask {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        message = _cli_spelling(_one_line(exc), commands[args.command])
+        print(f"rfm-dask {args.command}: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as exc:  # noqa: BLE001 - the CLI's last resort: one line, not a traceback
         if args.debug:

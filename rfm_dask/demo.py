@@ -107,29 +107,24 @@ def run_target(target: str, paths: dict, out_dir: Path, cfg: dict) -> dict:
     predictions = out_dir / "predictions" / f"{target}.parquet"
     rfm_dask_cli("predict", str(rfm_model), str(paths["test"]), str(predictions), "--overwrite", "--quiet")
     return {"target": target, "store": store, "model": rfm_model, "ingest": ingest, "results": results,
-            "history": fits["rfm"]["history"], "inspect": inspect, "predictions": predictions, "plot": plot}
+            "history": fits["rfm"]["history"], "best_iter": fits["rfm"]["best_iter"], "inspect": inspect,
+            "predictions": predictions, "plot": plot}
 
 
 def plot_histories(runs: list[dict], path: Path) -> Path | None:
-    """Validation metric by RFM iteration, one panel per target (iteration 0 is the lazy kernel)."""
+    """Validation metric by RFM iteration, one panel per target (iteration 0 is the lazy kernel; the kept
+    iteration marked)."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
     except ImportError:
         return None
-    fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 3.6), squeeze=False)
-    for ax, run in zip(axes[0], runs):
-        key = "val_accuracy" if any("val_accuracy" in h for h in run["history"]) else "val_mse"
-        ax.plot([h["iteration"] for h in run["history"]], [h[key] for h in run["history"]], marker="o")
-        ax.set_xlabel("RFM iteration (0 = lazy kernel)")
-        ax.set_ylabel(key.replace("_", " "))
-        ax.set_title(run["target"])
-    fig.tight_layout()
+    from .jobs import draw_history
+
+    fig = Figure(figsize=(5 * len(runs), 3.8), dpi=100, layout="constrained")
+    for ax, run in zip(fig.subplots(1, len(runs), squeeze=False)[0], runs):
+        draw_history(ax, run["history"], run["best_iter"], title=run["target"])
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+        fig.savefig(tmp)
     return path
 
 

@@ -16,6 +16,7 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_dat
 from . import config
 from .cluster import resolve_client
 from .inputs import check_dask_features, check_finite_targets, is_dask, to_host_targets
+from .io.transformer import TableEncoder, is_pandas_frame
 from .kernels import KernelSpec
 from .krr import SOLVERS
 from .model import KernelModel
@@ -38,6 +39,74 @@ def _validation_rows(n: int, fraction: float, rng: np.random.Generator) -> np.nd
     if n_val < 1 or n - n_val < 2:
         return None
     return np.sort(rng.choice(n, n_val, replace=False))
+
+
+# how a fit runs, not what it learned: never written to a model file, and ignored in one (a path there could make a
+# later fit of the loaded model overwrite a file of the author's choosing)
+_RUN_PARAMS = frozenset({"client", "checkpoint", "resume"})
+
+_PARAMETERS_DOC = """
+    Parameters
+    ----------
+    kernel : {"laplace", "gaussian"}, default="laplace"
+        Laplace ``k = exp(-(r / L)^q)`` or Gaussian ``k = exp(-r^2 / (2 L^2))`` of the Mahalanobis distance
+        ``r = ||x - z||_M``.
+    bandwidth : float, default=10.0
+        The bandwidth L.
+    exponent : float, default=1.0
+        The Laplace exponent q, ``0 < q <= 2``.
+    reg : float, default=1e-3
+        Ridge: every solver solves ``(K + reg I) alpha = y``.
+    iters : int, default=5
+        Updates of M; iteration 0 (``M = I``) is the lazy kernel.
+    diag : bool, default=False
+        Learn a diagonal M (d values) instead of a full (d, d) one.
+    agop_power : float, default=1.0
+        M is the AGOP to this power (1 or 1/2).
+    centre_agop : bool, default=False
+        Centre the gradients before their outer products.
+    feature_update : {"agop", "fact"}, default="agop"
+        The average gradient outer product, or the Features at Convergence Theorem matrix F with
+        ``M = (F F^T)^(1/2)``.
+    solver : {"auto", "direct", "cg", "nystrom"}, default="auto"
+        Dense Cholesky on one worker, exact-kernel conjugate gradient, or FALKON with ``n_centers`` centres;
+        ``auto`` picks ``direct`` for small n and ``nystrom`` above (thresholds in ``rfm.yaml``).
+    tol : float, default=1e-6
+        Relative residual at which CG stops.
+    validation_fraction : float, default=0.1
+        Share of the rows split off (seeded) to pick the best iteration when no ``X_val`` is given.
+    patience : int or None, default=2
+        Stop after this many iterations without improvement; None runs all ``iters``.
+    agop_samples : int or None, default=None
+        Rows sampled for the AGOP (None: ``rfm.agop-sample``).
+    n_centers : int or None, default=None
+        Nystrom centres m (None: ``rfm.nystrom-centres``).
+    random_state : int or None, default=None
+        Seed of the validation split, the AGOP sample and the centres.
+    checkpoint : path or None, default=None
+        File to save the fit's state to after every iteration.
+    resume : bool, default=False
+        Continue from ``checkpoint`` when it holds the state of the same fit.
+    client : distributed.Client or None, default=None
+        The cluster to run on; None: the default client, or an in-process local cluster.
+"""
+_ATTRIBUTES_DOC = """
+    Attributes
+    ----------
+    feature_matrix_ : ndarray of shape (d, d), or (d,) when ``diag``
+        The learned M of the kept iteration, scaled so that its largest entry is 1.
+    feature_importances_ : ndarray of shape (d,)
+        The diagonal of M divided by its sum.
+    best_iter_ : int
+        The iteration kept (0 = lazy kernel).
+    history_ : list of dict
+        One record per iteration: validation metrics, solver, CG iterations, residual, seconds.
+    n_features_in_ : int
+        The number of input features d.
+    preprocessing_ : dict
+        Only when fitted on an ingested store (``rfm_dask.jobs.fit_store``): its recorded preprocessing, with which
+        ``predict`` reads a pandas DataFrame of raw columns (see ``rfm_dask.io.TableEncoder``).
+"""
 
 
 class _RFMBase(BaseEstimator):
@@ -137,12 +206,15 @@ class _RFMBase(BaseEstimator):
         )
 
     def _check_features(self, X: Any, reset: bool) -> Any:
-        """Checked float32 features: a dask array stays lazy, anything else becomes NumPy."""
+        """Checked float32 features (n, d): a dask array stays lazy, anything else becomes NumPy.
+
+        Feature names are recorded (``reset``) and checked as scikit-learn does for pandas: a dask DataFrame's
+        columns are read from its empty ``_meta`` frame, without computing anything.
+        """
         if is_dask(X):
-            X = check_dask_features(X, None if reset else self.n_features_in_)
-            if reset:
-                self.n_features_in_ = X.shape[1]
-            return X
+            checked = check_dask_features(X, None if reset else self.n_features_in_)
+            validate_data(self, checked if isinstance(X, da.Array) else X._meta, reset=reset, skip_check_array=True)
+            return checked
         return validate_data(self, X, reset=reset, dtype=np.float32)
 
     def _check_xy(self, X: Any, y: Any, reset: bool) -> tuple[Any, np.ndarray]:
@@ -199,12 +271,11 @@ class _RFMBase(BaseEstimator):
         """Save the fitted model to ``path``: arrays plus JSON metadata in one file, no pickle, written atomically.
 
         Load it with ``rfm_dask.load(path)``. A ``preprocessing_`` dict (set when fitting from an ingested store)
-        is saved with it, so the loaded model can read raw Parquet columns.
+        is saved with it, so the loaded model can read raw Parquet columns. ``client``, ``checkpoint`` and ``resume``
+        say how a fit runs, not what it learned: they are not saved, and the loaded model has their defaults.
         """
         check_is_fitted(self, "model_")
-        params = self.get_params(deep=False)
-        params.pop("client")
-        params = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in params.items()}
+        params = {k: v for k, v in self.get_params(deep=False).items() if k not in _RUN_PARAMS}
         state = {
             "params": params,
             "n_features_in": int(self.n_features_in_),
@@ -222,7 +293,7 @@ class _RFMBase(BaseEstimator):
     @classmethod
     def _from_state(cls, state: dict, arrays: dict[str, np.ndarray]) -> "_RFMBase":
         """A fitted estimator from a model file's state and arrays (see ``save``)."""
-        estimator = cls(**state["params"])
+        estimator = cls(**{k: v for k, v in state["params"].items() if k not in _RUN_PARAMS})
         settings = estimator._settings()
         _check_state(state, arrays, classifier=issubclass(cls, RFMClassifier))
         estimator.n_features_in_ = int(state["n_features_in"])
@@ -235,24 +306,31 @@ class _RFMBase(BaseEstimator):
         estimator._set_model(model, int(state["best_iter"]), list(state["history"]))
         return estimator
 
+    def _raw_columns_to_features(self, X: Any) -> Any:
+        """For a model fitted on an ingested store, a pandas DataFrame holds raw columns (matched by name, as
+        in Parquet): its features through the recorded preprocessing. Any other ``X`` is returned as it is."""
+        info = getattr(self, "preprocessing_", None)
+        if not is_pandas_frame(X) or not info or info.get("preprocessor") is None:
+            return X
+        return TableEncoder.from_model(self).transform(X)
+
     def _decision(self, X: Any) -> Any:
         """Raw predictor outputs (n, c): lazy for dask input, NumPy otherwise."""
         check_is_fitted(self, "model_")
-        X = self._check_features(X, reset=False)
+        X = self._check_features(self._raw_columns_to_features(X), reset=False)
         if isinstance(X, da.Array):
             return self.model_.decision_dask(X)
         return self.model_.decision(X)
 
 
 class RFMRegressor(RegressorMixin, _RFMBase):
-    """Recursive Feature Machine for regression (single or multiple outputs).
+    __doc__ = """Recursive Feature Machine for regression (single or multiple outputs).
 
     Parameters mirror the RFM papers: a Laplace (exponent q) or Gaussian Mahalanobis kernel with bandwidth L, ridge
     ``reg`` as in (K + reg I) alpha = y, ``iters`` updates of M (full or diagonal) by ``feature_update``: "agop"
     (the average gradient outer product, to the power ``agop_power``, 1 or 1/2) or "fact" (the Features at
     Convergence Theorem matrix F, M = (F F^T)^(1/2)).
-    Fitted: ``feature_matrix_``, ``feature_importances_``, ``best_iter_`` (0 = lazy kernel), ``history_``.
-    """
+""" + _PARAMETERS_DOC + _ATTRIBUTES_DOC
 
     _y_numeric = True
 
@@ -286,10 +364,13 @@ class RFMRegressor(RegressorMixin, _RFMBase):
 
 
 class RFMClassifier(ClassifierMixin, _RFMBase):
-    """Recursive Feature Machine for classification: kernel regression on one-hot labels (one column if binary).
+    __doc__ = """Recursive Feature Machine for classification: kernel regression on one-hot labels (one column for two
+    classes).
 
     ``predict_proba`` clips the regression scores to be non-negative and normalises them (not calibrated).
-    """
+""" + _PARAMETERS_DOC + _ATTRIBUTES_DOC + """    classes_ : ndarray of shape (n_classes,)
+        The class labels, sorted.
+"""
 
     _y_numeric = False
 

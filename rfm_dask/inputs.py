@@ -22,11 +22,13 @@ def as_dask_array(X: Any) -> da.Array:
 def check_dask_features(X: Any, n_features: int | None) -> da.Array:
     """Check a lazy 2-D numeric feature array: shape and dtype now; values when computed.
 
-    Training input (``n_features`` None) has its values checked once persisted; input to a fitted model
-    (``n_features`` given) is checked block by block as it is computed, raising ``ValueError`` on NaN or infinity.
-    Returns it as float32 with one chunk across columns.
+    Training input (``n_features`` None) has its values checked once persisted, and unknown row-chunk sizes (after
+    a boolean selection, say) computed; input to a fitted model (``n_features`` given) is checked block by block as
+    it is computed, raising ``ValueError`` on NaN or infinity. Returns it as float32 with one chunk across columns.
     """
     X = as_dask_array(X)
+    if n_features is None and X.ndim >= 1 and any(np.isnan(c) for c in X.chunks[0]):
+        X = X.copy().compute_chunk_sizes()  # on a copy: compute_chunk_sizes changes its array in place
     if X.ndim != 2:
         raise ValueError(f"Expected a 2D array of features, got a {X.ndim}D dask array")
     if not (np.issubdtype(X.dtype, np.number) or X.dtype == bool) or np.issubdtype(X.dtype, np.complexfloating):

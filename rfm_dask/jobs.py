@@ -4,6 +4,7 @@ evaluate, inspect. Each takes an optional Dask ``client`` (None: the default cli
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -19,6 +20,7 @@ from .cluster import resolve_client
 from .estimators import RFMClassifier, RFMRegressor
 from .inputs import gather_rows
 from .io import FeatureBatch, Preprocessor, read_batches
+from .io.transformer import model_preprocessor
 from .zarr_store import ZarrData, open_zarr
 
 TASKS = ("regression", "classification")
@@ -72,17 +74,7 @@ def fit_store(
 
 
 def _preprocessor(model: Any) -> Preprocessor:
-    info = getattr(model, "preprocessing_", None)
-    if not info or info.get("preprocessor") is None:
-        raise ValueError(
-            "this model was not fitted on an ingested store, so it cannot read raw Parquet columns; "
-            "fit it with `rfm-dask fit STORE.zarr` (or rfm_dask.jobs.fit_store)"
-        )
-    pre = Preprocessor.from_dict(info["preprocessor"])
-    if pre.n_features != model.n_features_in_:
-        raise ValueError(f"the model's preprocessing makes {pre.n_features} features but the model takes "
-                         f"{model.n_features_in_}: the model file is inconsistent")
-    return pre
+    return model_preprocessor(getattr(model, "preprocessing_", None), model.n_features_in_)
 
 
 def _batches(model: Any, source: Any, target: str | None, id_column: str | None, batch_rows: int):
@@ -133,19 +125,27 @@ def predict_parquet(
     batch_rows: int = 65536,
     overwrite: bool = False,
     progress: Progress | None = None,
-) -> int:
+) -> dict:
     """Predict every row of Parquet ``source`` and write ``out`` (Parquet) with the id column (the model's, from
-    ingest, unless given) passed through first. Streams by batch; the file appears only when complete. Returns the
-    number of rows written."""
+    ingest, unless given) passed through first. Streams by batch; the file appears only when complete.
+
+    Ids must be integers or strings without nulls (as at ingest), in a column not named like an output column.
+    Returns ``{"rows": rows written, "unseen_categories": {column: values not seen in training}}`` (columns with
+    none left out; those values are encoded as all zeros).
+    """
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists (pass overwrite to replace it)")
     id_column = id_column or (getattr(model, "preprocessing_", None) or {}).get("id_column")
-    rows = 0
+    rows, unseen = 0, Counter()
     with atomic_path(out) as tmp:
         writer = None
         try:
             for batch, columns in _predicted_batches(model, _batches(model, source, None, id_column, batch_rows), client):
+                if id_column in columns:
+                    raise ValueError(f"the id column {id_column!r} has the name of an output column "
+                                     f"({list(columns)}): rename it in the data and pass its new name as id_column")
+                unseen.update(batch.unseen)
                 table = pa.table({**({id_column: batch.ids} if id_column else {}), **columns})
                 writer = writer or pq.ParquetWriter(tmp, table.schema)
                 writer.write_table(table)
@@ -157,7 +157,7 @@ def predict_parquet(
                 writer.close()
         if writer is None:
             raise ValueError(f"{source} holds no rows to predict")
-    return rows
+    return {"rows": rows, "unseen_categories": dict(unseen)}
 
 
 def regression_report(y: np.ndarray, pred: np.ndarray) -> dict:
@@ -189,7 +189,8 @@ def evaluate(
     """Metrics of ``model`` on a Zarr store (ingested, with y) or on Parquet holding the target column.
 
     Regression: r2, mse, rmse, mae; classification: accuracy, balanced accuracy, ROC AUC (binary). Rows whose
-    target is null are skipped (counted in ``skipped_rows``).
+    target is null are skipped (counted in ``skipped_rows``). For Parquet, ``unseen_categories`` counts per
+    categorical column the values of the rows read that were not seen in training (encoded as all zeros).
     """
     info = getattr(model, "preprocessing_", None) or {}
     task = "classification" if isinstance(model, RFMClassifier) else "regression"
@@ -204,8 +205,9 @@ def evaluate(
     if not target:
         raise ValueError("no target column known for this model: pass target=")
     ys, preds = [], []
-    skipped = 0
+    skipped, unseen = 0, Counter()
     for batch in _batches(model, source, target, None, batch_rows):
+        unseen.update(batch.unseen)
         keep = _known_targets(batch.y)
         skipped += int((~keep).sum())
         if keep.any():
@@ -217,7 +219,8 @@ def evaluate(
     if task == "regression":
         y = _numeric_targets(y, target)
     result = _metrics(model, y, lambda: np.concatenate(preds))
-    return {"task": task, "rows": int(y.shape[0]), "skipped_rows": skipped, **result}
+    return {"task": task, "rows": int(y.shape[0]), "skipped_rows": skipped, **result,
+            "unseen_categories": dict(unseen)}
 
 
 def _numeric_targets(y: np.ndarray, target: str) -> np.ndarray:
@@ -279,33 +282,76 @@ def inspect_model(model: Any, top: int = 10, directions: int = 3) -> dict:
     return report
 
 
-def plot_feature_matrix(model: Any, path: str | os.PathLike, top: int = 40) -> Path:
-    """A PNG of M (the ``top`` most important features, labelled) and the importances bar chart, written
-    atomically. Needs matplotlib (the ``demo`` extra)."""
-    try:
-        import matplotlib
+HISTORY_METRICS = {"val_accuracy": "validation accuracy", "val_mse": "validation MSE"}
+MAX_LABEL = 28  # characters of a feature name shown on an axis
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+
+def _label(name: str) -> str:
+    """A feature name short enough for an axis label."""
+    return name if len(name) <= MAX_LABEL else name[: MAX_LABEL - 1] + "\u2026"
+
+
+def draw_history(ax: Any, history: list[dict], best_iter: int, title: str | None = None) -> None:
+    """Draw the validation metric by RFM iteration on the matplotlib axes ``ax``: integer iteration ticks, the kept
+    (best) iteration marked. ``history`` is a fitted model's ``history_``; without validation rows (no metric
+    recorded) the axes say so."""
+    from matplotlib.ticker import MaxNLocator
+
+    key = next((k for k in HISTORY_METRICS if any(k in h for h in history)), None)
+    ax.set_title(title or "validation metric by iteration", fontsize=10)
+    ax.set_xlabel("RFM iteration (0 = lazy kernel, M = I)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.margins(x=0.08)
+    if key is None:
+        ax.text(0.5, 0.5, "no validation rows:\nno metric recorded", ha="center", va="center",
+                transform=ax.transAxes)
+        return
+    points = [(h["iteration"], h[key]) for h in history if key in h]
+    ax.plot(*zip(*points), marker="o", color="C0", label=HISTORY_METRICS[key])
+    best = [value for iteration, value in points if iteration == best_iter]
+    if best:
+        ax.axvline(best_iter, color="C3", linestyle=":", linewidth=1)
+        ax.plot([best_iter], best, marker="*", markersize=15, color="C3", linestyle="none",
+                label=f"kept: iteration {best_iter}")
+    ax.set_ylabel(HISTORY_METRICS[key])
+    ax.legend(loc="best", fontsize=8)
+
+
+def draw_inspection(fig: Any, model: Any, top: int = 40) -> None:
+    """Draw a fitted model on the matplotlib figure ``fig`` (best with ``layout="constrained"``): M restricted to
+    the ``top`` most important features, ordered by importance (most important first) with a labelled colour
+    bar; the 20 largest importances; and the validation metric by iteration."""
+    names = [_label(n) for n in feature_names(model)]
+    importances = model.feature_importances_
+    M = model.feature_matrix_ if model.feature_matrix_.ndim == 2 else np.diag(model.feature_matrix_)
+    order = np.argsort(-importances, kind="stable")[:top]
+    ax_m, ax_bar, ax_hist = fig.subplots(1, 3, width_ratios=[1.4, 1, 1])
+    # aspect "auto": the layout engine places the tick labels of a free-aspect axes inside the figure
+    image = ax_m.imshow(M[np.ix_(order, order)], cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
+    size = 7 if len(order) <= 20 else 6
+    labels = [names[i] for i in order]
+    ax_m.set_xticks(range(len(order)), labels, rotation=90, fontsize=size)
+    ax_m.set_yticks(range(len(order)), labels, fontsize=size)
+    ax_m.set_title(f"M: {len(order)} most important of {len(names)} features,\nby importance", fontsize=10)
+    fig.colorbar(image, ax=ax_m, shrink=0.8, label="entry of M (scaled: largest |entry| = 1)")
+    bars = order[:20][::-1]
+    ax_bar.barh([names[i] for i in bars], importances[bars], color="C0")
+    ax_bar.tick_params(axis="y", labelsize=7)
+    ax_bar.set_xlabel("importance (diagonal of M / its trace)")
+    ax_bar.set_title("feature importances", fontsize=10)
+    draw_history(ax_hist, model.history_, int(model.best_iter_))
+
+
+def plot_feature_matrix(model: Any, path: str | os.PathLike, top: int = 40) -> Path:
+    """A PNG of ``draw_inspection`` (M ordered by importance, the importances, the validation metric by
+    iteration), written atomically. Needs matplotlib (the ``demo`` extra)."""
+    try:
+        from matplotlib.figure import Figure
     except ImportError as exc:
         raise RuntimeError("plotting needs matplotlib: pip install 'rfm_dask[demo]'") from exc
-    names = feature_names(model)
-    M = model.feature_matrix_ if model.feature_matrix_.ndim == 2 else np.diag(model.feature_matrix_)
-    keep = np.sort(np.argsort(model.feature_importances_)[::-1][:top])
-    fig, axes = plt.subplots(1, 2, figsize=(14, 6), gridspec_kw={"width_ratios": [1.2, 1]})
-    image = axes[0].imshow(M[np.ix_(keep, keep)], cmap="RdBu_r", vmin=-1, vmax=1)
-    labels = [names[i] for i in keep]
-    axes[0].set_xticks(range(len(keep)), labels, rotation=90, fontsize=6)
-    axes[0].set_yticks(range(len(keep)), labels, fontsize=6)
-    axes[0].set_title(f"feature matrix M ({len(keep)} most important of {len(names)} features)")
-    fig.colorbar(image, ax=axes[0], shrink=0.8)
-    order = np.argsort(model.feature_importances_)[::-1][:20][::-1]
-    axes[1].barh([names[i] for i in order], model.feature_importances_[order])
-    axes[1].tick_params(axis="y", labelsize=7)
-    axes[1].set_title("feature importances (normalised diagonal of M)")
-    fig.tight_layout()
+    fig = Figure(figsize=(18, 7), dpi=110, layout="constrained")  # laid out at the dpi it is saved at
+    draw_inspection(fig, model, top)
     path = Path(path)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+        fig.savefig(tmp)
     return path

@@ -9,10 +9,11 @@ from typing import Any
 import dask
 import dask.array as da
 import numpy as np
+from dask.utils import parse_bytes
 from distributed import Client, Future, futures_of
 
 from . import config, devices
-from .backend import like, namespace_of, to_host
+from .backend import identity, like, namespace_of, to_host
 from .inputs import row_chunks
 
 
@@ -83,14 +84,32 @@ def block_rows(n: int, d: int) -> int:
     return max(1, min(target, math.ceil(n / int(config.get("min-blocks")))))
 
 
-def put_rows(client: Client, X: np.ndarray, rows_per_block: int) -> RowBlocks:
-    """Put a NumPy matrix on the workers in row blocks that the scheduler can recompute.
+def _join_block(pieces: list[np.ndarray], device: str) -> Any:
+    """One row block from its consecutive pieces (rows), moved to ``device`` (see ``devices.to_device``)."""
+    return devices.to_device(np.concatenate(pieces, axis=0), device)
 
-    The blocks are persisted from a graph that holds X (by reference on an in-process cluster), not scattered:
-    scattered data dies with its worker, persisted blocks are recomputed elsewhere if a worker is lost mid-fit.
+
+def put_rows(client: Client, X: np.ndarray, rows_per_block: int) -> RowBlocks:
+    """Put a NumPy matrix (n, d) on the workers in row blocks of ``rows_per_block`` rows that the scheduler can
+    recompute.
+
+    Each block is joined on a worker from pieces sent as tasks of their own, each under half of
+    ``distributed.admin.large-graph-warning-threshold`` (so no "Sending large graph" warning, whatever n). The
+    pieces are task arguments, not scattered data: scattered data dies with its worker, while the scheduler keeps
+    the pieces' tasks and recomputes a block elsewhere if a worker is lost mid-fit.
     """
     X = np.ascontiguousarray(X)
-    return persist_rows(client, da.from_array(X, chunks=(rows_per_block, X.shape[1])))
+    limit = parse_bytes(dask.config.get("distributed.admin.large-graph-warning-threshold")) // 2
+    piece_rows = max(1, limit // max(1, X.shape[1] * X.itemsize))
+    device = devices.block_device(client)
+    futures, sizes = [], []
+    for start in range(0, X.shape[0], rows_per_block):
+        block = X[start : start + rows_per_block]
+        pieces = [client.submit(identity, block[lo : lo + piece_rows], pure=False)
+                  for lo in range(0, block.shape[0], piece_rows)]
+        futures.append(client.submit(_join_block, pieces, device, pure=False))
+        sizes.append(block.shape[0])
+    return RowBlocks(futures, sizes, int(X.shape[1]), device)
 
 
 def select_rows(block: Any, local: np.ndarray) -> Any:

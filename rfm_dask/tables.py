@@ -1,8 +1,13 @@
-"""Plain-text and Markdown tables of records (lists of dicts), for the CLI, the demo and the pipelines."""
+"""Plain-text and Markdown tables of records (lists of dicts), for the CLI, the demo and the pipelines, laid out by
+``tabulate``: numbers right-aligned on their decimal point, Markdown columns marked left or right aligned."""
 
 from __future__ import annotations
 
 from typing import Any, Sequence
+
+from tabulate import tabulate
+
+FLOAT_FORMAT = ".4g"  # 4 significant digits
 
 
 def format_cell(value: Any) -> str:
@@ -10,7 +15,7 @@ def format_cell(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return format(value, FLOAT_FORMAT)
     return str(value)
 
 
@@ -20,24 +25,22 @@ def _columns(records: Sequence[dict], columns: Sequence[str] | None) -> list[str
     return [c for c in columns if any(c in record for record in records)]
 
 
+def _table(records: Sequence[dict], columns: Sequence[str] | None, fmt: str, escape: bool = False) -> str:
+    cols = _columns(records, columns)
+    rows = [[record.get(c) for c in cols] for record in records]
+    if escape:  # a "|" inside a cell would end it
+        rows = [[v.replace("|", "\\|") if isinstance(v, str) else v for v in row] for row in rows]
+    return tabulate(rows, headers=cols, tablefmt=fmt, floatfmt=FLOAT_FORMAT, missingval="")
+
+
 def text_table(records: Sequence[dict], columns: Sequence[str] | None = None) -> str:
     """A fixed-width table with a header and a rule; ``columns`` picks and orders the keys (default: all)."""
-    cols = _columns(records, columns)
-    rows = [[format_cell(record.get(c)) for c in cols] for record in records]
-    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(cell.rjust(w) for cell, w in zip(cells, widths))
-
-    return "\n".join([line(cols), line(["-" * w for w in widths]), *map(line, rows)])
+    return _table(records, columns, "simple")
 
 
 def markdown_table(records: Sequence[dict], columns: Sequence[str] | None = None) -> str:
-    """A GitHub-flavoured Markdown table of the records."""
-    cols = _columns(records, columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(format_cell(record.get(c)) for c in cols) + " |" for record in records]
-    return "\n".join(lines)
+    """A Markdown (pipe) table of the records: numeric columns right-aligned, "|" in a cell escaped."""
+    return _table(records, columns, "pipe", escape=True)
 
 
 HISTORY_COLUMNS = ("iteration", "val_accuracy", "val_mse", "solver", "cg_iterations", "residual", "seconds")

@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 from distributed import Client
 
-from .checkpoint import fingerprint, load_checkpoint, save_checkpoint
+from .checkpoint import fingerprint, load_checkpoint, rows_digest, save_checkpoint
 from .features import agop_feature_matrix, fact_feature_matrix, matrix_sqrt
 from .kernels import KernelSpec
 from .krr import Solution, choose_solver, solve_krr
@@ -135,8 +135,9 @@ def run_rfm(
     solver = choose_solver(settings.solver, train.n)
     n_sample = min(train.n, settings.agop_samples)
     shift = column_means(client, train)
-    key = fingerprint(settings, {"rng": rng.bit_generator.state, "n": train.n},
-                      [Y, shift] + ([] if Y_val is None else [Y_val]))
+    key = None if checkpoint is None else fingerprint(
+        settings, {"rng": rng.bit_generator.state, "n": train.n},
+        [Y, rows_digest(client, train)] + ([] if val is None else [rows_digest(client, val), Y_val]))
     saved = load_checkpoint(checkpoint, key) if checkpoint is not None and resume else None
     M = np.ones(d) if settings.diag else np.eye(d)
     centre_rows = None
@@ -177,7 +178,7 @@ def run_rfm(
         record["seconds"] = time.perf_counter() - start
         history.append(record)
         fields = " ".join(f"{k}={format_cell(v)}" for k, v in record.items() if k != "iteration")
-        logger.info("iteration %d: %s", t, fields)
+        logger.info("iteration %d: %s", t, fields, extra={"rfm_step": ("iteration", t, settings.iters)})
         if stop:
             break
         if checkpoint is not None:

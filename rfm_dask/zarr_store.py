@@ -48,22 +48,26 @@ def write_zarr(
 ) -> Path:
     """Write X (n, d) as float32 (and y, if given) to a Zarr v3 group at ``path``; returns the path.
 
-    Chunks hold ``chunk_rows`` rows and every column. NumPy or dask input; dask input is written chunk by chunk
-    (memory stays bounded). The store is built in a temporary sibling directory and renamed into place, so a
-    failed write leaves nothing behind; an existing ``path`` is an error unless ``overwrite``.
+    Chunks hold ``chunk_rows`` rows and every column. NumPy, pandas or dask input (y may also be a list); dask
+    input is written chunk by chunk (memory stays bounded). The column names of a pandas or dask DataFrame X are
+    kept in the ``feature_names`` attribute. The store is built in a temporary sibling directory and renamed into
+    place, so a failed write leaves nothing behind; an existing ``path`` is an error unless ``overwrite``.
     """
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists (pass overwrite=True to replace it)")
+    names = [str(c) for c in X.columns] if hasattr(X, "columns") else None
     X = as_dask_array(X) if is_dask(X) else np.asarray(X)
     if X.ndim != 2:
         raise ValueError(f"X must be 2-D (rows, features), got shape {X.shape}")
+    if y is not None and not is_dask(y):
+        y = np.asarray(y)
     if y is not None and y.shape[0] != X.shape[0]:
         raise ValueError(f"X has {X.shape[0]} rows but y has {y.shape[0]}")
     chunk_rows = chunk_rows or _default_chunk_rows(X.shape[1])
     with atomic_path(path) as tmp:
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        group.attrs.update({"rfm_dask_format": 1, **(attrs or {})})
+        group.attrs.update({"rfm_dask_format": 1, **({"feature_names": names} if names else {}), **(attrs or {})})
         _write_array(tmp, "X", X.astype(np.float32), chunk_rows)
         if y is not None:
             _write_array(tmp, "y", y, chunk_rows)

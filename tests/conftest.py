@@ -32,11 +32,15 @@ def _close_shared_local_cluster():
     close_local_client()
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "shipped_device: leaves rfm.device at its shipped default (no forced cpu)")
+
+
 @pytest.fixture(autouse=True)
 def _cpu_blocks_outside_gpu_tests(request, monkeypatch):
-    """Keep row blocks in NumPy (``rfm.device: cpu``) in every test not marked ``gpu``, also in the subprocesses a
-    test starts: on a GPU machine "auto" would move the CPU suite's fits to the device."""
-    if request.node.get_closest_marker("gpu"):
+    """Keep row blocks in NumPy (``rfm.device: cpu``) in every test not marked ``gpu`` or ``shipped_device``, also
+    in the subprocesses a test starts: on a GPU machine "auto" would move the CPU suite's fits to the device."""
+    if request.node.get_closest_marker("gpu") or request.node.get_closest_marker("shipped_device"):
         yield
         return
     monkeypatch.setenv("DASK_RFM__DEVICE", "cpu")

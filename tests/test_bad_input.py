@@ -184,6 +184,10 @@ def _ingest_cases() -> dict:
         "inf in a feature": (base.set_column(1, "x0", inf_x0), {}, "'x0' holds 1 infinite"),
         "inf in the target": (base.set_column(4, "y", inf_x0), {}, "'y' holds 1 infinite"),
         "huge values": (base.set_column(2, "x1", huge), {}, "'x1' has values too large"),
+        "target squares overflow": (base.set_column(4, "y", pa.array(np.full(n, 1e308) * (-1) ** np.arange(n))),
+                                    {}, "target 'y' has values too large for float64 arithmetic (up to 1e+308"),
+        "target sum of squares overflows": (base.set_column(4, "y", pa.array(np.full(n, 1e154))), {},
+                                            "target 'y' has values too large for float64 arithmetic"),
         "schema and 0 rows": (base.slice(0, 0), {}, "no rows left to ingest: 0 read"),
         "0 feature columns": (base.select(["y"]), {}, "no feature columns"),
         "all-null column": (base.append_column("gone", pa.nulls(n, pa.float64())), {},
@@ -272,7 +276,7 @@ def test_ingest_constant_columns_warn_and_still_fit(tmp_path, client):
     model = fit_store(tmp_path / "drop.zarr", client=client, **FAST)
     assert np.isfinite(model.predict(rfm_dask.open_zarr(tmp_path / "drop.zarr").X.compute())).all()
     model.save(tmp_path / "m.rfm")
-    assert predict_parquet(rfm_dask.load(tmp_path / "m.rfm"), src, tmp_path / "p.parquet") == 40
+    assert predict_parquet(rfm_dask.load(tmp_path / "m.rfm"), src, tmp_path / "p.parquet")["rows"] == 40
     assert np.isfinite(pq.read_table(tmp_path / "p.parquet")["prediction"].to_numpy()).all()
 
 
@@ -340,19 +344,27 @@ def test_predict_parquet_refuses_bad_input_and_writes_nothing(trained, tmp_path,
     model = rfm_dask.load(model_path)
     table = pq.read_table(test)
     out = tmp_path / "new" / "dir" / "pred.parquet"
+    ids = pa.array([*range(19), None])
     cases = {
-        "missing column": (_write(tmp_path / "short.parquet", table.drop_columns(["x1"])), "['x1']"),
+        "missing column": (_write(tmp_path / "short.parquet", table.drop_columns(["x1"])), "['x1']", {}),
         "inf": (_write(tmp_path / "inf.parquet", table.set_column(1, "x0", pa.array(np.full(20, np.inf)))),
-                "'x0' holds 20 infinite"),
-        "0 rows": (_write(tmp_path / "empty.parquet", table.slice(0, 0)), "holds no rows to predict"),
-        "garbage": (tmp_path / "garbage.parquet", "not a readable Parquet file"),
-        "second file bad": ([test, tmp_path / "short.parquet"], "short.parquet: missing required column(s)"),
+                "'x0' holds 20 infinite", {}),
+        "0 rows": (_write(tmp_path / "empty.parquet", table.slice(0, 0)), "holds no rows to predict", {}),
+        "garbage": (tmp_path / "garbage.parquet", "not a readable Parquet file", {}),
+        "second file bad": ([test, tmp_path / "short.parquet"], "short.parquet: missing required column(s)", {}),
+        "null id": (_write(tmp_path / "null_id.parquet", table.set_column(0, "row_id", ids)),
+                    "null_id.parquet: id column 'row_id' has 1 null(s)", {}),
+        "list ids": (_write(tmp_path / "list_ids.parquet", table.set_column(0, "row_id", pa.array([[1, 2]] * 20))),
+                     "id column 'row_id' has type list<element: int64>: ids must be", {}),
+        "id column named prediction": (_write(tmp_path / "named.parquet", table.append_column(
+            "prediction", pa.array(np.arange(20)))), "id column 'prediction' has the name of an output column",
+            {"id_column": "prediction"}),
     }
     (tmp_path / "garbage.parquet").write_bytes(b"\x00" * 64)
     inputs = _listing(tmp_path)
-    for name, (src, match) in cases.items():
+    for name, (src, match, options) in cases.items():
         with pytest.raises(ValueError) as info:
-            predict_parquet(model, src, out)
+            predict_parquet(model, src, out, **options)
         assert match in str(info.value), (name, info.value)
         assert _listing(tmp_path) == inputs, name  # not even the output's directory
     with pytest.raises(ValueError, match="not fitted on an ingested store"):
@@ -382,6 +394,26 @@ def test_evaluate_refuses_bad_targets(trained, tmp_path):
     y[:8] = np.nan
     partly = _write(tmp_path / "partly.parquet", table.set_column(4, "y", pa.array(y, from_pandas=True)))
     assert evaluate(model, partly, batch_rows=8)["skipped_rows"] == 8
+
+
+def test_unseen_categories_are_counted_per_column(trained, tmp_path, capsys):
+    """Values of a categorical column not seen in training are counted per column in the outputs of predict and
+    evaluate (API and CLI), not only encoded as zeros."""
+    model_path, test, _ = trained
+    table = pq.read_table(test)
+    colour = np.array(["purple"] * 15 + ["red"] * 5)
+    src = _write(tmp_path / "new.parquet", table.set_column(3, "colour", pa.array(colour)))
+    model = rfm_dask.load(model_path)
+    assert predict_parquet(model, src, tmp_path / "p.parquet") == {"rows": 20, "unseen_categories": {"colour": 15}}
+    assert evaluate(model, src, batch_rows=8)["unseen_categories"] == {"colour": 15}
+    assert evaluate(model, test)["unseen_categories"] == {}
+    assert main(["predict", str(model_path), str(src), str(tmp_path / "q.parquet"), "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["unseen_categories"] == {"colour": 15}
+    assert main(["evaluate", str(model_path), str(src), "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["unseen_categories"] == {"colour": 15}
+    written = pq.read_table(tmp_path / "p.parquet")
+    assert written.column_names[:2] == ["row_id", "prediction"]
+    np.testing.assert_array_equal(written["row_id"].to_numpy(), table["row_id"].to_numpy())
 
 
 def test_cli_predict_and_evaluate_errors(trained, tmp_path, capsys):
@@ -460,6 +492,27 @@ def _edited(src: Path, dst: Path, edit) -> Path:
     return dst
 
 
+def _with_coef(src: Path, dst: Path, shape: tuple, data: bytes) -> Path:
+    """A copy of the model archive whose coefficients are a float64 .npy of ``shape`` (its header) followed by
+    ``data``, recorded in the metadata with that shape and their SHA-256 (as a forger would)."""
+    import hashlib
+    import io
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": shape})
+    blob = header.getvalue() + data
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", compression=zipfile.ZIP_DEFLATED) as zout:
+        for item in zin.infolist():
+            content = blob if item.filename == "arrays/coef.npy" else zin.read(item.filename)
+            if item.filename == "metadata.json":
+                meta = json.loads(content)
+                meta["arrays"]["coef"] = {"shape": list(shape), "dtype": "<f8",
+                                          "sha256": hashlib.sha256(blob).hexdigest()}
+                content = json.dumps(meta).encode()
+            zout.writestr(item.filename, content)
+    return dst
+
+
 def _bad_model_files(good: Path, root: Path) -> dict[str, tuple[Path, str]]:
     blob = good.read_bytes()
     stored = _stored_copy(good, root / "stored.rfm")
@@ -486,6 +539,11 @@ def _bad_model_files(good: Path, root: Path) -> dict[str, tuple[Path, str]]:
     }
     for name, (edit, match) in edits.items():
         cases[name] = (_edited(good, root / f"{name.replace(' ', '_')}.rfm", edit), match)
+    coef = np.lib.format.read_array(zipfile.ZipFile(good).open("arrays/coef.npy"))
+    cases["NaN coefficients"] = (_with_coef(good, root / "nan_coef.rfm", coef.shape, np.where(
+        np.arange(coef.size).reshape(coef.shape) == 0, np.nan, coef).astype("<f8").tobytes()), "holds NaN")
+    cases["header bomb"] = (_with_coef(good, root / "header_bomb.rfm", (100000, 100000), b""),
+                            "declares 80000000000 bytes of data")
     (root / "directory.rfm").mkdir()
     cases["a directory"] = (root / "directory.rfm", "no model file at")
     return cases

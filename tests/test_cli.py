@@ -10,9 +10,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from sklearn.metrics import roc_auc_score
 
 import rfm_dask
-from rfm_dask.cli import main
+from rfm_dask.cli import _parse as _parse_with, build_parser, main
+
+
+def _parse(argv: list[str]):
+    """The CLI's parse of ``argv`` (config file applied)."""
+    return _parse_with(*build_parser(), argv)
 
 
 def _table(n: int, seed: int) -> pa.Table:
@@ -95,10 +101,15 @@ def test_classification_and_config_files(files, capsys, tmp_path):
     status, out, _ = _run(capsys, "fit", store, tmp_path / "b.rfm", "--config", tmp_path / "cfg.yaml", "--iters", "1")
     assert status == 0 and len(json.loads(out)["history"]) == 2 and rfm_dask.load(tmp_path / "b.rfm").diag
     status, out, _ = _run(capsys, "evaluate", tmp_path / "a.rfm", files / "test.parquet")
-    assert status == 0 and json.loads(out)["accuracy"] > 0.7
+    metrics = json.loads(out)
+    assert status == 0 and metrics["accuracy"] > 0.7
     assert _run(capsys, "predict", tmp_path / "a.rfm", files / "test.parquet", tmp_path / "p.parquet")[0] == 0
-    columns = pq.read_table(tmp_path / "p.parquet").column_names
-    assert columns == ["prediction", "proba_high", "proba_low"]
+    predicted = pq.read_table(tmp_path / "p.parquet")
+    assert predicted.column_names == ["prediction", "proba_high", "proba_low"]
+    # the ROC AUC the CLI reports is scikit-learn's on the probabilities it writes (positive class: "low")
+    labels = _table(200, 1)["label"].to_numpy(zero_copy_only=False)
+    auc = roc_auc_score(labels == "low", predicted["proba_low"].to_numpy())
+    assert metrics["roc_auc"] == pytest.approx(auc, rel=1e-12) and auc > 0.7
 
 
 def _one_line_error(capsys, *argv, match):
@@ -145,3 +156,20 @@ def test_config_paths_are_confined_to_the_config_directory(files, fitted, capsys
     (tmp_path / "conf" / "ok.yaml").write_text("inspect:\n  plot: plots/M.png\n")
     assert _run(capsys, "inspect", model_path, "--config", tmp_path / "conf" / "ok.yaml")[0] == 0
     assert (tmp_path / "conf" / "plots" / "M.png").exists() and not (tmp_path.parent / "outside.png").exists()
+
+
+def test_command_line_overrides_config_for_every_kind_of_option(tmp_path):
+    """Config values become defaults; any option given on the command line wins (numbers, strings, booleans)."""
+    (tmp_path / "cfg.yaml").write_text(
+        "fit:\n  iters: 4\n  bandwidth: 4.0\n  reg: 0.01\n  solver: cg\n  kernel: gaussian\n  diag: true\n"
+        "  centre-agop: true\n  agop-power: 0.5\n  random-state: 3\n"
+    )
+    base = ["fit", "s.zarr", "m.rfm", "--config", str(tmp_path / "cfg.yaml")]
+    args = _parse(base)
+    assert (args.iters, args.bandwidth, args.reg, args.solver, args.kernel) == (4, 4.0, 0.01, "cg", "gaussian")
+    assert (args.diag, args.centre_agop, args.agop_power, args.random_state) == (True, True, 0.5, 3)
+    args = _parse(base + ["--bandwidth", "7", "--solver", "direct", "--no-diag", "--no-centre-agop",
+                          "--agop-power", "1", "--random-state", "0"])
+    assert (args.bandwidth, args.solver, args.diag, args.centre_agop, args.agop_power, args.random_state) == (
+        7.0, "direct", False, False, 1.0, 0)
+    assert (args.iters, args.reg, args.kernel) == (4, 0.01, "gaussian")  # not given: still the config's

@@ -326,9 +326,11 @@ def test_slurm_launcher_adds_the_scheduler_to_cluster_steps_only():
     assert mod.step_command("rfm-dask ingest 'a b.parquet' s.zarr --target y", "tcp://h:1", exe)[1:4] == [
         "ingest", "a b.parquet", "s.zarr"]
     assert mod.step_command("inspect m.rfm", "tcp://h:1", exe) == ["/env/bin/rfm-dask", "inspect", "m.rfm"]
-    for bad in ("train s.zarr", "", "fit s m --scheduler tcp://x:1"):
-        with pytest.raises(SystemExit):
+    for bad, why in (("train s.zarr", "must start with one of"), ("", "must start with one of"),
+                     ("fit s m --scheduler tcp://x:1", "leave out --scheduler")):
+        with pytest.raises(SystemExit, match=why) as exit_info:
             mod.step_command(bad, "tcp://h:1", exe)
+        assert exit_info.value.code not in (0, None)  # a message: exit status 1
     args = mod.build_parser().parse_args(["--jobs", "3", "--gpu", "--gpus-per-job", "4"])
     assert mod.n_workers(args) == 12
     assert mod.n_workers(mod.build_parser().parse_args(["--jobs", "3", "--processes", "2"])) == 6

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import scipy.linalg
 
+from seeds import seeds
+
 from rfm_dask.features import agop_feature_matrix, matrix_sqrt, normalise, psd_power
 
 D = 6
@@ -42,15 +44,19 @@ def test_psd_power_fractional_matches_eigen_definition():
     np.testing.assert_allclose(psd_power(A, 0.3), (Q * vals**0.3) @ Q.T, rtol=1e-10, atol=1e-12)
 
 
-def test_psd_power_clips_negative_eigenvalues():
-    rng = np.random.default_rng(3)
+@pytest.mark.parametrize("seed", seeds(3))
+def test_psd_power_clips_negative_eigenvalues(seed):
+    """A^(1/2) with eigenvalues 0 and below clipped. eigh finds each eigenvalue to within about d eps ||A||, and the
+    square root turns an error e near 0 into sqrt(e): the result is exact only to sqrt(d eps ||A||) (~1e-7)."""
+    rng = np.random.default_rng(seed)
     vals = np.array([2.0, 1.0, 0.5, -0.3, -1e-3, 0.0])
     A, Q = with_spectrum(rng, vals)
     expected = (Q * np.maximum(vals, 0) ** 0.5) @ Q.T
     out = psd_power(A, 0.5)
     assert np.all(np.isfinite(out))
-    np.testing.assert_allclose(out, expected, rtol=1e-10, atol=1e-12)
-    assert np.min(np.linalg.eigvalsh(out)) > -1e-12
+    eps = np.finfo(np.float64).eps
+    np.testing.assert_allclose(out, expected, rtol=0, atol=2 * np.sqrt(D * eps * np.abs(vals).max()))
+    assert np.min(np.linalg.eigvalsh(out)) > -D * eps * np.abs(out).max()
 
 
 def test_psd_power_symmetrises_input():

@@ -39,6 +39,7 @@ def test_classification_best_iteration_beats_lazy(client, loader):
     rfm = RFMClassifier(iters=5, random_state=0, client=client).fit(X_train, y_train)
     lazy_acc, rfm_acc = lazy.score(X_test, y_test), rfm.score(X_test, y_test)
     print(f"{loader.__name__}: lazy {lazy_acc:.4f}, rfm {rfm_acc:.4f} (best iteration {rfm.best_iter_})")
-    assert rfm_acc >= lazy_acc
+    # feature learning must pay off: a learned M is kept, and it classifies the held-out rows strictly better
+    assert rfm.best_iter_ > 0
+    assert rfm_acc > lazy_acc
     assert lazy_acc > 0.9
-    assert rfm.history_[0]["val_accuracy"] <= max(h["val_accuracy"] for h in rfm.history_)

@@ -130,7 +130,7 @@ def test_one_hot_categories_nulls_and_unseen(tmp_path):
     new = _write(tmp_path / "new.parquet", pa.table({"c": ["zz", "a", None, "zz"]}))
     (batch,) = read_batches(new, pre)
     np.testing.assert_array_equal(batch.X, [[0, 0, 0], [1, 0, 0], [0, 0, 1], [0, 0, 0]])
-    assert batch.unseen == 2 and batch.y is None and batch.ids is None
+    assert batch.unseen == {"c": 2} and batch.y is None and batch.ids is None
 
 
 def test_null_without_null_category_encodes_as_zeros(tmp_path):
@@ -138,7 +138,7 @@ def test_null_without_null_category_encodes_as_zeros(tmp_path):
     pre = Preprocessor.from_dict(rfm_dask.open_zarr(tmp_path / "s.zarr").attrs["preprocessing"])
     X, unseen = pre.transform_with_unseen(pa.table({"c": pa.array([None, "b"], pa.string())}))
     np.testing.assert_array_equal(X, [[0, 0], [0, 1]])
-    assert unseen == 0
+    assert unseen == {}
 
 
 def test_cardinality_cap_error_and_top(tmp_path):
@@ -154,7 +154,7 @@ def test_cardinality_cap_error_and_top(tmp_path):
     pre = Preprocessor.from_dict(rfm_dask.open_zarr(tmp_path / "s.zarr").attrs["preprocessing"])
     X_new, unseen = pre.transform_with_unseen(pa.table({"c": ["v05", "new", "v01"]}))
     np.testing.assert_array_equal(X_new, [[0, 0, 0, 1], [0, 0, 0, 1], [0, 1, 0, 0]])
-    assert unseen == 0  # values outside the top go to __other__
+    assert unseen == {}  # values outside the top go to __other__
 
 
 def test_dictionary_columns_encode_like_strings(tmp_path):

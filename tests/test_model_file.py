@@ -7,12 +7,17 @@ import pickle
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import rfm_dask
 from rfm_dask import ModelFileError, RFMClassifier, RFMRegressor
+
+import reference as ref
+
+DATA = Path(__file__).parent / "data"
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +73,25 @@ def test_existing_path_and_unfitted(fitted, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.rfm"]
 
 
+
+def test_paths_are_not_model_state(fitted, tmp_path, client):
+    """A checkpoint path is neither saved nor restored: a file naming one cannot make a later fit write there."""
+    X, reg, _ = fitted
+    precious = tmp_path / "precious.txt"
+    precious.write_bytes(b"precious")
+    reg.set_params(checkpoint=str(precious), resume=True)
+    try:
+        path = reg.save(tmp_path / "m.rfm")
+    finally:
+        reg.set_params(checkpoint=None, resume=False)
+    params = json.loads(zipfile.ZipFile(path).read("metadata.json"))["state"]["params"]
+    assert not {"checkpoint", "resume", "client"} & set(params)
+    crafted = _rewrite(path, tmp_path / "crafted.rfm", _set(["state", "params", "checkpoint"], str(precious)))
+    loaded = rfm_dask.load(crafted)
+    assert loaded.checkpoint is None and loaded.resume is False
+    loaded.set_params(client=client, iters=1).fit(X, X[:, 0])
+    assert precious.read_bytes() == b"precious"
+
 def _rewrite(src, dst, edit_metadata=None, edit_array=None):
     """Copy a model archive, editing its metadata dict and/or the bytes of one array."""
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
@@ -110,7 +134,8 @@ def test_bad_files_are_refused(fitted, tmp_path, monkeypatch):
         _rewrite(good, tmp_path / "params.rfm", _set(["state", "params", "bogus"], 1)).name: "not a valid",
         _rewrite(good, tmp_path / "kernel.rfm", _set(["state", "params", "kernel"], "rbf")).name: "not a valid",
     }
-    monkeypatch.setattr(pickle, "loads", lambda *a, **k: pytest.fail("pickle used while loading"))
+    for name in ("load", "loads"):  # numpy would unpickle an object array with pickle.load
+        monkeypatch.setattr(pickle, name, lambda *a, **k: pytest.fail("pickle used while loading"))
     for name, message in cases.items():
         with pytest.raises(ModelFileError, match=message):
             rfm_dask.load(tmp_path / name)
@@ -118,7 +143,7 @@ def test_bad_files_are_refused(fitted, tmp_path, monkeypatch):
         rfm_dask.load(tmp_path / "missing.rfm")
 
 
-def test_pickled_array_is_refused(fitted, tmp_path):
+def test_pickled_array_is_refused(fitted, tmp_path, monkeypatch):
     """An archive whose array is an object array (which needs pickle) is refused, not unpickled."""
     _, reg, _ = fitted
     good = reg.save(tmp_path / "good.rfm")
@@ -133,5 +158,143 @@ def test_pickled_array_is_refused(fitted, tmp_path):
         meta["arrays"]["coef"] = {"shape": [1], "dtype": "|O", "sha256": hashlib.sha256(evil).hexdigest()}
 
     path = _rewrite(good, tmp_path / "evil.rfm", edit, edit_array=lambda _: evil)
+    for name in ("load", "loads"):
+        monkeypatch.setattr(pickle, name, lambda *a, **k: pytest.fail("pickle used while loading"))
     with pytest.raises(ModelFileError, match="without pickle"):
         rfm_dask.load(path)
+
+
+def test_format1_files_still_load():
+    """Model files of format 1, written by the code that introduced them (tests/data/make_format1_models.py), load
+    and predict what that code predicted: a three-class classifier (diagonal M), a regressor and a two-output
+    regressor (Gaussian kernel, FACT). Predictions may differ only by the float32 rounding of the kernel entries
+    (``reference.float32_kernel_error``) carried through |coef|."""
+    expected = np.load(DATA / "format1_expected.npz", allow_pickle=False)
+    X_test = expected["X_test"]
+    for name in ("classifier", "regressor", "multi_output_regressor"):
+        model = rfm_dask.load(DATA / f"format1_{name}.rfm")
+        m = model.model_
+        E = ref.float32_kernel_error(X_test, m.centres, m.feature_matrix, m.spec.kind, m.spec.bandwidth,
+                                     m.spec.exponent)
+        bound = 8 * E @ np.abs(m.coef)  # (n, c): each score's rounding bound
+        if name == "classifier":
+            assert isinstance(model, RFMClassifier) and list(model.classes_) == ["ant", "bee", "cow"]
+            np.testing.assert_array_equal(model.predict(X_test), expected["classifier_labels"])
+            proba = model.predict_proba(X_test)
+            # scores normalised by their clipped sum (about 1 for one-hot targets): the bound relative to that sum
+            assert np.all(np.abs(proba - expected["classifier_proba"]) <= 4 * bound.sum(axis=1, keepdims=True))
+        else:
+            assert isinstance(model, RFMRegressor)
+            got = model.predict(X_test)
+            assert got.shape == expected[name].shape
+            assert np.all(np.abs(got.reshape(bound.shape) - expected[name].reshape(bound.shape)) <= bound)
+
+
+# -- bounded loading: bombs are refused before they are decompressed ---------------------------------------------
+BOMB_BYTES = 256 << 20  # decompressed size of each deflate bomb (from a file of about 250 KB)
+PEAK_LIMIT = 50 << 20  # what a refused load may allocate
+
+
+def _npy_header(shape: tuple, dtype: str) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": dtype, "fortran_order": False, "shape": shape})
+    return buffer.getvalue()
+
+
+def _with_member(good, dst, name: str, pieces, edit_metadata=None):
+    """A copy of a model archive whose member ``name`` is the concatenated ``pieces`` (written as a stream, never
+    held whole), with its metadata dict edited."""
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(dst, "w", compression=zipfile.ZIP_DEFLATED) as zout:
+        for item in zin.infolist():
+            if item.filename == name:
+                continue
+            data = zin.read(item.filename)
+            if item.filename == "metadata.json" and edit_metadata:
+                meta = json.loads(data)
+                edit_metadata(meta)
+                data = json.dumps(meta).encode()
+            zout.writestr(item, data)
+        with zout.open(name, "w", force_zip64=True) as out:
+            for piece in pieces:
+                out.write(piece)
+    return dst
+
+
+def _repeated(n: int, byte: bytes = b"\0"):
+    """n bytes ``byte``, in pieces of 1 MiB."""
+    piece = byte * (1 << 20)
+    for start in range(0, n, len(piece)):
+        yield piece[: min(len(piece), n - start)]
+
+
+def _declare(name: str, shape: list, dtype: str, pieces=()):
+    """Metadata edit: array ``name`` has ``shape`` and ``dtype``, and the SHA-256 of ``pieces``."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for piece in pieces:
+        digest.update(piece)
+
+    def edit(meta):
+        meta["arrays"][name] = {"shape": shape, "dtype": dtype, "sha256": digest.hexdigest()}
+
+    return edit
+
+
+def _bombs(good, root) -> dict:
+    """name -> (file, what the refusal says)."""
+    n = BOMB_BYTES // 8
+    array_bomb = [_npy_header((n,), "<f8"), *_repeated(8 * n)]
+    header_bomb = [_npy_header((100000, 100000), "<f8")]
+    negative = [_npy_header((-1, -1), "<f8"), bytes(8)]  # -1 x -1 = 1 value: the member's size fits
+    with zipfile.ZipFile(good) as archive:
+        coef = np.lib.format.read_array(archive.open("arrays/coef.npy"))
+    nan_coef = coef.copy()
+    nan_coef.flat[0] = np.nan
+    nan_blob = [_npy_header(coef.shape, coef.dtype.str), np.ascontiguousarray(nan_coef).tobytes()]
+    metadata = json.loads(zipfile.ZipFile(good).read("metadata.json"))
+    text = json.dumps(metadata).encode()
+    files = {
+        "metadata deflate bomb": (_with_member(good, root / "meta_bomb.rfm", "metadata.json",
+                                               [text[:-1], *_repeated(BOMB_BYTES, b" "), b"}"]),  # valid JSON
+                                              "max-metadata-bytes"),
+        "array deflate bomb": (_with_member(good, root / "array_bomb.rfm", "arrays/coef.npy", array_bomb,
+                                            _declare("coef", [n], "<f8", array_bomb)), "compression bomb"),
+        "header bomb, declared in the metadata too": (
+            _with_member(good, root / "header_bomb.rfm", "arrays/coef.npy", header_bomb,
+                         _declare("coef", [100000, 100000], "<f8", header_bomb)), "declares 80000000000 bytes"),
+        "header bomb, metadata as written": (
+            _with_member(good, root / "header_only.rfm", "arrays/coef.npy", header_bomb),
+            "does not match its recorded shape"),
+        "header of negative shape": (
+            _with_member(good, root / "negative.rfm", "arrays/coef.npy", negative,
+                         _declare("coef", [-1, -1], "<f8", negative)), "negative shape"),
+        "NaN coefficients, checksum recomputed": (
+            _with_member(good, root / "nan.rfm", "arrays/coef.npy", nan_blob,
+                         _declare("coef", list(coef.shape), coef.dtype.str, nan_blob)), "NaN or infinite"),
+    }
+    return files
+
+
+def test_bombs_are_refused_in_bounded_memory(fitted, tmp_path):
+    """Deflate bombs (metadata or array) and .npy header bombs are refused with ModelFileError before they are
+    decompressed or allocated: the load allocates less than PEAK_LIMIT (traced by tracemalloc)."""
+    import tracemalloc
+
+    _, reg, _ = fitted
+    good = reg.save(tmp_path / "good.rfm")
+    peaks = {}
+    for name, (path, match) in _bombs(good, tmp_path).items():
+        assert path.stat().st_size < 1 << 20, (name, path.stat().st_size)
+        tracemalloc.start()
+        try:
+            with pytest.raises(ModelFileError, match=match) as info:
+                rfm_dask.load(path)
+            peaks[name] = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert path.name in str(info.value)
+    print({name: f"{peak / 2**20:.2f} MiB" for name, peak in peaks.items()})
+    assert all(peak < PEAK_LIMIT for peak in peaks.values()), peaks

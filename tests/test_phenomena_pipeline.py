@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from pipelines.phenomena import run  # noqa: E402
+from pipelines.phenomena import criteria, run  # noqa: E402
 
 TINY = """
 [run]
@@ -99,6 +99,30 @@ enabled = false
 """
 
 
+def _reproduced(task: dict, rec: dict) -> bool:
+    """The verdict restated from criteria.TEXT and the recorded numbers (grokking: the run's own train/test curves)."""
+    lazy, selected, evidence = task["lazy"]["test"], rec["selected"]["test"], rec["last"]["evidence"]
+    kind = task["kind"]
+    if kind == "low_rank":
+        return selected["mse"] <= criteria.LOW_RANK_RATIO * lazy["mse"] and evidence["top3_is_0_1_5"]
+    if kind == "parity":
+        return (selected["accuracy"] >= criteria.PARITY_RFM and lazy["accuracy"] <= criteria.PARITY_LAZY
+                and evidence["top_k_is_support"])
+    if kind == "hurt":
+        curve = rec["test_curve"]
+        return curve[-1]["test_mse"] > curve[0]["test_mse"] and rec["selected"]["best_iter"] == 0
+    if kind in ("emergence", "patches"):
+        return (selected["accuracy"] >= lazy["accuracy"] + criteria.EMERGENCE_GAIN
+                and evidence["relevant_subspace_share"] >= criteria.EMERGENCE_SHARE)
+    acc = [h["test_accuracy"] for h in rec["test_curve"]]
+    plateau = next((t for t, a in enumerate(acc) if a > criteria.GROK_LOW), len(acc))
+    return (plateau >= criteria.GROK_PLATEAU and max(acc) > criteria.GROK_HIGH
+            and all(h["train_accuracy"] == 1.0 for h in rec.get("train_curve") or [])
+            and task["lazy"]["train"].get("accuracy", 1.0) == 1.0
+            and evidence.get("block_circulant_r2", float("nan")) >= criteria.GROK_CIRCULANT
+            and evidence.get("off_diagonal_share", float("nan")) >= criteria.GROK_OFF_DIAGONAL)
+
+
 def test_phenomena_pipeline_tiny(tmp_path):
     config = tmp_path / "tiny.toml"
     config.write_text(TINY)
@@ -130,7 +154,7 @@ def test_phenomena_pipeline_tiny(tmp_path):
             # iteration 0 of every fit is the lazy kernel, and the reported model is the curve's model at its iteration
             assert rec["test_curve"][0][f"test_{m}"] == pytest.approx(r["lazy"]["test"][m], rel=1e-3, abs=1e-6)
             assert rec["selected"]["matches_curve"]
-            assert isinstance(rec["verdict"]["reproduced"], bool)
+            assert rec["verdict"]["reproduced"] is _reproduced(r, rec)
     grok = results["tasks"][1]
     for rule in ("agop", "fact"):  # near ridgeless: the training pairs are interpolated at every iteration
         assert all(h["train_accuracy"] == 1.0 for h in grok[rule]["train_curve"])
@@ -145,5 +169,6 @@ def test_only_and_unknown_task(tmp_path):
     cfg = run.load_config(config)
     assert list(run.select_tasks(cfg, "parity")) == ["parity", "disabled"]  # by kind: disabled tasks may be named
     assert list(run.select_tasks(cfg, "grokking,hurt")) == ["grokking", "hurt"]
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match=r"--only: no task named \['nope'\]") as exit_info:
         run.select_tasks(cfg, "nope")
+    assert exit_info.value.code not in (0, None)  # a message: exit status 1

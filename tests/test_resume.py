@@ -57,10 +57,18 @@ def test_api_resume_after_a_failure(client, tmp_path, monkeypatch, solver):
     monkeypatch.setattr(training, "_next_feature_matrix", original)
     assert read_model_file(ckpt)[1]["next_iteration"] == 2
 
+    swapped = X.copy()
+    swapped[[0, 1], 2] = swapped[[1, 0], 2]
+    other_fits = {  # each refused: (parameters, X); y stays
+        "another reg": ({**params, "reg": 1e-2}, X),
+        "rows of X permuted": (params, X[np.random.default_rng(0).permutation(len(X))]),
+        "two values of a column swapped (same column means)": (params, swapped),
+    }
+    for name, (other, data) in other_fits.items():
+        with pytest.raises(CheckpointMismatch, match="other settings or data"):
+            RFMRegressor(checkpoint=ckpt, resume=True, **other).fit(data, y)
     resumed = RFMRegressor(checkpoint=ckpt, resume=True, **params).fit(X, y)
     _same_model(resumed, reference)
-    with pytest.raises(CheckpointMismatch, match="other settings or data"):
-        RFMRegressor(checkpoint=ckpt, resume=True, **{**params, "reg": 1e-2}).fit(X, y)
 
 
 def test_cli_resume_after_sigkill(tmp_path, capsys):

@@ -50,9 +50,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipelines.benchmarks import scaling
-from pipelines.benchmarks.scaling import ForeignCpu, PeakMemory, XRFMBudget, _fmt, _json_default, _log
+from pipelines.benchmarks.scaling import ForeignCpu, XRFMBudget, _fmt, _json_default, _log
 from pipelines.toml_values import layered_config
 from rfm_dask.atomic import atomic_path, write_text
+from rfm_dask.diagnostics import PeakWorkerMemory
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -342,7 +343,7 @@ def fit_rfm_dask(case: dict, params: dict, client: Any, config: dict) -> dict:
     client.run(scaling._warm_worker)
     model = (RFMClassifier if classification else RFMRegressor)(client=client, **params)
     settings = {f"rfm.{key}": value for key, value in config["rfm_config"].items()}
-    with dask.config.set(settings), PeakMemory(client, cluster["memory_sample_s"]) as memory, ForeignCpu() as foreign:
+    with dask.config.set(settings), PeakWorkerMemory(client, cluster["memory_sample_s"]) as memory, ForeignCpu() as foreign:
         start = time.perf_counter()
         model.fit(X[:n_fit], y[:n_fit], X_val=X[n_fit:], y_val=y[n_fit:])
         fit_seconds = time.perf_counter() - start
@@ -353,7 +354,7 @@ def fit_rfm_dask(case: dict, params: dict, client: Any, config: dict) -> dict:
         "predict_seconds": time.perf_counter() - start,
         **scores(case, pred),
         "best_iter": int(model.best_iter_),
-        "peak_worker_mib": memory.max_worker_mib,
+        "peak_worker_mib": memory.peak / scaling.MIB if memory.per_worker else None,
         "foreign_cpu_share": foreign.share,
         "history": model.history_,
         **{f"{key}": _json_ready(getattr(model, key)) for key in ("bandwidth_", "reg_", "n_leaves_")
@@ -395,7 +396,7 @@ def fit_xrfm_tree(case: dict, params: dict, config: dict) -> dict:
     y = y.astype(np.int64) if classification else y.astype(np.float32)
     params = {"device": "cpu", "n_threads": int(config["run"]["threads"]), "verbose": False, **params}
     torch.manual_seed(int(params.get("random_state") or 0))
-    with PeakMemory(None, config["cluster"]["memory_sample_s"]) as memory, ForeignCpu() as foreign:
+    with PeakWorkerMemory(None, config["cluster"]["memory_sample_s"]) as memory, ForeignCpu() as foreign:
         start = time.perf_counter()
         model = xRFM(**params)
         model.fit(X[:n_fit], y[:n_fit], X[n_fit:], y[n_fit:])

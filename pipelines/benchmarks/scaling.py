@@ -33,7 +33,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import traceback
 from importlib import metadata
@@ -44,7 +43,9 @@ import numpy as np
 import psutil
 
 from pipelines.toml_values import layered_config
+from rfm_dask import tables
 from rfm_dask.atomic import atomic_path, write_text
+from rfm_dask.diagnostics import PeakWorkerMemory
 
 FOREIGN_CPU_WARN = 0.05  # note fits during which other processes used more than this share of the CPUs
 MIB = 2**20
@@ -338,13 +339,7 @@ def flights_case(cfg: dict, validation_fraction: float) -> dict:
     }
 
 
-# -- memory sampling ----------------------------------------------------------------------------------------------
-def _process_rss() -> int:
-    import psutil as _psutil
-
-    return int(_psutil.Process().memory_info().rss)
-
-
+# -- memory sampling (rfm_dask.diagnostics.PeakWorkerMemory) ------------------------------------------------------
 def _warm_worker() -> int:
     """Import the task modules on a worker (so a fit does not pay for it) and return its RSS."""
     import importlib
@@ -353,55 +348,6 @@ def _warm_worker() -> int:
 
     importlib.import_module("rfm_dask.worker_tasks")
     return int(_psutil.Process().memory_info().rss)
-
-
-class PeakMemory:
-    """Samples the RSS of every worker (``client.run``) and of this process every ``interval`` seconds in a
-    background thread, between ``__enter__`` and ``__exit__``; keeps the maxima."""
-
-    def __init__(self, client: Any = None, interval: float = 0.2) -> None:
-        self.client = client
-        self.interval = float(interval)
-        self.worker_peak: dict[str, int] = {}
-        self.local_peak = 0
-        self.samples = 0
-        self.failures = 0
-        self.last_error: str | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="peak-memory", daemon=True)
-
-    def sample(self) -> None:
-        self.local_peak = max(self.local_peak, _process_rss())
-        if self.client is None:
-            self.samples += 1
-            return
-        try:
-            rss = self.client.run(_process_rss)
-        except Exception as exc:  # a worker restarting or busy: count it and try again next time
-            self.failures += 1
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            return
-        for worker, value in rss.items():
-            self.worker_peak[worker] = max(self.worker_peak.get(worker, 0), int(value))
-        self.samples += 1
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.sample()
-
-    def __enter__(self) -> "PeakMemory":
-        self.sample()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sample()
-
-    @property
-    def max_worker_mib(self) -> float | None:
-        return max(self.worker_peak.values()) / MIB if self.worker_peak else None
 
 
 def _own_cpu_seconds() -> float:
@@ -453,7 +399,8 @@ def fit_rfm_dask(client: Any, data: tuple, config: dict) -> dict:
     baseline = client.run(_warm_worker)
     model = RFMRegressor(client=client, **rfm_dask_params(config))
     settings = {f"rfm.{key}": value for key, value in config["rfm_config"].items()}
-    with dask.config.set(settings), PeakMemory(client, cluster_cfg["memory_sample_s"]) as memory, ForeignCpu() as foreign:
+    sampler = PeakWorkerMemory(client, cluster_cfg["memory_sample_s"])
+    with dask.config.set(settings), sampler as memory, ForeignCpu() as foreign:
         start = time.perf_counter()
         model.fit(X_fit, y_fit, X_val=X_val, y_val=y_val)
         fit_seconds = time.perf_counter() - start
@@ -464,8 +411,8 @@ def fit_rfm_dask(client: Any, data: tuple, config: dict) -> dict:
         "fit_seconds": fit_seconds,
         "predict_seconds": predict_seconds,
         "test_r2": r2_score(y_test, pred),
-        "peak_worker_mib": memory.max_worker_mib,
-        "peak_worker_mib_by_worker": {w: v / MIB for w, v in memory.worker_peak.items()},
+        "peak_worker_mib": memory.peak / MIB if memory.per_worker else None,
+        "peak_worker_mib_by_worker": {w: v / MIB for w, v in memory.per_worker.items()},
         "baseline_worker_mib": max(baseline.values()) / MIB if baseline else None,
         "peak_client_mib": memory.local_peak / MIB,
         "memory_samples": memory.samples,
@@ -514,7 +461,7 @@ def fit_xrfm(data: tuple, config: dict) -> dict:
     train, val, test = (as_x(X_fit), as_y(y_fit)), (as_x(X_val), as_y(y_val)), as_x(X_test)
     torch.manual_seed(0)
     init, fit = xrfm_settings(config)
-    with PeakMemory(None, config["cluster"]["memory_sample_s"]) as memory, ForeignCpu() as foreign:
+    with PeakWorkerMemory(None, config["cluster"]["memory_sample_s"]) as memory, ForeignCpu() as foreign:
         start = time.perf_counter()
         model = RFM(**init)
         model.fit(train, val, **fit)
@@ -712,15 +659,7 @@ def markdown_table(rows: list[dict]) -> str:
 
 def history_table(history: list[dict]) -> str:
     cols = ["iteration", "val_mse", "solver", "cg_iterations", "residual", "seconds"]
-    cols += sorted({k for h in history for k in h} - set(cols))
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(["---:"] * len(cols)) + "|"]
-    for h in history:
-        cells = []
-        for c in cols:
-            v = h.get(c)
-            cells.append(_fmt(v, ".4g") if isinstance(v, (float, np.floating)) else ("—" if v is None else str(v)))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return tables.markdown_table(history, cols + sorted({k for h in history for k in h} - set(cols)))
 
 
 def settings_text(config: dict) -> list[str]:

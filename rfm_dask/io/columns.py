@@ -90,5 +90,25 @@ def raw_values(arr: pa.Array) -> np.ndarray:
     return arr.to_numpy(zero_copy_only=False)
 
 
+def id_dtype(name: str, dtype: pa.DataType) -> object:
+    """The Zarr dtype of the ids in column ``name``: int64 for integers, variable-length strings for strings and
+    dictionaries; other types raise ``DataError``."""
+    if pa.types.is_integer(dtype):
+        return "int64"
+    if kind_of(dtype) == CATEGORICAL:
+        return str
+    raise DataError(f"id column {name!r} has type {dtype}: ids must be integers or strings")
+
+
+def id_values(name: str, arr: pa.Array) -> np.ndarray:
+    """(b,) ids of column ``name`` as int64 or str; other types, and nulls, raise ``DataError``."""
+    id_dtype(name, arr.type)
+    if arr.null_count:
+        raise DataError(f"id column {name!r} has {arr.null_count} null(s): ids must be present in every row")
+    if pa.types.is_integer(arr.type):
+        return arr.cast(pa.int64()).to_numpy()
+    return category_values(arr).to_numpy(zero_copy_only=False)
+
+
 def _is_text(dtype: pa.DataType) -> bool:
     return pa.types.is_string(dtype) or pa.types.is_large_string(dtype)

@@ -14,7 +14,7 @@ import zarr
 
 from ..atomic import atomic_path
 from ..zarr_store import _default_chunk_rows
-from .columns import CATEGORICAL, category_values, column, kind_of, null_rows
+from .columns import column, id_dtype, id_values, null_rows
 from .errors import DataError, located
 from .preprocess import Preprocessor, PreprocessorFit
 from .sources import ParquetSource, Source, open_source
@@ -79,7 +79,7 @@ def ingest(
     fit = PreprocessorFit(src.schema, features, max_categories=max_categories, high_cardinality=high_cardinality,
                           nulls=nulls, timestamps=timestamps)
     target_fit = TargetFit(target, src.schema.field(target).type, task)
-    id_dtype = _id_dtype(id_column, src.schema.field(id_column).type) if id_column else None
+    ids_dtype = id_dtype(id_column, src.schema.field(id_column).type) if id_column else None
     rows = _Rows(target, fit.columns if nulls == "drop" else [], id_column)
     tick = _Ticker(progress, 2 * src.num_rows)
 
@@ -98,7 +98,7 @@ def ingest(
 
     with atomic_path(store) as tmp:
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        _write(group, src, pre, tgt, rows, id_dtype, kept, chunk_rows, batch_rows, tick)
+        _write(group, src, pre, tgt, rows, ids_dtype, kept, chunk_rows, batch_rows, tick)
         group.attrs.update({
             "rfm_dask_format": FORMAT_VERSION,
             "preprocessing": pre.to_dict(),
@@ -154,7 +154,7 @@ class _Ticker:
             self.progress(self.done, self.total)
 
 
-def _write(group: zarr.Group, src: ParquetSource, pre: Preprocessor, tgt: Target, rows: _Rows, id_dtype: object,
+def _write(group: zarr.Group, src: ParquetSource, pre: Preprocessor, tgt: Target, rows: _Rows, ids_dtype: object,
            n: int, chunk_rows: int | None, batch_rows: int, tick: _Ticker) -> None:
     """Pass 2: transform the n kept rows and write them to arrays X, y (and ids) of ``group``."""
     d = pre.n_features
@@ -164,15 +164,15 @@ def _write(group: zarr.Group, src: ParquetSource, pre: Preprocessor, tgt: Target
         "X": group.create_array("X", shape=(n, d), dtype="float32", chunks=(chunk, d)),
         "y": group.create_array("y", shape=(n,), dtype=y_dtype, chunks=(chunk,)),
     }
-    if id_dtype is not None:
-        arrays["ids"] = group.create_array("ids", shape=(n,), dtype=id_dtype, chunks=(chunk,))
+    if ids_dtype is not None:
+        arrays["ids"] = group.create_array("ids", shape=(n,), dtype=ids_dtype, chunks=(chunk,))
     writer = ChunkWriter(arrays, chunk)
     for where, batch in src.batches([*pre.columns, *rows.columns], batch_rows):
         with located(where):
             kept, _ = rows.keep(batch)
             values = {"X": pre.transform(kept), "y": tgt.encode(column(kept, tgt.name))}
-            if id_dtype is not None:
-                values["ids"] = _id_values(column(kept, rows.id_column))
+            if ids_dtype is not None:
+                values["ids"] = id_values(rows.id_column, column(kept, rows.id_column))
             writer.append(values)
         tick(batch.num_rows)
     writer.close()
@@ -195,19 +195,4 @@ def _feature_columns(schema: pa.Schema, target: str, id_column: str | None, excl
         raise DataError(f"exclude names unknown column(s) {unknown}; available columns: {names}")
     return [c for c in names if c not in {target, id_column, *exclude}]
 
-
-def _id_dtype(name: str, dtype: pa.DataType) -> object:
-    """The Zarr dtype of the ids: int64 for integers, variable-length strings for strings and dictionaries."""
-    if pa.types.is_integer(dtype):
-        return "int64"
-    if kind_of(dtype) == CATEGORICAL:
-        return str
-    raise DataError(f"id column {name!r} has type {dtype}: ids must be integers or strings")
-
-
-def _id_values(arr: pa.Array) -> np.ndarray:
-    """(b,) ids as int64 or str."""
-    if pa.types.is_integer(arr.type):
-        return arr.cast(pa.int64()).to_numpy()
-    return category_values(arr).to_numpy(zero_copy_only=False)
 

@@ -7,7 +7,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .columns import column, raw_values
+from .columns import column, id_values, raw_values
 from .errors import located
 from .preprocess import Preprocessor
 from .sources import Source, open_source
@@ -15,13 +15,14 @@ from .sources import Source, open_source
 
 @dataclass(frozen=True)
 class FeatureBatch:
-    """b rows: ``X`` (b, d) float32 features; ``y`` (b,) raw target values and ``ids`` (b,) raw ids (None when not
-    asked for; nulls as None or NaN); ``unseen``: categorical values not seen in training (encoded as zeros)."""
+    """b rows: ``X`` (b, d) float32 features; ``y`` (b,) raw target values (None when not asked for; nulls as None
+    or NaN); ``ids`` (b,) int64 or str ids (None when not asked for); ``unseen``: per categorical column with any,
+    the number of its values not seen in training (encoded as zeros)."""
 
     X: np.ndarray
     y: np.ndarray | None
     ids: np.ndarray | None
-    unseen: int
+    unseen: dict[str, int]
 
 
 def read_batches(source: Source, preprocessor: Preprocessor, *, target: str | None = None,
@@ -30,15 +31,12 @@ def read_batches(source: Source, preprocessor: Preprocessor, *, target: str | No
 
     Columns are matched by name (order does not matter, extra columns are ignored); a missing feature column, or
     a missing ``target`` / ``id_column`` when one is named, raises ``DataError``. Nulls are imputed as in training.
+    Ids must be integers or strings without nulls, as ``ingest`` requires.
     """
     extra = [c for c in (target, id_column) if c is not None and c not in preprocessor.columns]
     src = open_source(source)
     for where, batch in src.batches([*preprocessor.columns, *extra], batch_rows):
         with located(where):
             X, unseen = preprocessor.transform_with_unseen(batch)
-        yield FeatureBatch(
-            X,
-            raw_values(column(batch, target)) if target is not None else None,
-            raw_values(column(batch, id_column)) if id_column is not None else None,
-            unseen,
-        )
+            ids = id_values(id_column, column(batch, id_column)) if id_column is not None else None
+        yield FeatureBatch(X, raw_values(column(batch, target)) if target is not None else None, ids, unseen)

@@ -54,16 +54,19 @@ class Preprocessor:
         """(b, d) float32 features of a batch of b rows."""
         return self.transform_with_unseen(batch)[0]
 
-    def transform_with_unseen(self, batch: pa.RecordBatch | pa.Table) -> tuple[np.ndarray, int]:
-        """(b, d) float32 features, and the number of categorical values not seen in training (encoded as zeros)."""
+    def transform_with_unseen(self, batch: pa.RecordBatch | pa.Table) -> tuple[np.ndarray, dict[str, int]]:
+        """(b, d) float32 features, and per categorical column with any, the number of its values not seen in
+        training (encoded as zeros)."""
         missing = [c for c in self.columns if c not in batch.schema.names]
         if missing:
             raise DataError(f"missing required column(s) {missing} (available: {batch.schema.names})")
         out = np.zeros((batch.num_rows, self.n_features), dtype=np.float32)
-        start, unseen = 0, 0
+        start, unseen = 0, {}
         for encoder in self.encoders:
             stop = start + len(encoder.feature_names)
-            unseen += encoder.encode(column(batch, encoder.name), out[:, start:stop])
+            count = encoder.encode(column(batch, encoder.name), out[:, start:stop])
+            if count:
+                unseen[encoder.name] = count
             start = stop
         return out, unseen
 

@@ -6,7 +6,14 @@ import numpy as np
 
 
 class Moments:
-    """Count, mean, sum of squared deviations, min and max of p columns, updated with (k, p) blocks of rows."""
+    """Count, mean, sum of squared deviations, min and max of p columns, updated with (k, p) blocks of rows.
+
+    Kept rather than scikit-learn's ``StandardScaler.partial_fit`` (the same parallel update): measured on 200k rows
+    in 400 blocks, both agree with a long-double reference to the same precision (relative 1e-15 for the mean;
+    for the standard deviation about 1e-9 at an offset of 1e6 and 1e-6 at 1e9, for both), but the scaler validates
+    its input on every call, 6 to 8 times slower here (ingest calls it once per column per batch), and keeps no
+    min and max, which ``constant`` needs exactly.
+    """
 
     def __init__(self, p: int) -> None:
         self.n = 0

@@ -60,12 +60,17 @@ class TargetFit:
         self.name, self.kind, self.task = name, kind, task
         self.label_type = _label_type(kind, dtype)
         self.labels: set = set()
+        self.sum_sq = 0.0  # of the numeric values: a fit squares them (residuals, MSE)
+        self.largest = 0.0  # their largest magnitude
 
     def update(self, arr: pa.Array) -> None:
         """Add a batch of non-null target values."""
         check_kind(self.name, self.kind, arr.type)
         if self.kind != CATEGORICAL:
-            numeric_values(self.name, arr)  # raises on +-inf
+            values = numeric_values(self.name, arr)  # raises on +-inf
+            with np.errstate(over="ignore"):  # checked in finish
+                self.sum_sq += float(np.sum(np.square(values)))
+            self.largest = max(self.largest, float(np.max(np.abs(values), initial=0.0)))
         if self.task == "regression":
             return
         self.labels.update(pc.unique(_labels(self.name, self.label_type, arr)).to_pylist())
@@ -74,6 +79,9 @@ class TargetFit:
 
     def finish(self) -> Target:
         task = "classification" if self.task == "undecided" else self.task
+        if task == "regression" and not np.isfinite(self.sum_sq):
+            raise DataError(f"target {self.name!r} has values too large for float64 arithmetic (up to "
+                            f"{self.largest:g} in magnitude: the sum of their squares overflows): rescale it")
         classes = sorted(self.labels) if task == "classification" else None
         if classes is not None and len(classes) < 2:
             raise DataError(f"target {self.name!r} has {len(classes)} class(es) {classes}: nothing to classify")

@@ -6,12 +6,14 @@ Each column runs its own CG recurrence; all columns share every operator call.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
 Operator = Callable[[np.ndarray], np.ndarray]
+logger = logging.getLogger("rfm_dask")
 
 
 @dataclass
@@ -66,6 +68,7 @@ def conjugate_gradient(
         else:
             R -= alpha * AP
         rel = np.linalg.norm(R, axis=0) / b_norm
+        logger.debug("CG step %d: relative residual %.3g", it, np.max(rel), extra={"rfm_step": ("cg", it, max_iter)})
         Z = apply_p(R)
         rz_new = _column_dot(R, Z)
         beta = np.where(active, rz_new / np.where(rz > 0, rz, 1.0), 0.0)

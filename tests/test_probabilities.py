@@ -1,0 +1,64 @@
+"""Class probabilities from regression scores: the score -> probability map on hand-made scores, and through the
+classifier (NumPy and dask input), where it must be that map of the model's own scores (not hard labels)."""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pytest
+
+from rfm_dask import RFMClassifier
+from rfm_dask.estimators import _scores_to_proba
+
+
+def _expected_proba(F: np.ndarray) -> np.ndarray:
+    """Written out: binary p = clip(score, 0, 1) for the second class; multiclass max(score, 0) / sum, or all mass
+    on the largest score when none is positive."""
+    if F.shape[1] == 1:
+        p = np.clip(F[:, 0], 0, 1)
+        return np.column_stack([1 - p, p])
+    out = []
+    for row in F:
+        pos = np.maximum(row, 0)
+        out.append(pos / pos.sum() if pos.sum() > 0 else np.eye(len(row))[np.argmax(row)])
+    return np.array(out)
+
+
+def test_binary_scores_to_probabilities():
+    F = np.array([[-0.3], [0.0], [0.25], [0.5], [0.9], [1.7]])
+    expected = np.array([[1, 0], [1, 0], [0.75, 0.25], [0.5, 0.5], [0.1, 0.9], [0, 1]])
+    np.testing.assert_allclose(_scores_to_proba(F), expected, rtol=0, atol=1e-15)
+
+
+def test_multiclass_scores_to_probabilities():
+    F = np.array([
+        [0.2, 0.5, 0.3],  # already a distribution: unchanged
+        [-1.0, 2.0, 1.0],  # negative score clipped: 0, 2/3, 1/3
+        [0.1, 0.1, 0.8],
+        [4.0, 0.0, 0.0],
+        [-1.0, -0.5, -2.0],  # nothing positive: all mass on the largest score
+    ])
+    expected = np.array([[0.2, 0.5, 0.3], [0, 2 / 3, 1 / 3], [0.1, 0.1, 0.8], [1, 0, 0], [0, 1, 0]])
+    P = _scores_to_proba(F)
+    np.testing.assert_allclose(P, expected, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(P.sum(axis=1), 1.0, rtol=0, atol=1e-15)
+    assert np.all(F[0] == [0.2, 0.5, 0.3])  # the input is not modified
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_classifier_proba_is_the_map_of_its_scores(client, n_classes):
+    rng = np.random.default_rng(n_classes)
+    X = rng.normal(size=(200, 4)).astype(np.float32)
+    score = X[:, 0] + 0.5 * X[:, 1] + 0.5 * rng.normal(size=200)
+    y = np.digitize(score, np.quantile(score, np.linspace(0, 1, n_classes + 1)[1:-1]))
+    model = RFMClassifier(iters=1, reg=0.1, bandwidth=3.0, random_state=0, client=client).fit(X, y)
+    X_test = rng.normal(size=(100, 4)).astype(np.float32)
+    expected = _expected_proba(model.model_.decision(X_test))
+    proba = model.predict_proba(X_test)
+    np.testing.assert_allclose(proba, expected, rtol=0, atol=1e-12)
+    # soft probabilities, not hard labels: for most test rows no class is (nearly) certain
+    assert np.mean(proba.max(axis=1) < 0.99) > 0.5
+    lazy = model.predict_proba(da.from_array(X_test, chunks=(30, -1)))
+    assert isinstance(lazy, da.Array)
+    np.testing.assert_allclose(lazy.compute(), expected, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(model.classes_[np.argmax(proba, axis=1)], model.predict(X_test))
