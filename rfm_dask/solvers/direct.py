@@ -126,7 +126,8 @@ def direct_solve(K: np.ndarray, Y: np.ndarray, reg: float, threads: int = 1) -> 
     """Solve (K + reg I) A = Y for symmetric K (n, n) float64 and Y (n, c), on ``threads`` threads.
 
     CG on the float64 system, preconditioned by a float32 Cholesky factor of K + reg I, to relative residual
-    ``DIRECT_TOL``; if the float32 factor cannot be made or CG does not get there in ``DIRECT_MAX_ITER`` steps, the
+    ``DIRECT_TOL``; if the float32 factor cannot be made, or CG breaks down (``NumericalError``) or does not get
+    there in ``DIRECT_MAX_ITER`` steps, the
     float64 Cholesky solve (``cholesky_solve``). The result does not depend on ``threads``.
     """
     Y = np.asarray(Y, dtype=np.float64)
@@ -142,8 +143,11 @@ def direct_solve(K: np.ndarray, Y: np.ndarray, reg: float, threads: int = 1) -> 
                 Z = scipy.linalg.solve_triangular(factor, Z, lower=True, trans="T", check_finite=False)
                 return Z.astype(np.float64)
 
-            result = conjugate_gradient(operator, Y, precondition, tol=DIRECT_TOL, max_iter=DIRECT_MAX_ITER)
-            if result.iterations < DIRECT_MAX_ITER or result.residual <= DIRECT_TOL:
+            try:
+                result = conjugate_gradient(operator, Y, precondition, tol=DIRECT_TOL, max_iter=DIRECT_MAX_ITER)
+            except NumericalError:  # K + reg I not numerically positive definite: the jittered float64 solve
+                result = None
+            if result is not None and (result.iterations < DIRECT_MAX_ITER or result.residual <= DIRECT_TOL):
                 return DirectSolution(result.x, result.residual, result.iterations, "float32")
             del factor
         alpha = cholesky_solve(K, Y, reg)
