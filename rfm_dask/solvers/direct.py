@@ -127,8 +127,7 @@ def direct_solve(K: np.ndarray, Y: np.ndarray, reg: float, threads: int = 1) -> 
 
     CG on the float64 system, preconditioned by a float32 Cholesky factor of K + reg I, to relative residual
     ``DIRECT_TOL``; if the float32 factor cannot be made, or CG breaks down (``NumericalError``) or does not get
-    there in ``DIRECT_MAX_ITER`` steps, the
-    float64 Cholesky solve (``cholesky_solve``). The result does not depend on ``threads``.
+    there in ``DIRECT_MAX_ITER`` steps, the float64 Cholesky solve (``cholesky_solve``). The result does not depend on ``threads``.
     """
     Y = np.asarray(Y, dtype=np.float64)
     with ThreadPoolExecutor(max(1, int(threads))) as pool:
