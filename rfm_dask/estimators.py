@@ -21,6 +21,7 @@ from .krr import SOLVERS
 from .model import KernelModel
 from .model_file import ModelFileError, read_model_file, write_model_file
 from .row_blocks import RowBlocks, block_rows, place_rows, put_rows, take_rows
+from .targets import TargetScaling
 from .training import FEATURE_UPDATES, RFMSettings, classification_metrics, regression_metrics, run_rfm
 
 
@@ -178,9 +179,11 @@ class _RFMBase(BaseEstimator):
             is_val[val_rows] = True
             train, val = take_rows(client, train, np.flatnonzero(~is_val)), take_rows(client, train, val_rows)
             Y, Y_val = Y[~is_val], Y[is_val]
-        result = run_rfm(client, train, Y, settings, rng, val, Y_val, metrics, self.checkpoint, bool(self.resume))
+        scaling = self._target_scaling(Y)
+        result = run_rfm(client, train, Y, settings, rng, val, Y_val, metrics, self.checkpoint, bool(self.resume),
+                         scaling)
         self._set_model(
-            KernelModel(result.centres, result.coef, result.feature_matrix, settings.spec, result.shift),
+            KernelModel(result.centres, result.coef, result.feature_matrix, settings.spec, result.shift, scaling),
             result.best_iter,
             result.history,
         )
@@ -216,7 +219,7 @@ class _RFMBase(BaseEstimator):
         }
         model = self.model_
         arrays = {"centres": model.centres, "coef": model.coef, "feature_matrix": model.feature_matrix,
-                  "shift": model.shift}
+                  "shift": model.shift, "target_offset": model.target.offset, "target_scale": model.target.scale}
         return write_model_file(path, type(self).__name__, state, arrays, overwrite=overwrite)
 
     @classmethod
@@ -231,7 +234,8 @@ class _RFMBase(BaseEstimator):
         if state.get("preprocessing") is not None:
             estimator.preprocessing_ = state["preprocessing"]
         estimator._restore_target_state(state)
-        model = KernelModel(arrays["centres"], arrays["coef"], arrays["feature_matrix"], settings.spec, arrays["shift"])
+        model = KernelModel(arrays["centres"], arrays["coef"], arrays["feature_matrix"], settings.spec, arrays["shift"],
+                            _saved_target_scaling(arrays))
         estimator._set_model(model, int(state["best_iter"]), list(state["history"]))
         return estimator
 
@@ -251,6 +255,9 @@ class RFMRegressor(RegressorMixin, _RFMBase):
     ``reg`` as in (K + reg I) alpha = y, ``iters`` updates of M (full or diagonal) by ``feature_update``: "agop"
     (the average gradient outer product, to the power ``agop_power``, 1 or 1/2) or "fact" (the Features at
     Convergence Theorem matrix F, M = (F F^T)^(1/2)).
+    Kernel ridge regression has no intercept: each output is centred and scaled to unit variance on the training
+    rows before the solve (y = mean + std * z), so ``reg`` acts on the scaled targets, and predictions are mapped
+    back; the validation metrics are on the targets' scale.
     Fitted: ``feature_matrix_``, ``feature_importances_``, ``best_iter_`` (0 = lazy kernel), ``history_``.
     """
 
@@ -267,6 +274,10 @@ class RFMRegressor(RegressorMixin, _RFMBase):
         if fitting:
             self._single_output = y.ndim == 1
         return y.reshape(y.shape[0], -1)
+
+    def _target_scaling(self, Y: np.ndarray) -> TargetScaling:
+        """Each output centred and scaled to unit variance on the training rows Y (n, c)."""
+        return TargetScaling.standardise(Y)
 
     def _target_state(self) -> dict:
         return {"single_output": bool(self._single_output)}
@@ -288,7 +299,9 @@ class RFMRegressor(RegressorMixin, _RFMBase):
 class RFMClassifier(ClassifierMixin, _RFMBase):
     """Recursive Feature Machine for classification: kernel regression on one-hot labels (one column if binary).
 
-    ``predict_proba`` clips the regression scores to be non-negative and normalises them (not calibrated).
+    The 0/1 indicators are centred by the class frequencies of the training rows before the solve and the scores
+    mapped back (the frequencies added), so far from the training rows the scores fall to the class frequencies,
+    not to 0. ``predict_proba`` clips the regression scores to be non-negative and normalises them (not calibrated).
     """
 
     _y_numeric = False
@@ -311,6 +324,10 @@ class RFMClassifier(ClassifierMixin, _RFMBase):
         if len(self.classes_) == 2:
             return index.astype(np.float64)[:, None]
         return np.eye(len(self.classes_))[index]
+
+    def _target_scaling(self, Y: np.ndarray) -> TargetScaling:
+        """The 0/1 class indicators Y (n, c) centred by the class frequencies of the training rows."""
+        return TargetScaling.centre(Y)
 
     def _target_state(self) -> dict:
         classes = self.classes_
@@ -366,6 +383,13 @@ def _check_state(state: dict, arrays: dict[str, np.ndarray], classifier: bool) -
             raise ValueError(f"{len(classes)} classes do not fit coefficients of shape {coef.shape}")
     elif state["single_output"] is True and outputs != 1:
         raise ValueError(f"a single-output model has coefficients of shape {coef.shape}")
+
+
+def _saved_target_scaling(arrays: dict[str, np.ndarray]) -> TargetScaling | None:
+    """The target scaling of a model file; None (the identity) for files saved before targets were scaled."""
+    if "target_offset" not in arrays and "target_scale" not in arrays:
+        return None
+    return TargetScaling(arrays["target_offset"], arrays["target_scale"])
 
 
 def _scores_to_index(F: np.ndarray) -> np.ndarray:

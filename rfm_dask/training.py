@@ -18,6 +18,7 @@ from .krr import Solution, choose_solver, solve_krr
 from .passes import KernelPasses, column_means
 from .row_blocks import RowBlocks, fetch_rows, take_rows
 from .tables import format_cell
+from .targets import TargetScaling
 
 logger = logging.getLogger("rfm_dask")
 
@@ -65,20 +66,24 @@ FEATURE_UPDATES = ("agop", "fact")
 
 
 def _next_feature_matrix(
-    passes: KernelPasses, train: RowBlocks, Y: np.ndarray, sol: Solution, sample: np.ndarray, settings: RFMSettings
+    passes: KernelPasses, train: RowBlocks, Z: np.ndarray, sol: Solution, sample: np.ndarray, settings: RFMSettings,
+    scale: np.ndarray,
 ) -> np.ndarray:
     """The next M from the fitted predictor, at the sorted sampled training rows ``sample``.
 
+    Z (n, c) are the scaled targets the solve saw and ``scale`` (c,) the target scale: the update is that of the
+    predictor mapped back to the targets' scale, whose coefficients are coef * scale (the offset has no gradient).
     AGOP: normalise(AGOP^p). FACT: the FACT matrix weighted by each row's dual coefficient alpha_i where the centres
     are the training rows (direct, cg); for Nystrom, by the residual y_i - f(x_i), which equals reg * alpha_i for an
     exact solve (a positive factor, removed by the normalisation).
     """
+    beta = sol.coef * scale
     if settings.feature_update == "agop":
-        outer, grad_sum = passes.agop_sums(train, sample, sol.coef, settings.diag)
+        outer, grad_sum = passes.agop_sums(train, sample, beta, settings.diag)
         return agop_feature_matrix(outer, grad_sum, sample.size, settings.agop_power, settings.centre_agop)
     residual = sol.solver == "nystrom"
-    U = Y[sample] if residual else sol.coef[sample]
-    return fact_feature_matrix(passes.fact_sums(train, sample, U, residual, sol.coef, settings.diag), sample.size)
+    U = (Z[sample] if residual else sol.coef[sample]) * scale
+    return fact_feature_matrix(passes.fact_sums(train, sample, U, residual, beta, settings.diag), sample.size)
 
 
 @dataclass
@@ -119,8 +124,12 @@ def run_rfm(
     metrics: Metrics = regression_metrics,
     checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
+    scaling: TargetScaling | None = None,
 ) -> FitResult:
     """Fit an RFM on row blocks ``train`` with targets Y (n, c); select the best iteration on ``val`` if given.
+
+    The solves see the targets scaled by ``scaling`` (none if None); the validation metrics compare predictions
+    mapped back to the targets' scale with Y_val (n_val, c), and the feature updates are those of that predictor.
 
     Iteration 0 uses M = I (the lazy kernel); iteration t > 0 uses the M learned from iteration t - 1's predictor.
     Without validation rows the last iteration is kept. The centres are the training rows (direct, cg) or
@@ -135,8 +144,10 @@ def run_rfm(
     solver = choose_solver(settings.solver, train.n)
     n_sample = min(train.n, settings.agop_samples)
     shift = column_means(client, train)
+    scaling = TargetScaling.identity(Y.shape[1]) if scaling is None else scaling
+    Z = scaling.transform(Y)
     key = fingerprint(settings, {"rng": rng.bit_generator.state, "n": train.n},
-                      [Y, shift] + ([] if Y_val is None else [Y_val]))
+                      [Z, shift] + ([] if Y_val is None else [Y_val]))
     saved = load_checkpoint(checkpoint, key) if checkpoint is not None and resume else None
     M = np.ones(d) if settings.diag else np.eye(d)
     centre_rows = None
@@ -158,10 +169,10 @@ def run_rfm(
     for t in range(first, settings.iters + 1):
         start = time.perf_counter()
         passes = KernelPasses(client, centres, matrix_sqrt(M), shift, settings.spec)
-        sol = solve_krr(passes, train, Y, settings.reg, solver, settings.tol, rng)
+        sol = solve_krr(passes, train, Z, settings.reg, solver, settings.tol, rng)
         record = {"iteration": t, "solver": sol.solver, "cg_iterations": sol.iterations, "residual": sol.residual}
         if val is not None:
-            record.update(metrics(passes.matvec(val, sol.coef), Y_val))
+            record.update(metrics(scaling.inverse(passes.matvec(val, sol.coef)), Y_val))
             quality = _quality(record)
             improved = best_quality is None or quality > best_quality
         else:
@@ -173,7 +184,7 @@ def run_rfm(
         stop = t == settings.iters or (settings.patience is not None and stale >= settings.patience)
         if not stop:
             sample = np.arange(train.n) if n_sample == train.n else rng.choice(train.n, n_sample, replace=False)
-            M = _next_feature_matrix(passes, train, Y, sol, np.sort(sample), settings)
+            M = _next_feature_matrix(passes, train, Z, sol, np.sort(sample), settings, scaling.scale)
         record["seconds"] = time.perf_counter() - start
         history.append(record)
         fields = " ".join(f"{k}={format_cell(v)}" for k, v in record.items() if k != "iteration")
