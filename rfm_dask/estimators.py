@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +48,9 @@ class _RFMBase(BaseEstimator):
     def __init__(
         self,
         kernel: str = "laplace",
-        bandwidth: float = 10.0,
+        bandwidth: float | str = 10.0,
         exponent: float = 1.0,
-        reg: float = 1e-3,
+        reg: float | str = 1e-3,
         iters: int = 5,
         diag: bool = False,
         agop_power: float = 1.0,
@@ -110,8 +111,11 @@ class _RFMBase(BaseEstimator):
             raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
         if not (isinstance(self.iters, (int, np.integer)) and self.iters >= 0):
             raise ValueError(f"iters must be an integer >= 0, got {self.iters!r}")
-        if not self.reg >= 0:
-            raise ValueError(f"reg must be >= 0, got {self.reg!r}")
+        tune_bandwidth, tune_reg = _is_auto(self.bandwidth), _is_auto(self.reg)
+        if not (tune_reg or _is_number(self.reg) and self.reg >= 0):
+            raise ValueError(f"reg must be a number >= 0 or 'auto', got {self.reg!r}")
+        if not (tune_bandwidth or _is_number(self.bandwidth)):
+            raise ValueError(f"bandwidth must be a number > 0 or 'auto', got {self.bandwidth!r}")
         if self.feature_update not in FEATURE_UPDATES:
             raise ValueError(f"feature_update must be one of {FEATURE_UPDATES}, got {self.feature_update!r}")
         if not 0 < self.agop_power:
@@ -123,8 +127,9 @@ class _RFMBase(BaseEstimator):
         if not (isinstance(centres, (int, np.integer)) and centres >= 1):
             raise ValueError(f"n_centers must be a positive integer, got {self.n_centers!r}")
         return RFMSettings(
-            spec=KernelSpec(self.kernel, float(self.bandwidth), float(self.exponent)),
-            reg=float(self.reg),
+            # a tuned bandwidth or reg is chosen per iteration (see ``tuning``); the placeholders are not used
+            spec=KernelSpec(self.kernel, 1.0 if tune_bandwidth else float(self.bandwidth), float(self.exponent)),
+            reg=0.0 if tune_reg else float(self.reg),
             iters=int(self.iters),
             diag=bool(self.diag),
             agop_power=float(self.agop_power),
@@ -135,6 +140,8 @@ class _RFMBase(BaseEstimator):
             patience=self.patience,
             n_centers=int(centres),
             feature_update=self.feature_update,
+            tune_bandwidth=tune_bandwidth,
+            tune_reg=tune_reg,
         )
 
     def _check_features(self, X: Any, reset: bool) -> Any:
@@ -183,14 +190,17 @@ class _RFMBase(BaseEstimator):
         result = run_rfm(client, train, Y, settings, rng, val, Y_val, metrics, self.checkpoint, bool(self.resume),
                          scaling)
         self._set_model(
-            KernelModel(result.centres, result.coef, result.feature_matrix, settings.spec, result.shift, scaling),
+            KernelModel(result.centres, result.coef, result.feature_matrix, result.spec, result.shift, scaling),
+            result.reg,
             result.best_iter,
             result.history,
         )
 
-    def _set_model(self, model: KernelModel, best_iter: int, history: list[dict]) -> None:
-        """Set the fitted attributes from the kept predictor."""
+    def _set_model(self, model: KernelModel, reg: float, best_iter: int, history: list[dict]) -> None:
+        """Set the fitted attributes from the kept predictor and the ridge it was solved with."""
         self.model_ = model
+        self.bandwidth_ = float(model.spec.bandwidth)
+        self.reg_ = float(reg)
         self.feature_matrix_ = model.feature_matrix
         diag = model.feature_matrix if model.feature_matrix.ndim == 1 else np.diag(model.feature_matrix)
         self.feature_importances_ = diag / diag.sum() if diag.sum() > 0 else np.full_like(diag, 1.0 / diag.size)
@@ -213,6 +223,8 @@ class _RFMBase(BaseEstimator):
             "n_features_in": int(self.n_features_in_),
             "feature_names_in": [str(c) for c in getattr(self, "feature_names_in_", [])] or None,
             "best_iter": int(self.best_iter_),
+            "bandwidth": self.bandwidth_,
+            "reg": self.reg_,
             "history": self.history_,
             "preprocessing": getattr(self, "preprocessing_", None),
             **self._target_state(),
@@ -234,9 +246,12 @@ class _RFMBase(BaseEstimator):
         if state.get("preprocessing") is not None:
             estimator.preprocessing_ = state["preprocessing"]
         estimator._restore_target_state(state)
-        model = KernelModel(arrays["centres"], arrays["coef"], arrays["feature_matrix"], settings.spec, arrays["shift"],
+        # files from before tuning existed hold no fitted bandwidth and reg: the parameters are the fitted values
+        spec = replace(settings.spec, bandwidth=float(state.get("bandwidth", settings.spec.bandwidth)))
+        model = KernelModel(arrays["centres"], arrays["coef"], arrays["feature_matrix"], spec, arrays["shift"],
                             _saved_target_scaling(arrays))
-        estimator._set_model(model, int(state["best_iter"]), list(state["history"]))
+        estimator._set_model(model, float(state.get("reg", settings.reg)), int(state["best_iter"]),
+                             list(state["history"]))
         return estimator
 
     def _decision(self, X: Any) -> Any:
@@ -258,7 +273,10 @@ class RFMRegressor(RegressorMixin, _RFMBase):
     Kernel ridge regression has no intercept: each output is centred and scaled to unit variance on the training
     rows before the solve (y = mean + std * z), so ``reg`` acts on the scaled targets, and predictions are mapped
     back; the validation metrics are on the targets' scale.
-    Fitted: ``feature_matrix_``, ``feature_importances_``, ``best_iter_`` (0 = lazy kernel), ``history_``.
+    ``bandwidth="auto"`` and ``reg="auto"`` choose them at every iteration on the validation rows, over grids
+    relative to the median pairwise distance under the current M and to the scaled targets (see ``rfm_dask.tuning``).
+    Fitted: ``feature_matrix_``, ``feature_importances_``, ``best_iter_`` (0 = lazy kernel), ``bandwidth_`` and
+    ``reg_`` (those of the kept iteration), ``history_`` (with each iteration's bandwidth and reg).
     """
 
     _y_numeric = True
@@ -383,6 +401,14 @@ def _check_state(state: dict, arrays: dict[str, np.ndarray], classifier: bool) -
             raise ValueError(f"{len(classes)} classes do not fit coefficients of shape {coef.shape}")
     elif state["single_output"] is True and outputs != 1:
         raise ValueError(f"a single-output model has coefficients of shape {coef.shape}")
+
+
+def _is_auto(value: Any) -> bool:
+    return isinstance(value, str) and value == "auto"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
 def _saved_target_scaling(arrays: dict[str, np.ndarray]) -> TargetScaling | None:

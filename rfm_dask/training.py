@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -19,6 +19,7 @@ from .passes import KernelPasses, column_means
 from .row_blocks import RowBlocks, fetch_rows, take_rows
 from .tables import format_cell
 from .targets import TargetScaling
+from .tuning import search_hyperparameters
 
 logger = logging.getLogger("rfm_dask")
 
@@ -46,7 +47,11 @@ def _quality(metrics: dict) -> tuple:
 
 @dataclass(frozen=True)
 class RFMSettings:
-    """Hyperparameters of one RFM fit (the estimator's parameters, validated)."""
+    """Hyperparameters of one RFM fit (the estimator's parameters, validated).
+
+    With ``tune_bandwidth`` (``tune_reg``) the bandwidth of ``spec`` (``reg``) is not used: each iteration chooses
+    it on the validation rows (see ``tuning``).
+    """
 
     spec: KernelSpec
     reg: float = 1e-3
@@ -60,6 +65,8 @@ class RFMSettings:
     patience: int | None = 2
     n_centers: int = 2000
     feature_update: str = "agop"
+    tune_bandwidth: bool = False
+    tune_reg: bool = False
 
 
 FEATURE_UPDATES = ("agop", "fact")
@@ -89,12 +96,15 @@ def _next_feature_matrix(
 @dataclass
 class FitResult:
     """Best iteration's feature matrix and coefficients on the centres, the shift (the training rows' mean, see
-    ``kernels.transform``), the centres themselves (m, d), and the per-iteration history."""
+    ``kernels.transform``), its kernel and ridge (as chosen when tuned), the centres themselves (m, d), and the
+    per-iteration history."""
 
     feature_matrix: np.ndarray
     coef: np.ndarray
     shift: np.ndarray
     best_iter: int
+    spec: KernelSpec
+    reg: float
     centres: np.ndarray | None = None
     history: list[dict] = field(default_factory=list)
 
@@ -105,6 +115,7 @@ def _checkpoint_state(
 ) -> tuple[dict, dict]:
     """(JSON state, arrays) after iteration t: everything the loop needs to go on with iteration t + 1."""
     state = {"next_iteration": t + 1, "history": history, "best_iter": best.best_iter,
+             "best_bandwidth": best.spec.bandwidth, "best_reg": best.reg,
              "best_quality": None if best_quality is None else list(best_quality), "stale": stale,
              "rng": rng.bit_generator.state}
     arrays = {"M": M, "best_M": best.feature_matrix, "best_coef": best.coef}
@@ -160,17 +171,32 @@ def run_rfm(
     if saved is not None:
         state, arrays = saved
         M, history, stale, first = arrays["M"], state["history"], state["stale"], state["next_iteration"]
-        best = FitResult(arrays["best_M"], arrays["best_coef"], shift, state["best_iter"])
+        best = FitResult(arrays["best_M"], arrays["best_coef"], shift, state["best_iter"],
+                         replace(settings.spec, bandwidth=state["best_bandwidth"]), state["best_reg"])
         best_quality = None if state["best_quality"] is None else tuple(state["best_quality"])
         rng.bit_generator.state = state["rng"]
         centre_rows = arrays.get("centre_rows")
         logger.info("resuming from %s at iteration %d", checkpoint, first)
     centres = train if centre_rows is None else take_rows(client, train, centre_rows)
+    tune = settings.tune_bandwidth or settings.tune_reg
+    if tune and val is None:
+        raise ValueError("bandwidth='auto' and reg='auto' are chosen on validation rows: pass X_val and y_val or "
+                         "a validation_fraction that leaves at least one row")
     for t in range(first, settings.iters + 1):
         start = time.perf_counter()
-        passes = KernelPasses(client, centres, matrix_sqrt(M), shift, settings.spec)
-        sol = solve_krr(passes, train, Z, settings.reg, solver, settings.tol, rng)
-        record = {"iteration": t, "solver": sol.solver, "cg_iterations": sol.iterations, "residual": sol.residual}
+        spec, reg, sol = settings.spec, settings.reg, None
+        if tune:
+            choice = search_hyperparameters(
+                client, train, Z, val, lambda F: _quality(metrics(scaling.inverse(F), Y_val)), matrix_sqrt(M),
+                shift, settings.spec, None if settings.tune_reg else settings.reg, settings.tune_bandwidth, solver,
+                rng,
+            )
+            spec, reg, sol = choice.spec, choice.reg, choice.solution
+        passes = KernelPasses(client, centres, matrix_sqrt(M), shift, spec)
+        if sol is None:
+            sol = solve_krr(passes, train, Z, reg, solver, settings.tol, rng)
+        record = {"iteration": t, "bandwidth": spec.bandwidth, "reg": reg, "solver": sol.solver,
+                  "cg_iterations": sol.iterations, "residual": sol.residual}
         if val is not None:
             record.update(metrics(scaling.inverse(passes.matvec(val, sol.coef)), Y_val))
             quality = _quality(record)
@@ -178,7 +204,7 @@ def run_rfm(
         else:
             improved, quality = True, None
         if improved:
-            best, best_quality, stale = FitResult(M, sol.coef, shift, t), quality, 0
+            best, best_quality, stale = FitResult(M, sol.coef, shift, t, spec, reg), quality, 0
         else:
             stale += 1
         stop = t == settings.iters or (settings.patience is not None and stale >= settings.patience)

@@ -162,15 +162,35 @@ def fact_sums(
     return to_host(kn.fact_partial(xp, G, U, Xs - shift, diag))
 
 
+def _relative_residual(K: np.ndarray, alpha: np.ndarray, reg: float, Y: np.ndarray) -> float:
+    """max over columns of ||(K + reg I) alpha - Y|| / ||Y|| for K (n, n), alpha and Y (n, c)."""
+    residual = K @ alpha + reg * alpha - Y
+    y_norm = np.linalg.norm(Y, axis=0)
+    return float(np.max(np.linalg.norm(residual, axis=0) / np.where(y_norm > 0, y_norm, 1.0)))
+
+
 @single_blas_thread
 def direct_solve(centres: Centres, Y: np.ndarray, spec: kn.KernelSpec, reg: float) -> tuple[np.ndarray, float]:
     """Exact KRR on one worker: alpha (n, c) with (K + reg I) alpha = Y, and the relative residual."""
     K = centre_kernel(centres, spec)
     alpha = cholesky_solve(K, Y, reg)
-    residual = K @ alpha + reg * alpha - Y
-    y_norm = np.linalg.norm(Y, axis=0)
-    rel = np.linalg.norm(residual, axis=0) / np.where(y_norm > 0, y_norm, 1.0)
-    return alpha, float(np.max(rel))
+    return alpha, _relative_residual(K, alpha, reg, Y)
+
+
+@single_blas_thread
+def ridge_path(
+    centres: Centres, Y: np.ndarray, spec: kn.KernelSpec, regs: tuple[float, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact KRR for every ridge value from one kernel matrix on one worker: alpha_r = (K + reg_r I)^-1 Y.
+
+    One Cholesky factorisation per ridge value, not one eigendecomposition for all: on this project's machine
+    (one BLAS thread, n = 2000) LAPACK's fastest symmetric eigensolver (evr) took 9.3 s against 2.6 s for five
+    Cholesky solves (1.0 s against 0.7 s at n = 1000); the eigendecomposition wins only beyond ~15 ridge values.
+    Returns (alphas (r, n, c), relative residuals (r,)), float64.
+    """
+    K = centre_kernel(centres, spec)
+    alphas = np.stack([cholesky_solve(K, Y, reg) for reg in regs])
+    return alphas, np.array([_relative_residual(K, a, reg, Y) for a, reg in zip(alphas, regs)])
 
 
 @single_blas_thread
