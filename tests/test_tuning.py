@@ -127,3 +127,13 @@ def test_tuned_values_survive_the_model_file(client, tmp_path):
     assert (loaded.bandwidth_, loaded.reg_) == (model.bandwidth_, model.reg_)
     assert loaded.get_params()["bandwidth"] == "auto"
     np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
+
+
+def test_cli_accepts_auto():
+    from rfm_dask.cli import build_parser
+
+    parser = build_parser()[0]
+    args = parser.parse_args(["fit", "store", "model", "--bandwidth", "auto", "--reg", "0.01"])
+    assert (args.bandwidth, args.reg) == ("auto", 0.01)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["fit", "store", "model", "--reg", "best"])
