@@ -167,11 +167,12 @@ class _RFMBase(BaseEstimator):
             raise ValueError(f"X has {X.shape[0]} rows but y has {y.shape[0]}")
         return X, y
 
-    def _fit_targets(self, X: Any, y: Any, X_val: Any, y_val: Any, metrics) -> None:
+    def _fit_targets(self, X: Any, y: Any, X_val: Any, y_val: Any, metrics, sample_weight: Any = None) -> None:
         """Shared fit: ``self._encode(y)`` maps targets to an (n, c) float64 matrix."""
         settings = self._settings()
         X, y = self._check_xy(X, y, reset=True)
         Y = self._encode(y, fitting=True)
+        weights = None if sample_weight is None else _check_weights(sample_weight, Y.shape[0])
         rng = np.random.default_rng(self.random_state)
         if (X_val is None) != (y_val is None):
             raise ValueError("pass both X_val and y_val, or neither")
@@ -186,9 +187,12 @@ class _RFMBase(BaseEstimator):
             is_val[val_rows] = True
             train, val = take_rows(client, train, np.flatnonzero(~is_val)), take_rows(client, train, val_rows)
             Y, Y_val = Y[~is_val], Y[is_val]
-        scaling = self._target_scaling(Y)
+            weights = None if weights is None else weights[~is_val]
+        if weights is not None and not weights.sum() > 0:
+            raise ValueError("sample_weight is zero on every training row")
+        scaling = self._target_scaling(Y, weights)
         result = run_rfm(client, train, Y, settings, rng, val, Y_val, metrics, self.checkpoint, bool(self.resume),
-                         scaling)
+                         scaling, weights)
         self._set_model(
             KernelModel(result.centres, result.coef, result.feature_matrix, result.spec, result.shift, scaling),
             result.reg,
@@ -293,9 +297,9 @@ class RFMRegressor(RegressorMixin, _RFMBase):
             self._single_output = y.ndim == 1
         return y.reshape(y.shape[0], -1)
 
-    def _target_scaling(self, Y: np.ndarray) -> TargetScaling:
-        """Each output centred and scaled to unit variance on the training rows Y (n, c)."""
-        return TargetScaling.standardise(Y)
+    def _target_scaling(self, Y: np.ndarray, weights: np.ndarray | None) -> TargetScaling:
+        """Each output centred and scaled to unit (weighted) variance on the training rows Y (n, c)."""
+        return TargetScaling.standardise(Y, weights)
 
     def _target_state(self) -> dict:
         return {"single_output": bool(self._single_output)}
@@ -303,9 +307,15 @@ class RFMRegressor(RegressorMixin, _RFMBase):
     def _restore_target_state(self, state: dict) -> None:
         self._single_output = bool(state["single_output"])
 
-    def fit(self, X: Any, y: Any, X_val: Any = None, y_val: Any = None) -> "RFMRegressor":
-        """Fit on X (n, d) and y (n,) or (n, k); validation rows are split off when X_val/y_val are not given."""
-        self._fit_targets(X, y, X_val, y_val, regression_metrics)
+    def fit(
+        self, X: Any, y: Any, X_val: Any = None, y_val: Any = None, sample_weight: Any = None
+    ) -> "RFMRegressor":
+        """Fit on X (n, d) and y (n,) or (n, k); validation rows are split off when X_val/y_val are not given.
+
+        ``sample_weight`` (n,), >= 0: the weighted ridge (K + reg W^-1) alpha = y (direct and cg solvers), i.e. the
+        loss sum_i w_i (y_i - f(x_i))^2; the targets' mean and scale are weighted too, validation metrics are not.
+        """
+        self._fit_targets(X, y, X_val, y_val, regression_metrics, sample_weight)
         return self
 
     def predict(self, X: Any) -> Any:
@@ -343,9 +353,9 @@ class RFMClassifier(ClassifierMixin, _RFMBase):
             return index.astype(np.float64)[:, None]
         return np.eye(len(self.classes_))[index]
 
-    def _target_scaling(self, Y: np.ndarray) -> TargetScaling:
-        """The 0/1 class indicators Y (n, c) centred by the class frequencies of the training rows."""
-        return TargetScaling.centre(Y)
+    def _target_scaling(self, Y: np.ndarray, weights: np.ndarray | None) -> TargetScaling:
+        """The 0/1 class indicators Y (n, c) centred by the (weighted) class frequencies of the training rows."""
+        return TargetScaling.centre(Y, weights)
 
     def _target_state(self) -> dict:
         classes = self.classes_
@@ -356,9 +366,15 @@ class RFMClassifier(ClassifierMixin, _RFMBase):
     def _restore_target_state(self, state: dict) -> None:
         self.classes_ = np.asarray(state["classes"], dtype=np.dtype(state["classes_dtype"]))
 
-    def fit(self, X: Any, y: Any, X_val: Any = None, y_val: Any = None) -> "RFMClassifier":
-        """Fit on X (n, d) and labels y (n,); validation rows are split off when X_val/y_val are not given."""
-        self._fit_targets(X, y, X_val, y_val, classification_metrics)
+    def fit(
+        self, X: Any, y: Any, X_val: Any = None, y_val: Any = None, sample_weight: Any = None
+    ) -> "RFMClassifier":
+        """Fit on X (n, d) and labels y (n,); validation rows are split off when X_val/y_val are not given.
+
+        ``sample_weight`` (n,), >= 0: weighted ridge on the indicators (see ``RFMRegressor.fit``); the class
+        frequencies that centre them are weighted too.
+        """
+        self._fit_targets(X, y, X_val, y_val, classification_metrics, sample_weight)
         return self
 
     def predict_proba(self, X: Any) -> Any:
@@ -401,6 +417,16 @@ def _check_state(state: dict, arrays: dict[str, np.ndarray], classifier: bool) -
             raise ValueError(f"{len(classes)} classes do not fit coefficients of shape {coef.shape}")
     elif state["single_output"] is True and outputs != 1:
         raise ValueError(f"a single-output model has coefficients of shape {coef.shape}")
+
+
+def _check_weights(sample_weight: Any, n: int) -> np.ndarray:
+    """Sample weights as an (n,) float64 array: finite and >= 0, else ValueError."""
+    weights = np.asarray(sample_weight.compute() if is_dask(sample_weight) else sample_weight, dtype=np.float64)
+    if weights.shape != (n,):
+        raise ValueError(f"sample_weight must have shape ({n},), got {weights.shape}")
+    if not (np.all(np.isfinite(weights)) and np.all(weights >= 0)):
+        raise ValueError("sample_weight must be finite and >= 0")
+    return weights
 
 
 def _is_auto(value: Any) -> bool:

@@ -14,7 +14,7 @@ from distributed import Client
 from .checkpoint import fingerprint, load_checkpoint, save_checkpoint
 from .features import agop_feature_matrix, fact_feature_matrix, matrix_sqrt
 from .kernels import KernelSpec
-from .krr import Solution, choose_solver, solve_krr
+from .krr import Solution, check_weights_supported, choose_solver, solve_krr
 from .passes import KernelPasses, column_means
 from .row_blocks import RowBlocks, fetch_rows, take_rows
 from .tables import format_cell
@@ -136,11 +136,14 @@ def run_rfm(
     checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
     scaling: TargetScaling | None = None,
+    weights: np.ndarray | None = None,
 ) -> FitResult:
     """Fit an RFM on row blocks ``train`` with targets Y (n, c); select the best iteration on ``val`` if given.
 
     The solves see the targets scaled by ``scaling`` (none if None); the validation metrics compare predictions
     mapped back to the targets' scale with Y_val (n_val, c), and the feature updates are those of that predictor.
+    ``weights`` (n,): sample weights of the training rows, for the weighted ridge (K + reg W^-1) alpha = Y (direct
+    and cg solvers only); the validation metrics and the rows sampled for the feature update are unweighted.
 
     Iteration 0 uses M = I (the lazy kernel); iteration t > 0 uses the M learned from iteration t - 1's predictor.
     Without validation rows the last iteration is kept. The centres are the training rows (direct, cg) or
@@ -153,12 +156,13 @@ def run_rfm(
     """
     d = train.n_features
     solver = choose_solver(settings.solver, train.n)
+    check_weights_supported(solver, weights)
     n_sample = min(train.n, settings.agop_samples)
     shift = column_means(client, train)
     scaling = TargetScaling.identity(Y.shape[1]) if scaling is None else scaling
     Z = scaling.transform(Y)
     key = fingerprint(settings, {"rng": rng.bit_generator.state, "n": train.n},
-                      [Z, shift] + ([] if Y_val is None else [Y_val]))
+                      [Z, shift] + [a for a in (Y_val, weights) if a is not None])
     saved = load_checkpoint(checkpoint, key) if checkpoint is not None and resume else None
     M = np.ones(d) if settings.diag else np.eye(d)
     centre_rows = None
@@ -189,12 +193,12 @@ def run_rfm(
             choice = search_hyperparameters(
                 client, train, Z, val, lambda F: _quality(metrics(scaling.inverse(F), Y_val)), matrix_sqrt(M),
                 shift, settings.spec, None if settings.tune_reg else settings.reg, settings.tune_bandwidth, solver,
-                rng,
+                rng, weights,
             )
             spec, reg, sol = choice.spec, choice.reg, choice.solution
         passes = KernelPasses(client, centres, matrix_sqrt(M), shift, spec)
         if sol is None:
-            sol = solve_krr(passes, train, Z, reg, solver, settings.tol, rng)
+            sol = solve_krr(passes, train, Z, reg, solver, settings.tol, rng, weights)
         record = {"iteration": t, "bandwidth": spec.bandwidth, "reg": reg, "solver": sol.solver,
                   "cg_iterations": sol.iterations, "residual": sol.residual}
         if val is not None:

@@ -73,12 +73,14 @@ def search_hyperparameters(
     tune_bandwidth: bool,
     solver: str,
     rng: np.random.Generator,
+    weights: np.ndarray | None = None,
 ) -> Choice:
     """The (bandwidth, reg) pair whose exact solution on the search rows scores best on ``val`` (ties: the first
     in grid order, smaller bandwidth, then smaller ridge).
 
     Z (n, c): the scaled training targets; ``spec``: the kernel (its bandwidth is used unless ``tune_bandwidth``);
-    ``reg``: a fixed ridge, or None to search ``REG_GRID``; ``solver``: the fit's resolved solver.
+    ``reg``: a fixed ridge, or None to search ``REG_GRID``; ``solver``: the fit's resolved solver; ``weights`` (n,):
+    the training rows' sample weights (the search solves the weighted ridge on the search rows), or None.
     """
     regs = REG_GRID if reg is None else (reg,)
     if tune_bandwidth:
@@ -89,15 +91,15 @@ def search_hyperparameters(
     limit = int(config.get("tune.rows"))
     full = solver == "direct" and train.n <= limit
     if full:
-        rows, Zs = train, Z
+        rows, Zs, ws = train, Z, weights
     else:
         index = np.sort(rng.choice(train.n, min(train.n, limit), replace=False))
-        rows, Zs = take_rows(client, train, index), Z[index]
+        rows, Zs, ws = take_rows(client, train, index), Z[index], None if weights is None else weights[index]
     n, c = Zs.shape
     best: tuple | None = None
     for candidate in specs:
         passes = KernelPasses(client, rows, S, shift, candidate)
-        alphas, residuals = passes.ridge_path(Zs, regs)
+        alphas, residuals = passes.ridge_path(Zs, regs, ws)
         F = passes.matvec(val, alphas.transpose(1, 0, 2).reshape(n, len(regs) * c))
         for k, r in enumerate(regs):
             quality = score(F[:, k * c : (k + 1) * c])

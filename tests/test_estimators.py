@@ -22,6 +22,11 @@ def _expected_failures(estimator) -> dict[str, str]:
             "kernel tiles are float32: BLAS picks different GEMM kernels for different batch sizes, so a row's "
             "prediction agrees between batches to ~1e-6 relative, not to the check's 1e-7"
         ),
+        "check_sample_weight_equivalence_on_dense_data": (
+            "the seeded validation split and the AGOP average run over rows, unweighted: a repeated row is drawn "
+            "and averaged twice, a weighted one once; the weighted ridge itself equals repetition "
+            "(tests/test_sample_weight.py, without validation rows or feature updates)"
+        ),
     }
 
 
