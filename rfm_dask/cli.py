@@ -26,13 +26,23 @@ import yaml
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 1
 
+def _float_or_auto(text: str) -> float | str:
+    """A number, or the word "auto" (a hyperparameter chosen on the validation rows)."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
+
+
 # fit options: (flag, type, help); the estimator parameter is the flag's name with underscores
 FIT_PARAMS: tuple[tuple[str, Any, str], ...] = (
     ("--iters", int, "RFM iterations (feature updates); 0 fits the lazy kernel only"),
     ("--solver", str, "KRR solver: direct (dense Cholesky), cg (exact kernel), nystrom (FALKON), or auto by size"),
     ("--kernel", str, "laplace or gaussian (of the Mahalanobis distance), or l1_laplace (product Laplace, diagonal M)"),
-    ("--bandwidth", float, "kernel bandwidth L"),
-    ("--reg", float, "ridge, as in (K + reg I) alpha = y"),
+    ("--bandwidth", _float_or_auto, "kernel bandwidth L, or auto (chosen on the validation rows)"),
+    ("--reg", _float_or_auto, "ridge, as in (K + reg I) alpha = y, or auto (chosen on the validation rows)"),
     ("--exponent", float, "Laplace exponent q, 0 < q <= 2"),
     ("--diag", argparse.BooleanOptionalAction, "learn a diagonal M"),
     ("--feature-update", str, "update of M: agop or fact"),

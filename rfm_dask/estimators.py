@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from numbers import Integral, Real
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from .krr import SOLVERS
 from .model import KernelModel
 from .model_file import ModelFileError, read_model_file, write_model_file
 from .row_blocks import RowBlocks, block_rows, place_rows, put_rows, take_rows
+from .targets import TargetScaling
 from .training import FEATURE_UPDATES, RFMSettings, classification_metrics, regression_metrics, run_rfm
 
 
@@ -51,15 +53,18 @@ _RUN_PARAMS = frozenset({"client", "checkpoint", "resume"})
 _PARAMETERS_DOC = """
     Parameters
     ----------
-    kernel : {"laplace", "gaussian"}, default="laplace"
+    kernel : {"laplace", "gaussian", "l1_laplace"}, default="laplace"
         Laplace ``k = exp(-(r / L)^q)`` or Gaussian ``k = exp(-r^2 / (2 L^2))`` of the Mahalanobis distance
-        ``r = ||x - z||_M``.
-    bandwidth : float, default=10.0
-        The bandwidth L.
+        ``r = ||x - z||_M``, or the product Laplace ``k = exp(-(sum_i s_i |x_i - z_i| / L)^q)`` with
+        ``M = diag(s^2)`` (always a diagonal M).
+    bandwidth : float or "auto", default=10.0
+        The bandwidth L; "auto" chooses it at every iteration on the validation rows, over a grid relative to the
+        median pairwise distance under the current M (``rfm_dask.tuning``).
     exponent : float, default=1.0
         The Laplace exponent q, ``0 < q <= 2``.
-    reg : float, default=1e-3
-        Ridge: every solver solves ``(K + reg I) alpha = y``.
+    reg : float or "auto", default=1e-3
+        Ridge: every solver solves ``(K + reg I) alpha = y`` on the scaled targets; "auto" chooses it on the
+        validation rows over a fixed grid.
     iters : int, default=5
         Updates of M; iteration 0 (``M = I``) is the lazy kernel.
     diag : bool, default=False
@@ -102,6 +107,10 @@ _ATTRIBUTES_DOC = """
         The diagonal of M divided by its sum.
     best_iter_ : int
         The iteration kept (0 = lazy kernel).
+    bandwidth_ : float
+        The bandwidth of the kept iteration (the parameter, or the tuned value).
+    reg_ : float
+        The ridge of the kept iteration (the parameter, or the tuned value).
     history_ : list of dict
         One record per iteration: validation metrics, solver, CG iterations, residual, seconds.
     n_features_in_ : int
@@ -129,9 +138,9 @@ class _RFMBase(BaseEstimator):
     #: (scikit-learn's declarative validation: a list of alternatives per parameter, None meaning None itself).
     _parameter_constraints: dict = {
         "kernel": [StrOptions(set(KERNELS))],
-        "bandwidth": [Range(Real, 0, None, closed="neither")],
+        "bandwidth": [Range(Real, 0, None, closed="neither"), StrOptions({"auto"})],
         "exponent": [Range(Real, 0, 2, closed="right")],
-        "reg": [Range(Real, 0, None, closed="left")],
+        "reg": [Range(Real, 0, None, closed="left"), StrOptions({"auto"})],
         "iters": [Range(Integral, 0, None, closed="left")],
         "diag": ["boolean"],
         "agop_power": [Range(Real, 0, None, closed="neither")],
@@ -152,9 +161,9 @@ class _RFMBase(BaseEstimator):
     def __init__(
         self,
         kernel: str = "laplace",
-        bandwidth: float = 10.0,
+        bandwidth: float | str = 10.0,
         exponent: float = 1.0,
-        reg: float = 1e-3,
+        reg: float | str = 1e-3,
         iters: int = 5,
         diag: bool = False,
         agop_power: float = 1.0,
@@ -221,9 +230,11 @@ class _RFMBase(BaseEstimator):
             {"agop_samples": samples, "n_centers": centres},
             caller_name=f"{type(self).__name__} (with the rfm config's defaults)",
         )
+        tune_bandwidth, tune_reg = _is_auto(self.bandwidth), _is_auto(self.reg)
         return RFMSettings(
-            spec=KernelSpec(self.kernel, float(self.bandwidth), float(self.exponent)),
-            reg=float(self.reg),
+            # a tuned bandwidth or reg is chosen per iteration (see ``tuning``); the placeholders are not used
+            spec=KernelSpec(self.kernel, 1.0 if tune_bandwidth else float(self.bandwidth), float(self.exponent)),
+            reg=0.0 if tune_reg else float(self.reg),
             iters=int(self.iters),
             diag=bool(self.diag) or self.kernel == "l1_laplace",  # the L1 kernel is defined for a diagonal M
             agop_power=float(self.agop_power),
@@ -234,6 +245,8 @@ class _RFMBase(BaseEstimator):
             patience=self.patience,
             n_centers=int(centres),
             feature_update=self.feature_update,
+            tune_bandwidth=tune_bandwidth,
+            tune_reg=tune_reg,
         )
 
     def _check_features(self, X: Any, reset: bool) -> Any:
@@ -262,13 +275,14 @@ class _RFMBase(BaseEstimator):
             raise ValueError(f"X has {X.shape[0]} rows but y has {y.shape[0]}")
         return X, y
 
-    def _fit_targets(self, X: Any, y: Any, X_val: Any, y_val: Any, metrics) -> None:
+    def _fit_targets(self, X: Any, y: Any, X_val: Any, y_val: Any, metrics, sample_weight: Any = None) -> None:
         """Shared fit: ``self._encode(y)`` maps targets to an (n, c) float64 matrix."""
         settings = self._settings()
         if self.checkpoint is not None:
             check_writable(self.checkpoint, "checkpoint")
         X, y = self._check_xy(X, y, reset=True)
         Y = self._encode(y, fitting=True)
+        weights = None if sample_weight is None else _check_weights(sample_weight, Y.shape[0])
         rng = np.random.default_rng(self.random_state)
         if (X_val is None) != (y_val is None):
             raise ValueError("pass both X_val and y_val, or neither")
@@ -283,16 +297,24 @@ class _RFMBase(BaseEstimator):
             is_val[val_rows] = True
             train, val = take_rows(client, train, np.flatnonzero(~is_val)), take_rows(client, train, val_rows)
             Y, Y_val = Y[~is_val], Y[is_val]
-        result = run_rfm(client, train, Y, settings, rng, val, Y_val, metrics, self.checkpoint, bool(self.resume))
+            weights = None if weights is None else weights[~is_val]
+        if weights is not None and not weights.sum() > 0:
+            raise ValueError("sample_weight is zero on every training row")
+        scaling = self._target_scaling(Y, weights)
+        result = run_rfm(client, train, Y, settings, rng, val, Y_val, metrics, self.checkpoint, bool(self.resume),
+                         scaling, weights)
         self._set_model(
-            KernelModel(result.centres, result.coef, result.feature_matrix, settings.spec, result.shift),
+            KernelModel(result.centres, result.coef, result.feature_matrix, result.spec, result.shift, scaling),
+            result.reg,
             result.best_iter,
             result.history,
         )
 
-    def _set_model(self, model: KernelModel, best_iter: int, history: list[dict]) -> None:
-        """Set the fitted attributes from the kept predictor."""
+    def _set_model(self, model: KernelModel, reg: float, best_iter: int, history: list[dict]) -> None:
+        """Set the fitted attributes from the kept predictor and the ridge it was solved with."""
         self.model_ = model
+        self.bandwidth_ = float(model.spec.bandwidth)
+        self.reg_ = float(reg)
         self.feature_matrix_ = model.feature_matrix
         diag = model.feature_matrix if model.feature_matrix.ndim == 1 else np.diag(model.feature_matrix)
         self.feature_importances_ = diag / diag.sum() if diag.sum() > 0 else np.full_like(diag, 1.0 / diag.size)
@@ -314,13 +336,15 @@ class _RFMBase(BaseEstimator):
             "n_features_in": int(self.n_features_in_),
             "feature_names_in": [str(c) for c in getattr(self, "feature_names_in_", [])] or None,
             "best_iter": int(self.best_iter_),
+            "bandwidth": self.bandwidth_,
+            "reg": self.reg_,
             "history": self.history_,
             "preprocessing": getattr(self, "preprocessing_", None),
             **self._target_state(),
         }
         model = self.model_
         arrays = {"centres": model.centres, "coef": model.coef, "feature_matrix": model.feature_matrix,
-                  "shift": model.shift}
+                  "shift": model.shift, "target_offset": model.target.offset, "target_scale": model.target.scale}
         return write_model_file(path, type(self).__name__, state, arrays, overwrite=overwrite)
 
     @classmethod
@@ -335,8 +359,12 @@ class _RFMBase(BaseEstimator):
         if state.get("preprocessing") is not None:
             estimator.preprocessing_ = state["preprocessing"]
         estimator._restore_target_state(state)
-        model = KernelModel(arrays["centres"], arrays["coef"], arrays["feature_matrix"], settings.spec, arrays["shift"])
-        estimator._set_model(model, int(state["best_iter"]), list(state["history"]))
+        # files from before tuning existed hold no fitted bandwidth and reg: the parameters are the fitted values
+        spec = replace(settings.spec, bandwidth=float(state.get("bandwidth", settings.spec.bandwidth)))
+        model = KernelModel(arrays["centres"], arrays["coef"], arrays["feature_matrix"], spec, arrays["shift"],
+                            _saved_target_scaling(arrays))
+        estimator._set_model(model, float(state.get("reg", settings.reg)), int(state["best_iter"]),
+                             list(state["history"]))
         return estimator
 
     def _raw_columns_to_features(self, X: Any) -> Any:
@@ -365,6 +393,9 @@ class RFMRegressor(RegressorMixin, _RFMBase):
     ``reg`` as in (K + reg I) alpha = y, ``iters`` updates of M (full or diagonal) by ``feature_update``: "agop"
     (the average gradient outer product, to the power ``agop_power``, 1 or 1/2) or "fact" (the Features at
     Convergence Theorem matrix F, M = (F F^T)^(1/2)).
+    Kernel ridge regression has no intercept: each output is centred and scaled to unit variance on the training
+    rows before the solve (y = mean + std * z), so ``reg`` acts on the scaled targets, and predictions are mapped
+    back; the validation metrics are on the targets' scale.
 """ + _PARAMETERS_DOC + _ATTRIBUTES_DOC
 
     _y_numeric = True
@@ -381,15 +412,25 @@ class RFMRegressor(RegressorMixin, _RFMBase):
             self._single_output = y.ndim == 1
         return y.reshape(y.shape[0], -1)
 
+    def _target_scaling(self, Y: np.ndarray, weights: np.ndarray | None) -> TargetScaling:
+        """Each output centred and scaled to unit (weighted) variance on the training rows Y (n, c)."""
+        return TargetScaling.standardise(Y, weights)
+
     def _target_state(self) -> dict:
         return {"single_output": bool(self._single_output)}
 
     def _restore_target_state(self, state: dict) -> None:
         self._single_output = bool(state["single_output"])
 
-    def fit(self, X: Any, y: Any, X_val: Any = None, y_val: Any = None) -> "RFMRegressor":
-        """Fit on X (n, d) and y (n,) or (n, k); validation rows are split off when X_val/y_val are not given."""
-        self._fit_targets(X, y, X_val, y_val, regression_metrics)
+    def fit(
+        self, X: Any, y: Any, X_val: Any = None, y_val: Any = None, sample_weight: Any = None
+    ) -> "RFMRegressor":
+        """Fit on X (n, d) and y (n,) or (n, k); validation rows are split off when X_val/y_val are not given.
+
+        ``sample_weight`` (n,), >= 0: the weighted ridge (K + reg W^-1) alpha = y (direct and cg solvers), i.e. the
+        loss sum_i w_i (y_i - f(x_i))^2; the targets' mean and scale are weighted too, validation metrics are not.
+        """
+        self._fit_targets(X, y, X_val, y_val, regression_metrics, sample_weight)
         return self
 
     def predict(self, X: Any) -> Any:
@@ -402,6 +443,9 @@ class RFMClassifier(ClassifierMixin, _RFMBase):
     __doc__ = """Recursive Feature Machine for classification: kernel regression on one-hot labels (one column for two
     classes).
 
+    The 0/1 indicators are centred by the class frequencies of the training rows before the solve and the scores
+    mapped back (the frequencies added), so far from the training rows the scores fall to the class frequencies,
+    not to 0.
     ``predict_proba`` clips the regression scores to be non-negative and normalises them (not calibrated).
 """ + _PARAMETERS_DOC + _ATTRIBUTES_DOC + """    classes_ : ndarray of shape (n_classes,)
         The class labels, sorted.
@@ -428,6 +472,10 @@ class RFMClassifier(ClassifierMixin, _RFMBase):
             return index.astype(np.float64)[:, None]
         return np.eye(len(self.classes_))[index]
 
+    def _target_scaling(self, Y: np.ndarray, weights: np.ndarray | None) -> TargetScaling:
+        """The 0/1 class indicators Y (n, c) centred by the (weighted) class frequencies of the training rows."""
+        return TargetScaling.centre(Y, weights)
+
     def _target_state(self) -> dict:
         classes = self.classes_
         if classes.dtype.hasobject:
@@ -437,9 +485,15 @@ class RFMClassifier(ClassifierMixin, _RFMBase):
     def _restore_target_state(self, state: dict) -> None:
         self.classes_ = np.asarray(state["classes"], dtype=np.dtype(state["classes_dtype"]))
 
-    def fit(self, X: Any, y: Any, X_val: Any = None, y_val: Any = None) -> "RFMClassifier":
-        """Fit on X (n, d) and labels y (n,); validation rows are split off when X_val/y_val are not given."""
-        self._fit_targets(X, y, X_val, y_val, classification_metrics)
+    def fit(
+        self, X: Any, y: Any, X_val: Any = None, y_val: Any = None, sample_weight: Any = None
+    ) -> "RFMClassifier":
+        """Fit on X (n, d) and labels y (n,); validation rows are split off when X_val/y_val are not given.
+
+        ``sample_weight`` (n,), >= 0: weighted ridge on the indicators (see ``RFMRegressor.fit``); the class
+        frequencies that centre them are weighted too.
+        """
+        self._fit_targets(X, y, X_val, y_val, classification_metrics, sample_weight)
         return self
 
     def predict_proba(self, X: Any) -> Any:
@@ -482,6 +536,27 @@ def _check_state(state: dict, arrays: dict[str, np.ndarray], classifier: bool) -
             raise ValueError(f"{len(classes)} classes do not fit coefficients of shape {coef.shape}")
     elif state["single_output"] is True and outputs != 1:
         raise ValueError(f"a single-output model has coefficients of shape {coef.shape}")
+
+
+def _check_weights(sample_weight: Any, n: int) -> np.ndarray:
+    """Sample weights as an (n,) float64 array: finite and >= 0, else ValueError."""
+    weights = np.asarray(sample_weight.compute() if is_dask(sample_weight) else sample_weight, dtype=np.float64)
+    if weights.shape != (n,):
+        raise ValueError(f"sample_weight must have shape ({n},), got {weights.shape}")
+    if not (np.all(np.isfinite(weights)) and np.all(weights >= 0)):
+        raise ValueError("sample_weight must be finite and >= 0")
+    return weights
+
+
+def _is_auto(value: Any) -> bool:
+    return isinstance(value, str) and value == "auto"
+
+
+def _saved_target_scaling(arrays: dict[str, np.ndarray]) -> TargetScaling | None:
+    """The target scaling of a model file; None (the identity) for files saved before targets were scaled."""
+    if "target_offset" not in arrays and "target_scale" not in arrays:
+        return None
+    return TargetScaling(arrays["target_offset"], arrays["target_scale"])
 
 
 def _scores_to_index(F: np.ndarray) -> np.ndarray:

@@ -45,6 +45,13 @@ def choose_solver(solver: str, n: int, worker_memory: int = 0) -> str:
     return "cg" if n <= int(config.get("cg-max-rows")) else "nystrom"
 
 
+def check_weights_supported(solver: str, weights: np.ndarray | None) -> None:
+    """Raise ValueError for sample weights with a solver that does not take them (nystrom)."""
+    if weights is not None and solver == "nystrom":
+        raise ValueError("sample_weight is supported by the direct and cg solvers, not by nystrom (which "
+                         "solver='auto' picks above rfm.cg-max-rows training rows): pass solver='cg'")
+
+
 def _fits_kernel_cache(passes: KernelPasses, train: RowBlocks) -> bool:
     """Whether K_nm (n x m float32) fits ``rfm.kernel-cache-fraction`` of the workers' total memory limit.
 
@@ -77,18 +84,22 @@ def solve_krr(
     solver: str,
     tol: float,
     rng: np.random.Generator,
+    weights: np.ndarray | None = None,
 ) -> Solution:
     """Solve KRR with the ``solver`` named (not "auto"); ``passes`` holds the centres.
 
-    direct and cg: the centres are the training rows, (K + reg I) alpha = Y. nystrom: the centres are m sampled
+    direct and cg: the centres are the training rows, (K + reg W^-1) alpha = Y with W = diag(weights) (n,), the
+    identity if None; both solve the symmetric form (W^1/2 K W^1/2 + reg I) u = W^1/2 Y, alpha = W^1/2 u, and report
+    its residual. Sample weights are not supported by nystrom (ValueError). nystrom: the centres are m sampled
     rows, (K_nm^T K_nm + reg K_mm) beta = K_nm^T Y; when K_nm fits one worker (``_fits_one_worker``) the whole
     solve runs as one task there (no round trip per CG step), else each CG step is a pass over the blocks,
     from kernel blocks cached on the workers (float32) when K_nm fits ``rfm.kernel-cache-fraction`` of their
     memory.
     """
     max_iter, refresh = int(config.get("cg.max-iter")), int(config.get("cg.refresh-every"))
+    check_weights_supported(solver, weights)
     if solver == "direct":
-        coef, residual = passes.direct_solve(Y, reg)
+        coef, residual = passes.direct_solve(Y, reg, weights)
         return Solution(coef, solver, 0, residual)
     if solver == "nystrom" and _fits_one_worker(passes, train):
         cg = {"tol": tol, "max_iter": max_iter, "refresh_every": refresh}
@@ -109,14 +120,15 @@ def solve_krr(
         return Solution(result.x, solver, result.iterations, result.residual)
     rank = min(int(config.get("cg.preconditioner-rank")), train.n)
     landmarks = np.sort(rng.choice(train.n, size=rank, replace=False))
-    K_nl = passes.landmark_columns(train, landmarks)
+    s = np.ones((train.n, 1)) if weights is None else np.sqrt(weights)[:, None]
+    K_nl = s * passes.landmark_columns(train, landmarks)
     precond = nystrom_preconditioner(K_nl, passes.centre_kernel(landmarks), reg)
     result = conjugate_gradient(
-        lambda V: passes.matvec(train, V) + reg * V,
-        Y,
+        lambda U: s * passes.matvec(train, s * U) + reg * U,
+        s * Y,
         preconditioner=precond,
         tol=tol,
         max_iter=max_iter,
         refresh_every=refresh,
     )
-    return Solution(result.x, solver, result.iterations, result.residual)
+    return Solution(s * result.x, solver, result.iterations, result.residual)

@@ -14,16 +14,19 @@ from . import kernels as kn
 from .backend import like, namespace_of, to_host
 from .blas_threads import single_blas_thread
 from .features import matrix_sqrt
+from .targets import TargetScaling
 
 
 @single_blas_thread
 def _decision_block(X: Any, packed: dict, spec: kn.KernelSpec) -> np.ndarray:
-    """f on one (b, d) block: (b, c) float64 on the host, for NumPy or CuPy blocks."""
+    """f on one (b, d) block, mapped back to the targets' scale: (b, c) float64 on the host, for NumPy or CuPy
+    blocks."""
     xp = namespace_of(X)
     X = X.astype(np.float32, copy=False)
     Xt = kn.transform(xp, X, like(xp, packed["S"], X.dtype), like(xp, packed["shift"], X.dtype))
     Ct, c_sq, coef = (like(xp, packed[k]) for k in ("Ct", "c_sq", "coef"))
-    return to_host(kn.kernel_matvec(xp, Xt, Ct, c_sq, coef, spec, int(config.get("tile-elements"))))
+    F = to_host(kn.kernel_matvec(xp, Xt, Ct, c_sq, coef, spec, int(config.get("tile-elements"))))
+    return packed["target"].inverse(F)
 
 
 def _decision_block_of(X: Any, holder: np.ndarray, spec: kn.KernelSpec) -> np.ndarray:
@@ -34,13 +37,15 @@ def _decision_block_of(X: Any, holder: np.ndarray, spec: kn.KernelSpec) -> np.nd
 @dataclass
 class KernelModel:
     """centres (m, d) float32, coef (m, c) float64, feature_matrix (d, d) or (d,) ((d,) for the L1 kernel), the
-    kernel, and the shift (d,) subtracted before the feature map (see ``kernels.transform``)."""
+    kernel, the shift (d,) subtracted before the feature map (see ``kernels.transform``), and the target scaling the
+    coefficients were solved under (predictions are mapped back by it; None means the identity)."""
 
     centres: np.ndarray
     coef: np.ndarray
     feature_matrix: np.ndarray
     spec: kn.KernelSpec
     shift: np.ndarray
+    target: TargetScaling | None = None
 
     def __post_init__(self) -> None:
         m, d = self.centres.shape if self.centres.ndim == 2 else (None, None)
@@ -52,11 +57,14 @@ class KernelModel:
             and self.shift.shape == (d,)
             and (self.feature_matrix.ndim == 1 or not self.spec.l1)
         )
+        if self.target is None and self.coef.ndim == 2:
+            self.target = TargetScaling.identity(self.coef.shape[1])
+        consistent = consistent and self.target is not None and self.target.n_outputs == self.coef.shape[1]
         if not consistent:
             raise ValueError(
                 f"inconsistent model arrays: centres {self.centres.shape}, coef {self.coef.shape}, "
                 f"feature_matrix {self.feature_matrix.shape} (diagonal (d,) for the L1 kernel), "
-                f"shift {self.shift.shape}"
+                f"shift {self.shift.shape}, target outputs {None if self.target is None else self.target.n_outputs}"
             )
 
     @cached_property
@@ -64,20 +72,22 @@ class KernelModel:
         S = matrix_sqrt(self.feature_matrix).astype(np.float32)
         shift = self.shift.astype(np.float32)
         Ct = single_blas_thread(kn.transform)(np, self.centres, S, shift)
-        return {"S": S, "shift": shift, "Ct": Ct, "c_sq": kn.sq_norms(np, Ct), "coef": self.coef}
+        return {"S": S, "shift": shift, "Ct": Ct, "c_sq": kn.sq_norms(np, Ct), "coef": self.coef,
+                "target": self.target}
 
     @property
     def n_outputs(self) -> int:
         return int(self.coef.shape[1])
 
     def decision(self, X: np.ndarray) -> np.ndarray:
-        """f(X) for a NumPy (n, d) array, computed here in row chunks: (n, c) float64."""
+        """f(X) on the targets' scale for a NumPy (n, d) array, computed here in row chunks: (n, c) float64."""
         step = int(config.get("predict-chunk-rows"))
         parts = [_decision_block(X[s : s + step], self._packed, self.spec) for s in range(0, X.shape[0], step)]
         return np.concatenate(parts, axis=0) if parts else np.zeros((0, self.n_outputs))
 
     def decision_dask(self, X: da.Array) -> da.Array:
-        """f(X) for a dask (n, d) array, lazily: (n, c) float64 with X's row chunks. The model enters the graph once."""
+        """f(X) on the targets' scale for a dask (n, d) array, lazily: (n, c) float64 with X's row chunks. The model
+        enters the graph once."""
         X = X.rechunk({1: -1})
         c = self.n_outputs
         # the packed model as a 0-d object array of one chunk, broadcast to every block (index ""): one key that

@@ -282,6 +282,18 @@ class KernelPasses:
         )
         return future.result()
 
-    def direct_solve(self, Y: np.ndarray, reg: float) -> tuple[np.ndarray, float]:
-        """Dense Cholesky solve on one worker: (alpha (m, c), relative residual)."""
-        return self.client.submit(wt.direct_solve, self._centres, Y, self.spec, reg, pure=False).result()
+    def direct_solve(
+        self, Y: np.ndarray, reg: float, weights: np.ndarray | None = None
+    ) -> tuple[np.ndarray, float]:
+        """Dense Cholesky solve of (K + reg W^-1) alpha = Y on one worker, W = diag(weights) (m,) or the identity:
+        (alpha (m, c), relative residual)."""
+        return self.client.submit(wt.direct_solve, self._centres, Y, self.spec, reg, weights, pure=False).result()
+
+    def ridge_path(
+        self, Y: np.ndarray, regs: tuple[float, ...], weights: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact solves for every ridge value from one kernel matrix on one worker (see ``worker_tasks.ridge_path``):
+        (alphas (r, m, c), relative residuals (r,))."""
+        return self.client.submit(
+            wt.ridge_path, self._centres, Y, self.spec, tuple(regs), weights, pure=False
+        ).result()

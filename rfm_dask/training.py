@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -14,10 +14,12 @@ from distributed import Client
 from .checkpoint import fingerprint, load_checkpoint, rows_digest, save_checkpoint
 from .features import agop_feature_matrix, fact_feature_matrix, matrix_sqrt
 from .kernels import KernelSpec
-from .krr import Solution, choose_solver, solve_krr
+from .krr import Solution, check_weights_supported, choose_solver, solve_krr
 from .passes import KernelPasses, column_means
 from .row_blocks import RowBlocks, fetch_rows, smallest_worker_memory, take_rows
 from .tables import format_cell
+from .targets import TargetScaling
+from .tuning import search_hyperparameters
 
 logger = logging.getLogger("rfm_dask")
 
@@ -45,7 +47,11 @@ def _quality(metrics: dict) -> tuple:
 
 @dataclass(frozen=True)
 class RFMSettings:
-    """Hyperparameters of one RFM fit (the estimator's parameters, validated)."""
+    """Hyperparameters of one RFM fit (the estimator's parameters, validated).
+
+    With ``tune_bandwidth`` (``tune_reg``) the bandwidth of ``spec`` (``reg``) is not used: each iteration chooses
+    it on the validation rows (see ``tuning``).
+    """
 
     spec: KernelSpec
     reg: float = 1e-3
@@ -59,37 +65,46 @@ class RFMSettings:
     patience: int | None = 2
     n_centers: int = 2000
     feature_update: str = "agop"
+    tune_bandwidth: bool = False
+    tune_reg: bool = False
 
 
 FEATURE_UPDATES = ("agop", "fact")
 
 
 def _next_feature_matrix(
-    passes: KernelPasses, train: RowBlocks, Y: np.ndarray, sol: Solution, sample: np.ndarray, settings: RFMSettings
+    passes: KernelPasses, train: RowBlocks, Z: np.ndarray, sol: Solution, sample: np.ndarray, settings: RFMSettings,
+    scale: np.ndarray,
 ) -> np.ndarray:
     """The next M from the fitted predictor, at the sorted sampled training rows ``sample``.
 
+    Z (n, c) are the scaled targets the solve saw and ``scale`` (c,) the target scale: the update is that of the
+    predictor mapped back to the targets' scale, whose coefficients are coef * scale (the offset has no gradient).
     AGOP: normalise(AGOP^p). FACT: the FACT matrix weighted by each row's dual coefficient alpha_i where the centres
     are the training rows (direct, cg); for Nystrom, by the residual y_i - f(x_i), which equals reg * alpha_i for an
     exact solve (a positive factor, removed by the normalisation).
     """
+    beta = sol.coef * scale
     if settings.feature_update == "agop":
-        outer, grad_sum = passes.agop_sums(train, sample, sol.coef, settings.diag)
+        outer, grad_sum = passes.agop_sums(train, sample, beta, settings.diag)
         return agop_feature_matrix(outer, grad_sum, sample.size, settings.agop_power, settings.centre_agop)
     residual = sol.solver == "nystrom"
-    U = Y[sample] if residual else sol.coef[sample]
-    return fact_feature_matrix(passes.fact_sums(train, sample, U, residual, sol.coef, settings.diag), sample.size)
+    U = (Z[sample] if residual else sol.coef[sample]) * scale
+    return fact_feature_matrix(passes.fact_sums(train, sample, U, residual, beta, settings.diag), sample.size)
 
 
 @dataclass
 class FitResult:
     """Best iteration's feature matrix and coefficients on the centres, the shift (the training rows' mean, see
-    ``kernels.transform``), the centres themselves (m, d), and the per-iteration history."""
+    ``kernels.transform``), its kernel and ridge (as chosen when tuned), the centres themselves (m, d), and the
+    per-iteration history."""
 
     feature_matrix: np.ndarray
     coef: np.ndarray
     shift: np.ndarray
     best_iter: int
+    spec: KernelSpec
+    reg: float
     centres: np.ndarray | None = None
     history: list[dict] = field(default_factory=list)
 
@@ -100,6 +115,7 @@ def _checkpoint_state(
 ) -> tuple[dict, dict]:
     """(JSON state, arrays) after iteration t: everything the loop needs to go on with iteration t + 1."""
     state = {"next_iteration": t + 1, "history": history, "best_iter": best.best_iter,
+             "best_bandwidth": best.spec.bandwidth, "best_reg": best.reg,
              "best_quality": None if best_quality is None else list(best_quality), "stale": stale,
              "rng": rng.bit_generator.state}
     arrays = {"M": M, "best_M": best.feature_matrix, "best_coef": best.coef}
@@ -119,8 +135,15 @@ def run_rfm(
     metrics: Metrics = regression_metrics,
     checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
+    scaling: TargetScaling | None = None,
+    weights: np.ndarray | None = None,
 ) -> FitResult:
     """Fit an RFM on row blocks ``train`` with targets Y (n, c); select the best iteration on ``val`` if given.
+
+    The solves see the targets scaled by ``scaling`` (none if None); the validation metrics compare predictions
+    mapped back to the targets' scale with Y_val (n_val, c), and the feature updates are those of that predictor.
+    ``weights`` (n,): sample weights of the training rows, for the weighted ridge (K + reg W^-1) alpha = Y (direct
+    and cg solvers only); the validation metrics and the rows sampled for the feature update are unweighted.
 
     Iteration 0 uses M = I (the lazy kernel); iteration t > 0 uses the M learned from iteration t - 1's predictor.
     Without validation rows the last iteration is kept. The centres are the training rows (direct, cg) or
@@ -133,11 +156,15 @@ def run_rfm(
     """
     d = train.n_features
     solver = choose_solver(settings.solver, train.n, smallest_worker_memory(client))
+    check_weights_supported(solver, weights)
     n_sample = min(train.n, settings.agop_samples)
     shift = column_means(client, train)
+    scaling = TargetScaling.identity(Y.shape[1]) if scaling is None else scaling
+    Z = scaling.transform(Y)
     key = None if checkpoint is None else fingerprint(
         settings, {"rng": rng.bit_generator.state, "n": train.n},
-        [Y, rows_digest(client, train)] + ([] if val is None else [rows_digest(client, val), Y_val]))
+        [Z, rows_digest(client, train)] + ([] if val is None else [rows_digest(client, val), Y_val])
+        + ([] if weights is None else [weights]))
     saved = load_checkpoint(checkpoint, key) if checkpoint is not None and resume else None
     M = np.ones(d) if settings.diag else np.eye(d)
     centre_rows = None
@@ -150,31 +177,46 @@ def run_rfm(
     if saved is not None:
         state, arrays = saved
         M, history, stale, first = arrays["M"], state["history"], state["stale"], state["next_iteration"]
-        best = FitResult(arrays["best_M"], arrays["best_coef"], shift, state["best_iter"])
+        best = FitResult(arrays["best_M"], arrays["best_coef"], shift, state["best_iter"],
+                         replace(settings.spec, bandwidth=state["best_bandwidth"]), state["best_reg"])
         best_quality = None if state["best_quality"] is None else tuple(state["best_quality"])
         rng.bit_generator.state = state["rng"]
         centre_rows = arrays.get("centre_rows")
         logger.info("resuming from %s at iteration %d", checkpoint, first)
     centres = train if centre_rows is None else take_rows(client, train, centre_rows)
+    tune = settings.tune_bandwidth or settings.tune_reg
+    if tune and val is None:
+        raise ValueError("bandwidth='auto' and reg='auto' are chosen on validation rows: pass X_val and y_val or "
+                         "a validation_fraction that leaves at least one row")
     for t in range(first, settings.iters + 1):
         start = time.perf_counter()
-        passes = KernelPasses(client, centres, matrix_sqrt(M), shift, settings.spec)
-        sol = solve_krr(passes, train, Y, settings.reg, solver, settings.tol, rng)
-        record = {"iteration": t, "solver": sol.solver, "cg_iterations": sol.iterations, "residual": sol.residual}
+        spec, reg, sol = settings.spec, settings.reg, None
+        if tune:
+            choice = search_hyperparameters(
+                client, train, Z, val, lambda F: _quality(metrics(scaling.inverse(F), Y_val)), matrix_sqrt(M),
+                shift, settings.spec, None if settings.tune_reg else settings.reg, settings.tune_bandwidth, solver,
+                rng, weights,
+            )
+            spec, reg, sol = choice.spec, choice.reg, choice.solution
+        passes = KernelPasses(client, centres, matrix_sqrt(M), shift, spec)
+        if sol is None:
+            sol = solve_krr(passes, train, Z, reg, solver, settings.tol, rng, weights)
+        record = {"iteration": t, "bandwidth": spec.bandwidth, "reg": reg, "solver": sol.solver,
+                  "cg_iterations": sol.iterations, "residual": sol.residual}
         if val is not None:
-            record.update(metrics(passes.matvec(val, sol.coef), Y_val))
+            record.update(metrics(scaling.inverse(passes.matvec(val, sol.coef)), Y_val))
             quality = _quality(record)
             improved = best_quality is None or quality > best_quality
         else:
             improved, quality = True, None
         if improved:
-            best, best_quality, stale = FitResult(M, sol.coef, shift, t), quality, 0
+            best, best_quality, stale = FitResult(M, sol.coef, shift, t, spec, reg), quality, 0
         else:
             stale += 1
         stop = t == settings.iters or (settings.patience is not None and stale >= settings.patience)
         if not stop:
             sample = np.arange(train.n) if n_sample == train.n else rng.choice(train.n, n_sample, replace=False)
-            M = _next_feature_matrix(passes, train, Y, sol, np.sort(sample), settings)
+            M = _next_feature_matrix(passes, train, Z, sol, np.sort(sample), settings, scaling.scale)
         record["seconds"] = time.perf_counter() - start
         history.append(record)
         fields = " ".join(f"{k}={format_cell(v)}" for k, v in record.items() if k != "iteration")

@@ -221,12 +221,48 @@ def fact_sums(
     return to_host(kn.fact_partial(xp, G, U, Xs - shift, diag))
 
 
+def weighted_ridge_solve(
+    K: np.ndarray, Y: np.ndarray, reg: float, weights: np.ndarray | None, threads: int = 1
+) -> tuple[np.ndarray, float]:
+    """alpha (n, c) with (K + reg W^-1) alpha = Y, W = diag(weights) (the identity if None), and its relative
+    residual; float64, on ``threads`` threads (see ``solvers.direct.direct_solve``: the result does not depend on
+    their number).
+
+    Solved in the symmetric form (W^1/2 K W^1/2 + reg I) u = W^1/2 Y, alpha = W^1/2 u (the residual is that of
+    this system), so a row of weight 0 gets alpha_i = 0 instead of a division by zero.
+    """
+    if weights is None:
+        solution = dense_solve(K, Y, reg, threads)
+        return solution.x, solution.residual
+    s = np.sqrt(weights)[:, None]
+    solution = dense_solve(s * K * s.T, s * Y, reg, threads)
+    return s * solution.x, solution.residual
+
+
 @single_blas_thread
-def direct_solve(centres: Centres, Y: np.ndarray, spec: kn.KernelSpec, reg: float) -> tuple[np.ndarray, float]:
-    """Exact KRR on one worker, on all its threads (see ``solvers.direct.direct_solve``; the result does not depend
-    on their number): alpha (n, c) with (K + reg I) alpha = Y, and the relative residual."""
-    solution = dense_solve(centre_kernel(centres, spec), Y, reg, _worker_threads())
-    return solution.x, solution.residual
+def direct_solve(
+    centres: Centres, Y: np.ndarray, spec: kn.KernelSpec, reg: float, weights: np.ndarray | None = None
+) -> tuple[np.ndarray, float]:
+    """Exact (weighted) KRR on one worker, on all its threads: alpha (n, c) with (K + reg W^-1) alpha = Y, and the
+    relative residual (see ``weighted_ridge_solve``)."""
+    return weighted_ridge_solve(centre_kernel(centres, spec), Y, reg, weights, _worker_threads())
+
+
+@single_blas_thread
+def ridge_path(
+    centres: Centres, Y: np.ndarray, spec: kn.KernelSpec, regs: tuple[float, ...], weights: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact (weighted) KRR for every ridge value from one kernel matrix on one worker: alpha_r =
+    (K + reg_r W^-1)^-1 Y (see ``weighted_ridge_solve``).
+
+    One solve per ridge value, not one eigendecomposition for all: on this project's machine (one BLAS thread,
+    n = 2000) LAPACK's fastest symmetric eigensolver (evr) took 9.3 s against 2.6 s for five Cholesky solves (1.0 s
+    against 0.7 s at n = 1000); the eigendecomposition wins only beyond ~15 ridge values.
+    Returns (alphas (r, n, c), relative residuals (r,)), float64.
+    """
+    K, threads = centre_kernel(centres, spec), _worker_threads()
+    solutions = [weighted_ridge_solve(K, Y, reg, weights, threads) for reg in regs]
+    return np.stack([alpha for alpha, _ in solutions]), np.array([residual for _, residual in solutions])
 
 
 @single_blas_thread

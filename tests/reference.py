@@ -146,11 +146,13 @@ def fact_update(G: np.ndarray, U: np.ndarray, X: np.ndarray, diag: bool) -> np.n
     return normalise(np.abs(np.diag(F))) if diag else normalise(psd_power(F @ F.T, 0.5))
 
 
-def encode_targets(y, classes=None) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
-    """The estimators' target encoding: (Y (n, c) to fit, ``decode`` mapping fitted outputs (n, c) back).
+def encode_targets(y, classes=None) -> tuple[np.ndarray, np.ndarray]:
+    """The estimators' target encoding: (Y (n, c) to fit, offset (c,) that maps fitted outputs F back as F + offset).
 
-    Regressor (``classes`` None): Y = y as columns, decode = identity. Classifier: one-hot rows of ``classes`` (one
-    0/1 column for two classes); decode gives the class scores (identity), thresholded at 0.5 or argmax-ed.
+    Regressor (``classes`` None): y as columns, centred by their means. Classifier: one-hot rows of ``classes`` (one
+    0/1 column for two classes) centred by the class frequencies. The regressor also divides each output by its
+    standard deviation before the solve; the solve is linear in its targets, so its coefficients times that scale
+    are the coefficients of Y, and M (from the mapped-back predictor) is the same.
     """
     y = np.asarray(y)
     if classes is None:
@@ -158,7 +160,8 @@ def encode_targets(y, classes=None) -> tuple[np.ndarray, Callable[[np.ndarray], 
     else:
         index = np.searchsorted(classes, y)
         Y = index[:, None].astype(np.float64) if len(classes) == 2 else np.eye(len(classes))[index]
-    return Y, lambda F: F
+    offset = Y.mean(axis=0)
+    return Y - offset, offset
 
 
 def rfm_iterations(

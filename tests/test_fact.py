@@ -57,7 +57,8 @@ def test_fact_feature_matrix_is_polar_factor():
 
 @pytest.mark.parametrize("diag", [False, True])
 def test_fact_fit_matches_dense_reference(client, diag):
-    """One FACT update after an exact (direct) solve with M = I equals the dense reference."""
+    """One FACT update after an exact (direct) solve with M = I equals the dense reference (the estimator centres
+    the targets, and FACT is that of the predictor on the targets' scale: alpha solved for y - mean(y))."""
     X, y = _data()
     L, reg = 3.0, 1e-2
     model = RFMRegressor(
@@ -65,11 +66,12 @@ def test_fact_fit_matches_dense_reference(client, diag):
         validation_fraction=0.0, random_state=0, client=client,
     ).fit(X, y)
     K = ref.kernel(X, X, np.eye(4), "laplace", L)
-    alpha = np.linalg.solve(K + reg * np.eye(len(X)), y)
+    yc = y - y.mean(axis=0)  # the estimator centres (and scales) the targets; M is scale-free
+    alpha = np.linalg.solve(K + reg * np.eye(len(X)), yc)
     G = ref.masked_gradients(X, X, np.arange(len(X)), alpha, np.eye(4), "laplace", L)
     expected = _reference_fact_matrix(X, G, alpha, diag)
     # M is quadratic in alpha, whose float32 rounding is bounded by the solve's conditioning
-    tol = 4 * ref.solve_rounding_bound(X, y, np.eye(4), alpha, "laplace", L, 1.0, reg)
+    tol = 4 * ref.solve_rounding_bound(X, yc, np.eye(4), alpha, "laplace", L, 1.0, reg)
     np.testing.assert_allclose(model.feature_matrix_, expected, rtol=0, atol=tol)
 
 
@@ -85,7 +87,8 @@ def test_l1_kernel_fit_matches_dense_reference(client, update):
     ).fit(X, y)
     M0 = np.ones(4)
     K = ref.kernel(X, X, M0, "l1_laplace", L)
-    alpha = np.linalg.solve(K + reg * np.eye(len(X)), y)
+    yc = y - y.mean(axis=0)  # the estimator centres (and scales) the targets; M is scale-free
+    alpha = np.linalg.solve(K + reg * np.eye(len(X)), yc)
     G = ref.masked_gradients(X, X, np.arange(len(X)), alpha, M0, "l1_laplace", L)
     if update == "fact":
         expected = _reference_fact_matrix(X, G, alpha, diag=True)
@@ -96,7 +99,7 @@ def test_l1_kernel_fit_matches_dense_reference(client, update):
     np.testing.assert_allclose(model.feature_matrix_, expected, rtol=1e-3, atol=1e-4)
     # and the kept predictor is the dense L1 kernel ridge regression under that M
     K1 = ref.kernel(X, X, model.feature_matrix_, "l1_laplace", L)
-    pred = K1 @ np.linalg.solve(K1 + reg * np.eye(len(X)), y)
+    pred = y.mean(axis=0) + K1 @ np.linalg.solve(K1 + reg * np.eye(len(X)), yc)  # the scale cancels
     np.testing.assert_allclose(model.predict(X), pred, rtol=1e-3, atol=1e-3 * np.abs(pred).max())
 
 

@@ -2,7 +2,7 @@
 
 Each option that changes the model (kernel, exponent, diag, agop_power, centre_agop, feature_update, solver) is
 checked on a two-iteration fit: the feature matrix M_2, the coefficients and predictions, first at the level of
-``run_rfm`` (targets as given), then through the estimators (targets encoded by ``reference.encode_targets``).
+``run_rfm`` (targets as given), then through the estimators (targets centred as ``reference.encode_targets`` does).
 
 Tolerances follow the conditioning: the kernel entries are float32, each off by at most ``float32_kernel_error``
 (E); the coefficients solve A coef = B with A = K + reg I (or the Nystrom matrix), so their error is at most
@@ -119,11 +119,11 @@ def test_regressor_matches_reference(client, case):
     p = _params(case)
     X, Y, X_test = _data(3)
     model = RFMRegressor(**p, validation_fraction=0.0, random_state=3, client=client).fit(X, Y)
-    Y_fit, decode = ref.encode_targets(Y)
+    Y_fit, offset = ref.encode_targets(Y)
     M, coef, C, tol = _reference(p, X, Y_fit, _centre_rows(p, 3, N))
     assert model.best_iter_ == ITERS
-    _check_model(p, model.feature_matrix_, model.model_.coef, lambda Z: decode(model.predict(Z)), X_test, M, coef,
-                 C, tol)
+    _check_model(p, model.feature_matrix_, model.model_.coef * model.model_.target.scale,
+                 lambda Z: model.predict(Z) - offset, X_test, M, coef, C, tol)
 
 
 @pytest.mark.parametrize("n_classes", [2, 3])
@@ -136,13 +136,13 @@ def test_classifier_matches_reference(client, case, n_classes):
     classes = np.array(["a", "b", "c"][:n_classes])
     y = classes[np.digitize(Y[:, 0], np.quantile(Y[:, 0], np.linspace(0, 1, n_classes + 1)[1:-1]))]
     model = RFMClassifier(**p, validation_fraction=0.0, random_state=4, client=client).fit(X, y)
-    Y_fit, decode = ref.encode_targets(y, classes)
+    Y_fit, offset = ref.encode_targets(y, classes)
     M, coef, C, tol = _reference(p, X, Y_fit, None)
     np.testing.assert_allclose(model.feature_matrix_, M, rtol=0, atol=tol)
     np.testing.assert_allclose(model.model_.coef, coef, rtol=0, atol=tol * np.abs(coef).max())
     args = (p["kernel"], p["bandwidth"], p["exponent"])
     K = ref.kernel(X_test, C, M, *args)
-    scores = decode(K @ coef)
+    scores = K @ coef + offset
     bound = 4 * ref.float32_kernel_error(X_test, C, M, *args) @ np.abs(coef) + 2 * tol * np.abs(K) @ np.abs(coef)
     if n_classes == 2:
         expected, clear = (scores[:, 0] > 0.5).astype(int), np.abs(scores[:, 0] - 0.5) > bound[:, 0]

@@ -1,0 +1,110 @@
+"""``bandwidth="auto"`` and ``reg="auto"``: a grid search on the validation rows under the current feature matrix.
+
+Grids (documented in the README, chosen from measurements on real tables):
+
+- bandwidth: ``BANDWIDTH_FACTORS`` times a data-driven scale, the median pairwise distance ||x - z||_M of a seeded
+  sample of ``rfm.tune.scale-rows`` training rows under the current M;
+- ridge: ``REG_GRID``, in the units of the scaled targets (see ``targets``) and of a kernel with k(x, x) = 1.
+
+Cheap path: for each bandwidth, the exact kernel matrix on the search rows is computed once for every ridge value
+(one Cholesky each: faster than one eigendecomposition for the grid's five values, see
+``worker_tasks.ridge_path``), and one pass over the validation rows scores all of them. The search rows
+are all training rows when the fit uses the direct solver on at most ``rfm.tune.rows`` rows (the chosen solution is
+then the fit's solution); otherwise a seeded sample of ``rfm.tune.rows`` training rows, and the fit solves once with
+the chosen values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import numpy as np
+from distributed import Client
+from scipy.spatial.distance import pdist
+
+from . import config
+from . import kernels as kn
+from .krr import Solution
+from .passes import KernelPasses
+from .row_blocks import RowBlocks, fetch_rows, take_rows
+
+#: bandwidth="auto": candidate L as multiples of the median pairwise distance under the current M.
+BANDWIDTH_FACTORS = (0.5, 1.0, 2.0, 4.0, 8.0)
+#: reg="auto": candidate ridge values (targets scaled to unit variance, k(x, x) = 1).
+REG_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+
+#: Scores validation predictions (n_val, c), on the scaled targets' scale; larger is better.
+Score = Callable[[np.ndarray], tuple]
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The chosen kernel (its bandwidth) and ridge, and the exact solution on all training rows when the search ran
+    on them (else None: the fit solves once more with these values)."""
+
+    spec: kn.KernelSpec
+    reg: float
+    solution: Solution | None
+
+
+def median_distance(
+    client: Client, rows: RowBlocks, S: np.ndarray, shift: np.ndarray, rng: np.random.Generator, sample: int
+) -> float:
+    """Median of the pairwise distances ||x - z||_M = ||S (x - z)|| among ``sample`` seeded rows (float64); 1 when
+    they are all equal. S is M^(1/2), (d, d) or (d,)."""
+    index = np.sort(rng.choice(rows.n, min(rows.n, sample), replace=False))
+    Xs = fetch_rows(client, take_rows(client, rows, index)).astype(np.float64)
+    distances = pdist(kn.transform(np, Xs, S, shift))
+    median = float(np.median(distances)) if distances.size else 0.0
+    return median if median > 0 else 1.0
+
+
+def search_hyperparameters(
+    client: Client,
+    train: RowBlocks,
+    Z: np.ndarray,
+    val: RowBlocks,
+    score: Score,
+    S: np.ndarray,
+    shift: np.ndarray,
+    spec: kn.KernelSpec,
+    reg: float | None,
+    tune_bandwidth: bool,
+    solver: str,
+    rng: np.random.Generator,
+    weights: np.ndarray | None = None,
+) -> Choice:
+    """The (bandwidth, reg) pair whose exact solution on the search rows scores best on ``val`` (ties: the first
+    in grid order, smaller bandwidth, then smaller ridge).
+
+    Z (n, c): the scaled training targets; ``spec``: the kernel (its bandwidth is used unless ``tune_bandwidth``);
+    ``reg``: a fixed ridge, or None to search ``REG_GRID``; ``solver``: the fit's resolved solver; ``weights`` (n,):
+    the training rows' sample weights (the search solves the weighted ridge on the search rows), or None.
+    """
+    regs = REG_GRID if reg is None else (reg,)
+    if tune_bandwidth:
+        scale = median_distance(client, train, S, shift, rng, int(config.get("tune.scale-rows")))
+        specs = [replace(spec, bandwidth=factor * scale) for factor in BANDWIDTH_FACTORS]
+    else:
+        specs = [spec]
+    limit = int(config.get("tune.rows"))
+    full = solver == "direct" and train.n <= limit
+    if full:
+        rows, Zs, ws = train, Z, weights
+    else:
+        index = np.sort(rng.choice(train.n, min(train.n, limit), replace=False))
+        rows, Zs, ws = take_rows(client, train, index), Z[index], None if weights is None else weights[index]
+    n, c = Zs.shape
+    best: tuple | None = None
+    for candidate in specs:
+        passes = KernelPasses(client, rows, S, shift, candidate)
+        alphas, residuals = passes.ridge_path(Zs, regs, ws)
+        F = passes.matvec(val, alphas.transpose(1, 0, 2).reshape(n, len(regs) * c))
+        for k, r in enumerate(regs):
+            quality = score(F[:, k * c : (k + 1) * c])
+            if best is None or quality > best[0]:
+                best = (quality, candidate, r, alphas[k], residuals[k])
+    assert best is not None
+    _, chosen, r, alpha, residual = best
+    return Choice(chosen, float(r), Solution(alpha, "direct", 0, float(residual)) if full else None)

@@ -1,0 +1,169 @@
+"""bandwidth="auto" and reg="auto" against dense float64 NumPy references (DESIGN section 2, "Model selection")."""
+
+from __future__ import annotations
+
+import dask
+import numpy as np
+import pytest
+from scipy.spatial.distance import pdist
+
+from rfm_dask import RFMClassifier, RFMRegressor, load
+from rfm_dask.kernels import KernelSpec
+from rfm_dask.passes import KernelPasses
+from rfm_dask.row_blocks import put_rows
+from rfm_dask.tuning import BANDWIDTH_FACTORS, REG_GRID, median_distance
+
+import reference as ref
+
+
+def _data(n=160, d=4, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d))
+    y = 5.0 + np.sin(2 * X[:, 0]) + 0.5 * X[:, 1] * X[:, 2] + 0.1 * rng.normal(size=n)
+    return X, y
+
+
+def test_ridge_path_matches_dense_solves(client):
+    """One kernel matrix gives (K + reg I)^-1 Y for every reg, as dense float64 solves do."""
+    X, y = _data(n=90)
+    Y = np.column_stack([y - y.mean(), X[:, 3]])
+    S = np.diag([1.0, 0.5, 2.0, 0.7])
+    spec = KernelSpec("laplace", bandwidth=3.0)
+    passes = KernelPasses(client, put_rows(client, X, rows_per_block=32), S, X.mean(axis=0), spec)
+    regs = (1e-2, 1e-1, 1.0)
+    alphas, residuals = passes.ridge_path(Y, regs)
+    K = ref.kernel(X, X, S @ S, "laplace", 3.0)
+    for alpha, reg, residual in zip(alphas, regs, residuals):
+        expected = np.linalg.solve(K + reg * np.eye(len(X)), Y)
+        # the centres are float32: kernel entries off by ~1e-7 relative, amplified by cond(K + reg I) <= (1 + n)/reg
+        np.testing.assert_allclose(alpha, expected, rtol=0, atol=1e-7 * (1 + len(X)) / reg * np.abs(expected).max())
+        assert residual < 1e-10
+        direct, _ = passes.direct_solve(Y, reg)
+        np.testing.assert_allclose(alpha, direct, rtol=0, atol=1e-9 * (1 + len(X)) / reg * np.abs(direct).max())
+
+
+def test_median_distance_is_that_of_the_seeded_sample(client):
+    X, _ = _data(n=70)
+    S = np.array([1.0, 0.0, 0.5, 2.0])  # a diagonal M^(1/2)
+    rows = put_rows(client, X, rows_per_block=16)
+    expected = np.median(pdist(X.astype(np.float32).astype(np.float64) * S))
+    got = median_distance(client, rows, S, X.mean(axis=0), np.random.default_rng(0), sample=100)
+    assert got == pytest.approx(expected, rel=1e-6)
+    index = np.sort(np.random.default_rng(1).choice(70, 20, replace=False))
+    sampled = median_distance(client, rows, S, X.mean(axis=0), np.random.default_rng(1), sample=20)
+    assert sampled == pytest.approx(np.median(pdist(X[index] * S)), rel=1e-6)
+
+
+def _reference_grid_mse(X, y, X_val, y_val, scale):
+    """Validation MSE (bandwidth factor, reg) of the exact centred KRR with M = I, in float64."""
+    out = np.empty((len(BANDWIDTH_FACTORS), len(REG_GRID)))
+    for i, factor in enumerate(BANDWIDTH_FACTORS):
+        K = ref.kernel(X, X, np.eye(X.shape[1]), "laplace", factor * scale)
+        K_val = ref.kernel(X_val, X, np.eye(X.shape[1]), "laplace", factor * scale)
+        for j, reg in enumerate(REG_GRID):
+            pred = y.mean() + K_val @ np.linalg.solve(K + reg * np.eye(len(X)), y - y.mean())
+            out[i, j] = np.mean((pred - y_val) ** 2)
+    return out
+
+
+def test_auto_chooses_the_best_grid_point_on_the_validation_rows(client):
+    X, y = _data()
+    X_val, y_val = _data(n=60, seed=1)
+    model = RFMRegressor(bandwidth="auto", reg="auto", iters=0, solver="direct", random_state=0,
+                         client=client).fit(X, y, X_val=X_val, y_val=y_val)
+    scale = np.median(pdist(X.astype(np.float32).astype(np.float64)))  # all 160 rows are the scale sample
+    grid = _reference_grid_mse(X, y, X_val, y_val, scale)
+    factor = model.bandwidth_ / scale
+    i = int(np.argmin(np.abs(np.array(BANDWIDTH_FACTORS) - factor)))
+    j = REG_GRID.index(model.reg_)
+    assert factor == pytest.approx(BANDWIDTH_FACTORS[i], rel=1e-6)
+    # the grid's best, up to what float32 tiles can tell apart
+    assert grid[i, j] <= grid.min() * (1 + 1e-4)
+    assert model.history_[0]["val_mse"] == pytest.approx(grid[i, j], rel=1e-4)
+    assert (model.history_[0]["bandwidth"], model.history_[0]["reg"]) == (model.bandwidth_, model.reg_)
+    fixed = RFMRegressor(bandwidth=model.bandwidth_, reg=model.reg_, iters=0, solver="direct", random_state=0,
+                         client=client).fit(X, y, X_val=X_val, y_val=y_val)
+    np.testing.assert_allclose(model.predict(X_val), fixed.predict(X_val), rtol=1e-6)
+
+
+@pytest.mark.parametrize("solver", ["direct", "cg", "nystrom"])
+def test_search_on_a_subsample_then_one_fit_with_the_chosen_values(client, solver):
+    """Above ``rfm.tune.rows`` (and for cg and nystrom) the search runs on a seeded subsample; the model is then the
+    fit with the chosen values, and every iteration records its own choice."""
+    X, y = _data()
+    X_val, y_val = _data(n=60, seed=1)
+    params = dict(iters=2, patience=None, solver=solver, n_centers=160, tol=1e-10, random_state=0, client=client)
+    with dask.config.set({"rfm.tune.rows": 60}):
+        model = RFMRegressor(bandwidth="auto", reg=1e-2, **params).fit(X, y, X_val=X_val, y_val=y_val)
+    assert model.reg_ == 1e-2 and all(h["reg"] == 1e-2 for h in model.history_)
+    chosen = [h["bandwidth"] for h in model.history_]
+    assert model.bandwidth_ == chosen[model.best_iter_]
+    lazy = RFMRegressor(bandwidth=chosen[0], reg=1e-2, **dict(params, iters=0)).fit(X, y, X_val=X_val, y_val=y_val)
+    assert lazy.history_[0]["val_mse"] == pytest.approx(model.history_[0]["val_mse"], rel=1e-5)
+
+
+def test_reg_auto_alone_keeps_the_bandwidth_and_classifier_tunes_on_accuracy(client):
+    X, y = _data()
+    labels = np.where(y > np.median(y), "hi", "lo")
+    model = RFMClassifier(bandwidth=3.0, reg="auto", iters=1, random_state=0, client=client).fit(X, labels)
+    assert model.bandwidth_ == 3.0 and model.reg_ in REG_GRID
+    assert all(h["bandwidth"] == 3.0 and "val_accuracy" in h for h in model.history_)
+
+
+def test_auto_needs_validation_rows_and_bad_values_raise(client):
+    X, y = _data(n=40)
+    with pytest.raises(ValueError, match="validation rows"):
+        RFMRegressor(bandwidth="auto", validation_fraction=0.0, client=client).fit(X, y)
+    with pytest.raises(ValueError, match="bandwidth"):
+        RFMRegressor(bandwidth="wide", client=client).fit(X, y)
+    with pytest.raises(ValueError, match="reg"):
+        RFMRegressor(reg="best", client=client).fit(X, y)
+
+
+def test_tuned_values_survive_the_model_file(client, tmp_path):
+    X, y = _data(n=80)
+    model = RFMRegressor(bandwidth="auto", reg="auto", iters=1, random_state=0, client=client).fit(X, y)
+    loaded = load(model.save(tmp_path / "tuned.rfm"))
+    assert (loaded.bandwidth_, loaded.reg_) == (model.bandwidth_, model.reg_)
+    assert loaded.get_params()["bandwidth"] == "auto"
+    np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
+
+
+def test_cli_accepts_auto():
+    from rfm_dask.cli import build_parser
+
+    parser = build_parser()[0]
+    args = parser.parse_args(["fit", "store", "model", "--bandwidth", "auto", "--reg", "0.01"])
+    assert (args.bandwidth, args.reg) == ("auto", 0.01)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["fit", "store", "model", "--reg", "best"])
+
+
+def test_resume_keeps_the_tuned_values(client, tmp_path, monkeypatch):
+    """A tuned fit interrupted after iteration 1 resumes to the model of an uninterrupted one (the best
+    iteration's bandwidth and reg are in the checkpoint)."""
+    import rfm_dask.training as training
+
+    X, y = _data(n=120)
+    params = dict(bandwidth="auto", reg="auto", iters=3, patience=None, solver="direct", random_state=3,
+                  client=client)
+    reference = RFMRegressor(**params).fit(X, y)
+    original, calls = training._next_feature_matrix, {"n": 0}
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("simulated crash in iteration 2")
+        return original(*args, **kwargs)
+
+    ckpt = tmp_path / "fit.ckpt"
+    monkeypatch.setattr(training, "_next_feature_matrix", failing)
+    with pytest.raises(RuntimeError, match="simulated"):
+        RFMRegressor(checkpoint=ckpt, **params).fit(X, y)
+    monkeypatch.setattr(training, "_next_feature_matrix", original)
+    resumed = RFMRegressor(checkpoint=ckpt, resume=True, **params).fit(X, y)
+    assert (resumed.bandwidth_, resumed.reg_, resumed.best_iter_) == (reference.bandwidth_, reference.reg_,
+                                                                      reference.best_iter_)
+    np.testing.assert_array_equal(resumed.model_.coef, reference.model_.coef)
+    assert [(h["bandwidth"], h["reg"]) for h in resumed.history_] == [(h["bandwidth"], h["reg"])
+                                                                      for h in reference.history_]
