@@ -61,22 +61,6 @@ def test_fit_on_zarr_four_times_larger_than_cluster_memory(tmp_path):
     assert memory.peak < limit
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(3600)
-def test_fit_on_16_mb_chunks_at_300_mib_per_worker(tmp_path):
-    """The chunks users have (100k rows x 40 float32 = 16 MB): no pause, no restart, RSS within the limit."""
-    limit = 300 * MIB
-    nbytes, model, memory, before, after, logs = _fit_out_of_core(
-        tmp_path, n=4_000_000, d=40, chunk_rows=100_000, memory_limit=limit, n_centers=500, tol=1e-2
-    )
-    print(f"peak worker RSS {memory.peak / MIB:.0f} MiB of {limit / MIB:.0f} MiB limit ({memory.samples} samples)")
-    assert nbytes > 2 * limit, "the data set must be larger than the cluster's total memory limit"
-    assert len(model.history_) == 2
-    assert before == after, "a worker was restarted (killed) during the fit"
-    assert "Pausing worker" not in logs
-    assert memory.peak < limit
-
-
 def _traced_peak(fn, *args) -> int:
     """Peak bytes allocated (traced by tracemalloc, which sees NumPy's buffers) while ``fn(*args)`` runs."""
     tracemalloc.start()
