@@ -29,7 +29,13 @@ def test_low_rank_golden(client):
     np.testing.assert_allclose(np.mean((model.predict(X_test) - y_test) ** 2), min(mse), rtol=1e-4)
 
 
-@pytest.mark.parametrize("loader", [load_digits, load_breast_cancer], ids=["digits", "breast_cancer"])
+@pytest.mark.parametrize("loader", [
+    load_digits,
+    pytest.param(load_breast_cancer, marks=pytest.mark.xfail(strict=True, reason=(
+        "since targets are centred by the class frequencies (issue 13) the lazy kernel classifies 163 of the 171 "
+        "test rows right, as the RFM does (before: 162 vs 163), and has the lower Brier score (0.0365 vs 0.0389): "
+        "feature learning does not pay on this table. Strict: a fix that makes it pay again turns this red."))),
+], ids=["digits", "breast_cancer"])
 def test_classification_best_iteration_beats_lazy(client, loader):
     X, y = loader(return_X_y=True)
     X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.3, random_state=0, stratify=y)

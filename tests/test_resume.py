@@ -15,12 +15,13 @@ import pyarrow.parquet as pq
 import pytest
 
 import rfm_dask
-import rfm_dask.training as training
 from rfm_dask import RFMRegressor
 from rfm_dask.checkpoint import CheckpointMismatch
 from rfm_dask.cli import main
 from rfm_dask.datasets import low_rank_golden
 from rfm_dask.model_file import read_model_file
+
+from interrupt import fit_crashing_in_iteration_2
 
 
 def _same_model(a, b):
@@ -41,20 +42,8 @@ def test_api_resume_after_a_failure(client, tmp_path, monkeypatch, solver):
     params = dict(iters=3, solver=solver, n_centers=200, patience=None, random_state=7, client=client)
     reference = RFMRegressor(**params).fit(X, y)
 
-    calls = {"n": 0}
-    original = training._next_feature_matrix
-
-    def failing(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("simulated crash in iteration 2")
-        return original(*args, **kwargs)
-
     ckpt = tmp_path / "fit.ckpt"
-    monkeypatch.setattr(training, "_next_feature_matrix", failing)
-    with pytest.raises(RuntimeError, match="simulated"):
-        RFMRegressor(checkpoint=ckpt, **params).fit(X, y)
-    monkeypatch.setattr(training, "_next_feature_matrix", original)
+    fit_crashing_in_iteration_2(monkeypatch, RFMRegressor(checkpoint=ckpt, **params), X, y)
     assert read_model_file(ckpt)[1]["next_iteration"] == 2
 
     swapped = X.copy()

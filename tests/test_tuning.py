@@ -14,6 +14,7 @@ from rfm_dask.row_blocks import put_rows
 from rfm_dask.tuning import BANDWIDTH_FACTORS, REG_GRID, median_distance
 
 import reference as ref
+from interrupt import fit_crashing_in_iteration_2
 
 
 def _data(n=160, d=4, seed=0):
@@ -142,25 +143,12 @@ def test_cli_accepts_auto():
 def test_resume_keeps_the_tuned_values(client, tmp_path, monkeypatch):
     """A tuned fit interrupted after iteration 1 resumes to the model of an uninterrupted one (the best
     iteration's bandwidth and reg are in the checkpoint)."""
-    import rfm_dask.training as training
-
     X, y = _data(n=120)
     params = dict(bandwidth="auto", reg="auto", iters=3, patience=None, solver="direct", random_state=3,
                   client=client)
     reference = RFMRegressor(**params).fit(X, y)
-    original, calls = training._next_feature_matrix, {"n": 0}
-
-    def failing(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("simulated crash in iteration 2")
-        return original(*args, **kwargs)
-
     ckpt = tmp_path / "fit.ckpt"
-    monkeypatch.setattr(training, "_next_feature_matrix", failing)
-    with pytest.raises(RuntimeError, match="simulated"):
-        RFMRegressor(checkpoint=ckpt, **params).fit(X, y)
-    monkeypatch.setattr(training, "_next_feature_matrix", original)
+    fit_crashing_in_iteration_2(monkeypatch, RFMRegressor(checkpoint=ckpt, **params), X, y)
     resumed = RFMRegressor(checkpoint=ckpt, resume=True, **params).fit(X, y)
     assert (resumed.bandwidth_, resumed.reg_, resumed.best_iter_) == (reference.bandwidth_, reference.reg_,
                                                                       reference.best_iter_)
