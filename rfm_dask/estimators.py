@@ -388,8 +388,8 @@ class RFMRegressor(RegressorMixin, _RFMBase):
     __doc__ = """Recursive Feature Machine for regression (single or multiple outputs).
 
     Parameters mirror the RFM papers: a Laplace (exponent q) or Gaussian Mahalanobis kernel with bandwidth L, or
-    (``kernel="l1_laplace"``) xRFM's product-Laplace kernel exp(-(sum_i s_i |x_i - z_i| / L)^q) with M = diag(s^2),
-    which always learns a diagonal M whatever ``diag`` says; ridge
+    (``kernel="l1_laplace"``) xRFM's product-Laplace kernel ``exp(-(sum_i s_i |x_i - z_i| / L)^q)`` with
+    ``M = diag(s^2)``, which always learns a diagonal M whatever ``diag`` says; ridge
     ``reg`` as in (K + reg I) alpha = y, ``iters`` updates of M (full or diagonal) by ``feature_update``: "agop"
     (the average gradient outer product, to the power ``agop_power``, 1 or 1/2) or "fact" (the Features at
     Convergence Theorem matrix F, M = (F F^T)^(1/2)).
