@@ -42,5 +42,3 @@ def markdown_table(records: Sequence[dict], columns: Sequence[str] | None = None
     """A Markdown (pipe) table of the records: numeric columns right-aligned, "|" in a cell escaped."""
     return _table(records, columns, "pipe", escape=True)
 
-
-HISTORY_COLUMNS = ("iteration", "val_accuracy", "val_mse", "solver", "cg_iterations", "residual", "seconds")
