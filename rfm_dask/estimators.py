@@ -22,7 +22,7 @@ from .cluster import resolve_client
 from .cluster_engine import ClusterEngine
 from .inputs import check_dask_features, check_finite_targets, is_dask, to_host_targets
 from .io.transformer import TableEncoder, is_pandas_frame
-from .kernels import KERNELS, KernelSpec
+from .kernel_spec import KERNELS, KernelSpec
 from .krr import SOLVERS
 from .model import KernelModel
 from .model_file import ModelFileError, read_model_file, write_model_file
