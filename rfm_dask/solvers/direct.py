@@ -19,6 +19,7 @@ import scipy.linalg
 
 from . import NumericalError
 from .cg import conjugate_gradient
+from .cholesky import MAX_TRIES, jittered_cholesky
 
 #: Rows and columns per tile of the tiled Cholesky and of the products with K.
 TILE = 512
@@ -44,30 +45,23 @@ class DirectSolution:
     precision: str
 
 
-def cholesky_solve(K: np.ndarray, Y: np.ndarray, reg: float, max_tries: int = 6) -> np.ndarray:
+def cholesky_solve(K: np.ndarray, Y: np.ndarray, reg: float, max_tries: int = MAX_TRIES) -> np.ndarray:
     """Solve (K + reg I) A = Y for symmetric K (n, n), Y (n, c); float64.
 
-    If the factorisation fails (reg ~ 0 on a singular kernel), add jitter 1e-10 * mean(diag K), growing 100x per try.
-    Raises ``NumericalError`` if K or the solution holds non-finite values.
+    If the factorisation fails (reg ~ 0 on a singular kernel), jitter is added (``cholesky.jittered_cholesky``:
+    1e-10 * mean(diag K), growing 100x per try). Raises ``NumericalError`` if K or the solution holds non-finite
+    values.
     """
     if not np.isfinite(K).all():
         raise NumericalError("the kernel matrix holds non-finite values (features too large in magnitude?)")
-    n = K.shape[0]
-    scale = float(np.mean(np.diag(K))) or 1.0
-    jitters = [0.0] + [scale * 1e-10 * 100.0**k for k in range(max_tries - 1)]
-    for jitter in jitters:
-        A = K.copy()
-        A[np.diag_indices(n)] += reg + jitter
-        try:
-            factor = scipy.linalg.cho_factor(A, lower=True, overwrite_a=True, check_finite=False)
-        except np.linalg.LinAlgError:
-            continue
-        solution = scipy.linalg.cho_solve(factor, Y, check_finite=False)
-        if not np.isfinite(solution).all():
-            raise NumericalError(f"the direct solve gave non-finite coefficients (reg={reg:g}, jitter {jitter:.3g}): "
-                                 "rescale the targets or increase reg")
-        return solution
-    raise np.linalg.LinAlgError(f"kernel matrix not positive definite even with jitter {jitters[-1]:.3g}")
+    A = K.copy()
+    A[np.diag_indices_from(A)] += reg
+    L, jitter = jittered_cholesky(A, 0.0, max_tries)
+    solution = scipy.linalg.cho_solve((L, True), Y, check_finite=False)
+    if not np.isfinite(solution).all():
+        raise NumericalError(f"the direct solve gave non-finite coefficients (reg={reg:g}, jitter {jitter:.3g}): "
+                             "rescale the targets or increase reg")
+    return solution
 
 
 def _edges(n: int) -> list[int]:

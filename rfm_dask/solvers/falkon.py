@@ -11,19 +11,7 @@ import numpy as np
 import scipy.linalg
 
 from .cg import CGResult, Operator, conjugate_gradient
-
-
-def jittered_cholesky(A: np.ndarray, jitter: float, max_tries: int = 6) -> np.ndarray:
-    """Upper-triangular R with R^T R = A + j I: j = ``jitter`` first, then 10x more (from 1e-12 mean(diag A) if
-    ``jitter`` is 0) while the factorisation fails."""
-    base = jitter if jitter > 0 else 1e-12 * max(float(np.mean(np.diag(A))), 1e-300)
-    jitters = [jitter] + [base * 10.0 ** (k + 1) for k in range(max_tries - 1)]
-    for j in jitters:
-        try:
-            return scipy.linalg.cholesky(A + j * np.eye(A.shape[0]), lower=False, check_finite=False)
-        except np.linalg.LinAlgError:
-            continue
-    raise np.linalg.LinAlgError(f"matrix not positive definite even with jitter {jitters[-1]:.3g}")
+from .cholesky import jittered_cholesky
 
 
 def falkon_solve(
@@ -45,17 +33,18 @@ def falkon_solve(
     """
     m = K_mm.shape[0]
     lam = reg / n
-    T = jittered_cholesky(K_mm, eps * m)
-    A = jittered_cholesky(T @ T.T / m + lam * np.eye(m), 0.0)
+    L_T = np.tril(jittered_cholesky(K_mm, eps * m)[0])  # T = L_T^T
+    L_A = jittered_cholesky(L_T.T @ L_T / m + lam * np.eye(m), 0.0)[0]  # A = L_A^T
 
-    def solve(R: np.ndarray, v: np.ndarray, trans: bool) -> np.ndarray:
-        return scipy.linalg.solve_triangular(R, v, trans="T" if trans else "N", lower=False, check_finite=False)
+    def solve(L: np.ndarray, v: np.ndarray, trans: bool) -> np.ndarray:
+        """R^-1 v (R^-T v if ``trans``) for the upper factor R = L^T."""
+        return scipy.linalg.solve_triangular(L, v, trans="N" if trans else "T", lower=True, check_finite=False)
 
     def B(v: np.ndarray) -> np.ndarray:
-        return solve(T, solve(A, v, False), False)
+        return solve(L_T, solve(L_A, v, False), False)
 
     def Bt(u: np.ndarray) -> np.ndarray:
-        return solve(A, solve(T, u, True), True)
+        return solve(L_A, solve(L_T, u, True), True)
 
     def operator(v: np.ndarray) -> np.ndarray:
         w = B(v)

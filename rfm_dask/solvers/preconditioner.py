@@ -6,7 +6,7 @@ import numpy as np
 import scipy.linalg
 
 from .cg import Operator
-from .falkon import jittered_cholesky
+from .cholesky import jittered_cholesky
 
 
 def nystrom_preconditioner(K_nl: np.ndarray, K_ll: np.ndarray, mu: float) -> Operator:
@@ -21,7 +21,7 @@ def nystrom_preconditioner(K_nl: np.ndarray, K_ll: np.ndarray, mu: float) -> Ope
     K_ll = (K_ll + K_ll.T) / 2
     l = K_ll.shape[0]
     shift = np.finfo(np.float64).eps * max(np.trace(K_ll), 1.0) * l
-    L = jittered_cholesky(K_ll, shift).T
+    L = jittered_cholesky(K_ll, shift)[0]
     B = scipy.linalg.solve_triangular(L, K_nl.T, lower=True).T  # (n, l), B B^T = Nystrom approximation
     U, sigma, _ = np.linalg.svd(B, full_matrices=False)
     lam = np.maximum(sigma**2 - shift, 0.0)
