@@ -17,11 +17,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Iterator
 
-from . import config, cuda_tiles
+from . import cuda_tiles
 from .kernel_spec import KernelSpec
-
-#: Values of ``rfm.gpu.precision``: exact float32 distances, or (an explicit opt-in, less accurate) TF32 GEMMs.
-GPU_PRECISIONS = ("float32", "tf32")
 
 #: Pairs whose GEMM-formula squared distance is below NEAR_FACTOR * eps * (squared norms) are recomputed directly.
 NEAR_FACTOR = 1024
@@ -142,17 +139,14 @@ def row_tiles(b: int, m: int, tile: int):
 def gpu_route(xp: Any, Xt: Any, Ct: Any, V: Any, spec: KernelSpec) -> str | None:
     """How a kernel product of Xt (b, d), Ct (m, d) and V (m or b, c) runs: None for the tiled code of this module
     (always on NumPy, and for the L1 kernel, whose tiles are CuPy elementwise passes with no GEMM), "fused" for
-    ``cuda_tiles`` (CuPy, ``rfm.gpu.fused``, float32 data, c <= cuda_tiles.MAX_COLUMNS) or "tf32" for the tiled code
-    with its float32 GEMMs in TF32 (CuPy, ``rfm.gpu.precision: tf32``: faster distance GEMMs, but squared distances
-    off by ~1e-3 of the squared norms, so an explicit opt-in)."""
+    ``cuda_tiles`` (CuPy, ``spec.gpu_fused``, float32 data, c <= cuda_tiles.MAX_COLUMNS) or "tf32" for the tiled code
+    with its float32 GEMMs in TF32 (CuPy, ``spec.gpu_precision == "tf32"``: faster distance GEMMs, but squared
+    distances off by ~1e-3 of the squared norms, so an explicit opt-in)."""
     if getattr(xp, "__name__", None) != "cupy" or spec.l1:
         return None
-    precision = config.get("gpu.precision")
-    if precision not in GPU_PRECISIONS:
-        raise ValueError(f"rfm.gpu.precision must be one of {GPU_PRECISIONS}, got {precision!r}")
-    if precision == "tf32":
+    if spec.gpu_precision == "tf32":
         return "tf32"
-    if config.get("gpu.fused") and cuda_tiles.handles(Xt, Ct, V):
+    if spec.gpu_fused and cuda_tiles.handles(Xt, Ct, V):
         return "fused"
     return None
 

@@ -4,6 +4,8 @@ CUDA device). CI has no GPU: these run on a GPU machine with ``pytest -m gpu``."
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import dask
 import numpy as np
 import pytest
@@ -208,8 +210,7 @@ def test_kernel_products_take_the_fused_route_on_cupy():
     ]
     for routed, fused in pairs:
         np.testing.assert_array_equal(cupy.asnumpy(routed), cupy.asnumpy(fused))
-    with dask.config.set({"rfm.gpu.fused": False}):
-        assert kn.gpu_route(cupy, Xg, Cg, Vg, spec) is None
+    assert kn.gpu_route(cupy, Xg, Cg, Vg, replace(spec, gpu_fused=False)) is None
     assert kn.gpu_route(cupy, Xg.astype(np.float64), Cg.astype(np.float64), Vg, spec) is None
 
 
@@ -220,9 +221,9 @@ def test_tf32_route_is_close_and_restores_float32_gemms():
     X, C, V, _ = _fused_case(300, 257, 64, 1)
     Xg, Cg, Vg = cupy.asarray(X), cupy.asarray(C), cupy.asarray(V)
     before = linalg.get_compute_type(np.float32)
-    with dask.config.set({"rfm.gpu.precision": "tf32"}):
-        assert kn.gpu_route(cupy, Xg, Cg, Vg, spec) == "tf32"
-        got = cupy.asnumpy(kn.kernel_matvec(cupy, Xg, Cg, kn.sq_norms(cupy, Cg), Vg, spec))
+    tf32 = replace(spec, gpu_precision="tf32")
+    assert kn.gpu_route(cupy, Xg, Cg, Vg, tf32) == "tf32"
+    got = cupy.asnumpy(kn.kernel_matvec(cupy, Xg, Cg, kn.sq_norms(cupy, Cg), Vg, tf32))
     assert linalg.get_compute_type(np.float32) == before
     _close(got, _dense_kernel(X, C, spec) @ V, rtol=1e-2)  # TF32: an opt-in, less accurate
 
