@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from ..backend import to_host
+
 
 @dataclass(frozen=True)
 class Tree:
@@ -100,7 +102,7 @@ def project_per_row(xp: Any, X: Any, node: Any, directions: Any) -> Any:
     """Projection of each row of X (b, d) on the direction of its own node: ``directions[node[r]] . X[r]``, (b,)
     float64. ``node`` (b,) holds indices into ``directions`` (k, d), or -1 for rows to skip (their value is NaN)."""
     out = xp.full(X.shape[0], np.nan)
-    for i in np.unique(np.asarray(node.get() if hasattr(node, "get") else node)).tolist():
+    for i in np.unique(to_host(node)).tolist():
         if i >= 0:
             rows = xp.nonzero(node == i)[0]
             out[rows] = project(xp, X[rows], directions[i])
