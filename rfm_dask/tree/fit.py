@@ -1,0 +1,300 @@
+"""Fitting a tree of leaf RFMs on the cluster (DESIGN section 8): the orchestration of splits, routing and leaves.
+
+Level by level, every node with more than ``leaf_size`` rows is split: its split model (``split.split_direction``)
+runs as one task on a seeded sample of its rows, all the level's split models concurrently; then one pass over the
+training row blocks returns, for each row, its projection on its node's direction (small vectors back), from which
+the client takes each node's threshold (the median) and children. A node whose rows all project to one side stays a
+leaf. Each leaf's rows (and the validation rows routed to it) are gathered into one task, which fits the leaf with
+``local.fit_local`` (exact direct solve, on the worker's device), a bounded number in flight; a leaf too large for a
+worker's memory is fitted on the distributed operator instead.
+
+Every random draw is seeded from (the fit's seed, the node's position in the tree), never from the order in which
+tasks finish, and every reduction is in row order on the client: the tree is the same on any number of workers.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from typing import Any, Callable
+
+import numpy as np
+from distributed import Client
+
+from ..backend import identity, namespace_of, to_host
+from ..blas_threads import single_blas_thread
+from ..krr import DIRECT_BYTES_PER_ENTRY
+from ..model import KernelModel
+from ..passes import Submitter
+from ..row_blocks import RowBlocks, materialise, smallest_worker_memory, take_rows
+from ..targets import TargetScaling
+from ..training import FitResult, Metrics, RFMSettings, regression_metrics, run_rfm
+from .model import TreeModel
+from .split import split_direction, threshold_and_scale, untuned
+from .structure import Tree, project_per_row, route
+
+logger = logging.getLogger("rfm_dask")
+
+#: ``leaf_init`` values: a leaf's RFM starts from M = I, or from the M of its parent node's split model.
+LEAF_INITS = ("identity", "parent")
+#: ``leaf_size="auto"``: leaves of this many training rows, when there are at least ``AUTO_MIN_LEAVES`` times as many
+#: (else the global model). Provisional: the rule is to be set from the measurements in BENCHMARKS.md.
+AUTO_LEAF_SIZE = 4000
+AUTO_MIN_LEAVES = 4
+#: Seed streams of ``_node_rng``: a node's split sample and split model, and a leaf's fit.
+_SPLIT, _LEAF = 0, 1
+
+
+@dataclass(frozen=True)
+class TreeSettings:
+    """How the tree is grown: at most ``leaf_size`` training rows per leaf, split models on ``split_samples`` rows
+    of their node by ``split_method`` (see ``split.SPLIT_METHODS``), leaves started from ``leaf_init`` (see
+    ``LEAF_INITS``), predictions routed hard (``temperature`` None) or soft."""
+
+    leaf_size: int
+    split_samples: int = 2000
+    split_method: str = "agop"
+    leaf_init: str = "identity"
+    temperature: float | None = None
+
+    def __post_init__(self) -> None:
+        check_leaf_init(self.leaf_init, self.split_method)
+
+
+@dataclass
+class TreeFit:
+    """A fitted tree: its model, each leaf's training rows (L,) int64 and each leaf's ``FitResult`` (best iteration,
+    kernel, ridge, history)."""
+
+    model: TreeModel
+    leaf_sizes: np.ndarray
+    results: list[FitResult]
+
+
+@dataclass
+class _Node:
+    """A node being grown: its heap position (root 1, children 2h and 2h + 1: its seed), its training rows (sorted
+    global indices) and the M of its parent's split model (None at the root or without one)."""
+
+    heap: int
+    rows: np.ndarray
+    parent_M: np.ndarray | None = None
+
+
+def check_leaf_init(leaf_init: str, split_method: str) -> None:
+    """Raise ValueError for a ``leaf_init`` that is not one of ``LEAF_INITS`` or that ``split_method`` cannot serve."""
+    if leaf_init not in LEAF_INITS:
+        raise ValueError(f"leaf_init must be one of {LEAF_INITS}, got {leaf_init!r}")
+    if leaf_init == "parent" and split_method != "agop":
+        raise ValueError("leaf_init='parent' starts each leaf from its parent's split model's M, which only "
+                         f"split_method='agop' fits (got split_method={split_method!r})")
+
+
+def resolve_leaf_size(leaf_size: int | str | None, n: int) -> int | None:
+    """The leaf size a fit on n training rows uses: an int as given, None (the global model) as given, and "auto"
+    as ``AUTO_LEAF_SIZE`` when n >= ``AUTO_MIN_LEAVES * AUTO_LEAF_SIZE``, else None."""
+    if isinstance(leaf_size, str) and leaf_size == "auto":
+        return AUTO_LEAF_SIZE if n >= AUTO_MIN_LEAVES * AUTO_LEAF_SIZE else None
+    return None if leaf_size is None else int(leaf_size)
+
+
+def _node_rng(seed: int, stream: int, heap: int) -> np.random.Generator:
+    """The generator of one node's draws: from the fit's seed, the stream (split or leaf) and the node's position."""
+    return np.random.default_rng([seed, stream, heap])
+
+
+def _rows_of(blocks: tuple) -> Any:
+    """The rows of consecutive row blocks (held or lazy) as one array (NumPy or CuPy)."""
+    arrays = [materialise(b) for b in blocks]
+    return namespace_of(arrays[0]).concatenate(arrays, axis=0)
+
+
+@single_blas_thread
+def _split_task(
+    method: str, settings: RFMSettings, Y: np.ndarray, weights: np.ndarray | None, scaling: TargetScaling,
+    rng: np.random.Generator, *blocks: Any,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``split.split_direction`` on the sampled rows held in ``blocks``: (direction (d,), M or None)."""
+    return split_direction(_rows_of(blocks), Y, settings, rng, method, scaling, weights)
+
+
+@single_blas_thread
+def _project_task(block: Any, node: np.ndarray, directions: np.ndarray) -> np.ndarray:
+    """Each row's projection on its node's direction (see ``structure.project_per_row``): (b,) float64."""
+    X = materialise(block)
+    xp = namespace_of(X)
+    return to_host(project_per_row(xp, X, xp.asarray(node), xp.asarray(directions)))
+
+
+def _route_task(block: Any, tree: Tree) -> np.ndarray:
+    """The leaf of each row of a block: (b,) int64."""
+    X = materialise(block)
+    return to_host(route(namespace_of(X), X, tree))
+
+
+@single_blas_thread
+def _leaf_task(
+    settings: RFMSettings, rng: np.random.Generator, Y: np.ndarray, Y_val: np.ndarray | None, metrics: Metrics,
+    scaling: TargetScaling, weights: np.ndarray | None, initial_M: np.ndarray | None, n_train: int, *blocks: Any,
+) -> FitResult:
+    """One leaf's RFM in this task: ``fit_local`` on the first ``n_train`` blocks' rows, validated on the others'."""
+    from ..local import fit_local
+
+    X_val = _rows_of(blocks[n_train:]) if len(blocks) > n_train else None
+    return fit_local(_rows_of(blocks[:n_train]), Y, settings, rng, X_val, Y_val, metrics, scaling, weights,
+                     initial_M)
+
+
+def _route_rows(client: Client, rows: RowBlocks, tree: Tree) -> np.ndarray:
+    """The leaf of every row of ``rows``: one task per block, (n,) int64 in row order."""
+    calls = ((_route_task, block, tree) for block in rows.futures)
+    futures = list(Submitter(client).stream(calls, spread=rows.streamed, task_bytes=rows.streamed_block_bytes))
+    return np.concatenate(client.gather(futures) or [np.zeros(0, dtype=np.int64)])
+
+
+def _projections(client: Client, train: RowBlocks, splitting: list[_Node], directions: np.ndarray) -> np.ndarray:
+    """One pass over the training blocks: each row's projection on the direction of its node among ``splitting``
+    (NaN for rows of no such node), (n,) float64 in row order."""
+    node = np.full(train.n, -1, dtype=np.int64)
+    for i, item in enumerate(splitting):
+        node[item.rows] = i
+    shared = client.submit(identity, directions, pure=False)
+    offsets = train.offsets
+    calls = ((_project_task, block, node[lo:hi], shared)
+             for block, lo, hi in zip(train.futures, offsets[:-1], offsets[1:]) if np.any(node[lo:hi] >= 0))
+    futures = list(Submitter(client).stream(calls, spread=train.streamed, task_bytes=train.streamed_block_bytes))
+    out = np.full(train.n, np.nan)
+    parts = iter(client.gather(futures))
+    for lo, hi in zip(offsets[:-1], offsets[1:]):
+        if np.any(node[lo:hi] >= 0):
+            out[lo:hi] = next(parts)
+    return out
+
+
+def _grow(
+    client: Client, train: RowBlocks, Y: np.ndarray, settings: RFMSettings, tree_settings: TreeSettings, seed: int,
+    target_scaling: Callable[[np.ndarray, np.ndarray | None], TargetScaling], weights: np.ndarray | None,
+) -> tuple[Tree, list[_Node]]:
+    """Split level by level until every node has at most ``leaf_size`` rows: (the tree, its leaves in leaf order)."""
+    level, leaves = [_Node(1, np.arange(train.n))], []
+    splits: list[tuple[int, np.ndarray, float, float]] = []  # (heap, direction, threshold, scale) in node order
+    sample_rows = min(tree_settings.split_samples, train.n)
+    submitter = Submitter(client)
+    while level:
+        splitting = [node for node in level if node.rows.size > tree_settings.leaf_size]
+        leaves += [node for node in level if node.rows.size <= tree_settings.leaf_size]
+        if not splitting:
+            break
+        calls = []
+        for node in splitting:
+            rng = _node_rng(seed, _SPLIT, node.heap)
+            sample = np.sort(rng.choice(node.rows, min(sample_rows, node.rows.size), replace=False))
+            w = None if weights is None else weights[sample]
+            calls.append((_split_task, tree_settings.split_method, settings, Y[sample], w,
+                          target_scaling(Y[sample], w), rng, *take_rows(client, train, sample).futures))
+        futures = list(submitter.stream(calls, task_bytes=DIRECT_BYTES_PER_ENTRY * sample_rows**2))
+        models = client.gather(futures)
+        projections = _projections(client, train, splitting, np.stack([v for v, _ in models]))
+        level = []
+        for node, (direction, M) in zip(splitting, models):
+            p = projections[node.rows]
+            threshold, scale = threshold_and_scale(p)
+            left, right = node.rows[p <= threshold], node.rows[p > threshold]
+            if not (left.size and right.size):  # all rows project to one value: nothing to split on
+                leaves.append(node)
+                continue
+            splits.append((node.heap, direction, threshold, scale))
+            level += [_Node(2 * node.heap, left, M), _Node(2 * node.heap + 1, right, M)]
+        logger.info("tree level: %d nodes split, %d leaves so far", len(level) // 2, len(leaves))
+    return _tree_of(splits, [leaf.heap for leaf in leaves], train.n_features), leaves
+
+
+def _tree_of(splits: list[tuple[int, np.ndarray, float, float]], leaf_heaps: list[int], d: int) -> Tree:
+    """The ``Tree`` of split nodes (in creation order, so parents come first) and leaves (in ``leaf_heaps`` order),
+    linked by their heap positions."""
+    if not splits:
+        return Tree.single_leaf(d)
+    index = {heap: i for i, (heap, *_) in enumerate(splits)}
+    index.update({heap: -(j + 1) for j, heap in enumerate(leaf_heaps)})
+    children = np.array([[index[2 * heap], index[2 * heap + 1]] for heap, *_ in splits], dtype=np.int64)
+    return Tree(np.stack([s[1] for s in splits]), np.array([s[2] for s in splits]),
+                np.array([s[3] for s in splits]), children)
+
+
+def fits_one_worker(client: Client, n_rows: int) -> bool:
+    """Whether a leaf of ``n_rows`` rows may be fitted in one task: its dense solve (``DIRECT_BYTES_PER_ENTRY`` per
+    kernel entry) within half the smallest worker's memory limit (always, when no limit is known)."""
+    limit = smallest_worker_memory(client)
+    return not limit or DIRECT_BYTES_PER_ENTRY * n_rows**2 <= limit // 2
+
+
+def fit_tree(
+    client: Client,
+    train: RowBlocks,
+    Y: np.ndarray,
+    settings: RFMSettings,
+    tree_settings: TreeSettings,
+    rng: np.random.Generator,
+    target_scaling: Callable[[np.ndarray, np.ndarray | None], TargetScaling],
+    val: RowBlocks | None = None,
+    Y_val: np.ndarray | None = None,
+    metrics: Metrics = regression_metrics,
+    weights: np.ndarray | None = None,
+) -> TreeFit:
+    """Grow a tree on row blocks ``train`` with targets Y (n, c) and fit an RFM in each leaf.
+
+    Parameters
+    ----------
+    client : the cluster.
+    train : RowBlocks of n rows (d features); Y : (n, c) float64 targets; weights : (n,) sample weights or None.
+    settings : the leaves' RFM settings (a leaf fitted in one task uses the direct solver).
+    tree_settings : leaf size, split samples and method, leaf initialisation and routing temperature.
+    rng : the fit's generator; one seed is drawn from it, from which every node's draws are seeded.
+    target_scaling : maps (Y (m, c), weights (m,) or None) of a node's or leaf's rows to its ``TargetScaling``.
+    val, Y_val : validation rows and targets (n_val, c); each leaf picks its best iteration on those routed to it,
+        and keeps its last iteration if none is. A leaf whose settings tune the bandwidth or ridge but that gets no
+        validation rows uses ``split.UNTUNED_BANDWIDTH`` and ``split.UNTUNED_REG``.
+    metrics : the validation metrics (see ``training.run_rfm``).
+
+    Returns
+    -------
+    TreeFit
+    """
+    seed = int(rng.integers(2**63))
+    tree, leaves = _grow(client, train, Y, settings, tree_settings, seed, target_scaling, weights)
+    val_leaf = _route_rows(client, val, tree) if val is not None else None
+    logger.info("tree: %d leaves of %s rows", tree.n_leaves, [leaf.rows.size for leaf in leaves])
+    largest = max(leaf.rows.size for leaf in leaves)
+    scalings = [target_scaling(Y[leaf.rows], None if weights is None else weights[leaf.rows]) for leaf in leaves]
+    calls, on_cluster = [], {}
+    for j, leaf in enumerate(leaves):
+        val_rows = np.zeros(0, dtype=np.int64) if val_leaf is None else np.flatnonzero(val_leaf == j)
+        leaf_val = take_rows(client, val, val_rows) if val_rows.size else None
+        leaf_settings = settings if leaf_val is not None else untuned(settings)
+        args = (np.ascontiguousarray(Y[leaf.rows]), None if leaf_val is None else Y_val[val_rows], metrics,
+                scalings[j], None if weights is None else weights[leaf.rows],
+                leaf.parent_M if tree_settings.leaf_init == "parent" else None)
+        rng_leaf = _node_rng(seed, _LEAF, leaf.heap)
+        leaf_train = take_rows(client, train, leaf.rows)
+        if fits_one_worker(client, leaf.rows.size):
+            calls.append((_leaf_task, replace(leaf_settings, solver="direct"), rng_leaf, *args,
+                          len(leaf_train.futures), *leaf_train.futures, *([] if leaf_val is None else leaf_val.futures)))
+        else:
+            on_cluster[j] = (leaf_train, leaf_settings, rng_leaf, leaf_val, args)
+    futures = iter(list(Submitter(client).stream(calls, task_bytes=DIRECT_BYTES_PER_ENTRY * largest**2)))
+    results = [_fit_on_cluster(client, *on_cluster[j]) if j in on_cluster else next(futures).result()
+               for j in range(len(leaves))]
+    models = [KernelModel(r.centres, r.coef, r.feature_matrix, r.spec, r.shift, scaling)
+              for r, scaling in zip(results, scalings)]
+    return TreeFit(TreeModel(tree, models, tree_settings.temperature),
+                   np.array([leaf.rows.size for leaf in leaves], dtype=np.int64), results)
+
+
+def _fit_on_cluster(
+    client: Client, train: RowBlocks, settings: RFMSettings, rng: np.random.Generator, val: RowBlocks | None,
+    args: tuple,
+) -> FitResult:
+    """A leaf too large for one worker: the RFM loop on the distributed operator (``training.run_rfm``)."""
+    Y, Y_val, metrics, scaling, weights, initial_M = args
+    return run_rfm(client, train, Y, settings, rng, val, Y_val, metrics, scaling=scaling, weights=weights,
+                   initial_M=initial_M)
