@@ -1,0 +1,171 @@
+"""Fitting a tree of leaf RFMs through the estimators: accuracy on a piecewise task, each row by its own leaf, the
+same model on 1 and 2 workers, model files, leaf_size=None as today, and bad parameters refused."""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pytest
+from distributed import Client, LocalCluster
+
+import local_double
+from rfm_dask import RFMClassifier, RFMRegressor, load
+from rfm_dask.tree import fit as tree_fit
+from rfm_dask.tree.split import top_eigenvector
+from rfm_dask.tree.structure import route
+
+local_double.install()
+
+TREE = dict(leaf_size=250, split_samples=300, random_state=0)
+
+
+def piecewise(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two regions split by x0 (the steepest direction, 2 x0 in y), each with its own relevant feature (x1 left of
+    0, x2 right of it); x3..x5 are noise features."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 6)).astype(np.float32)
+    x = X.astype(np.float64)
+    y = 2 * x[:, 0] + np.where(x[:, 0] < 0, np.sin(3 * x[:, 1]), np.sin(3 * x[:, 2]))
+    return X, y
+
+
+@pytest.fixture(scope="module")
+def data():
+    X, y = piecewise(1400, 0)
+    return X[:1000], y[:1000], X[1000:], y[1000:]
+
+
+@pytest.fixture(scope="module")
+def tree_model(client, data):
+    X, y, _, _ = data
+    return RFMRegressor(bandwidth=3.0, iters=2, client=client, **TREE).fit(X, y)
+
+
+def test_tree_beats_global_model_on_piecewise_task(client, data, tree_model):
+    X, y, X_test, y_test = data
+    global_model = RFMRegressor(bandwidth=3.0, iters=2, random_state=0, client=client).fit(X, y)
+    tree_mse = np.mean((tree_model.predict(X_test) - y_test) ** 2)
+    global_mse = np.mean((global_model.predict(X_test) - y_test) ** 2)
+    assert tree_model.n_leaves_ == 4 and global_model.n_leaves_ == 1
+    # the root splits on x0, the region boundary: its direction is within a few degrees of e0
+    assert abs(tree_model.tree_.directions[0, 0]) > 0.99
+    assert tree_mse < 0.5 * global_mse, (tree_mse, global_mse)
+
+
+def test_every_row_predicted_by_its_leaf(tree_model, data):
+    _, _, X_test, _ = data
+    pred = tree_model.predict(X_test)
+    leaf = route(np, X_test, tree_model.tree_)
+    for j, leaf_model in enumerate(tree_model.model_.leaves):
+        mine = leaf == j
+        np.testing.assert_array_equal(pred[mine], leaf_model.decision(X_test[mine])[:, 0])
+
+
+def test_fitted_attributes(tree_model):
+    m = tree_model
+    assert m.n_leaves_ == m.tree_.n_leaves == len(m.leaf_sizes_) == len(m.leaf_histories_)
+    assert m.leaf_sizes_.sum() == 900 and m.leaf_sizes_.max() <= 250  # 10% of the rows validate
+    share = m.leaf_sizes_ / m.leaf_sizes_.sum()
+    np.testing.assert_allclose(m.feature_matrix_, np.einsum("l,lij->ij", share, m.leaf_feature_matrices_))
+    np.testing.assert_allclose(m.feature_importances_.sum(), 1.0)
+    largest = int(np.argmax(m.leaf_sizes_))
+    assert m.best_iter_ == m.leaf_best_iters_[largest] and m.history_ == m.leaf_histories_[largest]
+
+
+def test_dask_input_is_lazy_and_equal(tree_model, data, client):
+    _, _, X_test, _ = data
+    lazy = tree_model.predict(da.from_array(X_test, chunks=(150, 6)))
+    assert isinstance(lazy, da.Array)
+    # the same row groups as the dask chunks: bit for bit (other groupings differ by float32 GEMM rounding only)
+    expected = np.concatenate([tree_model.predict(X_test[s : s + 150]) for s in range(0, len(X_test), 150)])
+    np.testing.assert_array_equal(client.compute(lazy).result(), expected)
+
+
+def test_same_model_on_one_and_two_workers(data, tree_model):
+    """Bitwise: the blocks depend on the data only, every draw is seeded from the node's position, each split model
+    and leaf runs in one single-BLAS-thread task on the same rows, and projections are taken row by row."""
+    X, y, X_test, _ = data
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        with Client(cluster, set_as_default=False) as two:
+            other = RFMRegressor(bandwidth=3.0, iters=2, client=two, **TREE).fit(X, y)
+    np.testing.assert_array_equal(other.tree_.directions, tree_model.tree_.directions)
+    np.testing.assert_array_equal(other.predict(X_test), tree_model.predict(X_test))
+
+
+def test_model_file_round_trip(tree_model, data, tmp_path):
+    _, _, X_test, _ = data
+    path = tree_model.save(tmp_path / "tree.rfm")
+    loaded = load(path)
+    np.testing.assert_array_equal(loaded.predict(X_test), tree_model.predict(X_test))
+    np.testing.assert_array_equal(loaded.leaf_sizes_, tree_model.leaf_sizes_)
+    np.testing.assert_array_equal(loaded.leaf_feature_matrices_, tree_model.leaf_feature_matrices_)
+    assert loaded.leaf_histories_ == tree_model.leaf_histories_ and loaded.get_params()["leaf_size"] == 250
+
+
+def test_soft_routing_classifier_round_trip(client, data, tmp_path):
+    X, y, X_test, y_test = data
+    model = RFMClassifier(bandwidth=3.0, iters=1, split_temperature=0.3, client=client, **TREE).fit(X, y > 0)
+    assert model.score(X_test, y_test > 0) > 0.8
+    loaded = load(model.save(tmp_path / "soft.rfm"))
+    np.testing.assert_array_equal(loaded.predict_proba(X_test), model.predict_proba(X_test))
+
+
+def test_leaf_size_none_is_the_global_model(client, data):
+    X, y, X_test, _ = data
+    today = RFMRegressor(iters=1, random_state=0, client=client).fit(X, y)
+    for params in (dict(leaf_size=None, split_samples=10, split_method="pca", split_temperature=0.5),
+                   dict(leaf_size="auto")):  # 900 training rows: fewer than AUTO_MIN_LEAVES * AUTO_LEAF_SIZE
+        model = RFMRegressor(iters=1, random_state=0, client=client, **params).fit(X, y)
+        assert model.n_leaves_ == 1 and not hasattr(model, "leaf_sizes_")
+        np.testing.assert_array_equal(model.predict(X_test), today.predict(X_test))
+
+
+def test_leaf_size_auto_rule():
+    assert tree_fit.resolve_leaf_size("auto", 4 * tree_fit.AUTO_LEAF_SIZE) == tree_fit.AUTO_LEAF_SIZE
+    assert tree_fit.resolve_leaf_size("auto", 4 * tree_fit.AUTO_LEAF_SIZE - 1) is None
+    assert tree_fit.resolve_leaf_size(None, 10**6) is None and tree_fit.resolve_leaf_size(7, 3) == 7
+
+
+def test_parent_init_starts_leaves_from_the_split_model(client, data):
+    """With iters=0 a leaf keeps its initial M: under leaf_init='parent' its parent's split model's AGOP, whose top
+    eigenvector is the parent's split direction."""
+    X, y, _, _ = data
+    model = RFMRegressor(bandwidth=3.0, iters=0, leaf_init="parent", client=client, **TREE).fit(X, y)
+    children = model.tree_.children
+    for node in range(model.tree_.n_splits):
+        for child in children[node][children[node] < 0]:
+            M = model.leaf_feature_matrices_[-child - 1]
+            np.testing.assert_allclose(top_eigenvector(M), model.tree_.directions[node], atol=1e-12)
+    identity = RFMRegressor(bandwidth=3.0, iters=0, client=client, **TREE).fit(X, y)
+    np.testing.assert_array_equal(identity.leaf_feature_matrices_, np.broadcast_to(np.eye(6), (4, 6, 6)))
+
+
+def test_pca_split(client, data):
+    X, y, X_test, y_test = data
+    model = RFMRegressor(bandwidth=3.0, iters=1, split_method="pca", client=client, **TREE).fit(X, y)
+    assert model.n_leaves_ == 4
+    assert np.mean((model.predict(X_test) - y_test) ** 2) < np.var(y_test)
+
+
+@pytest.mark.parametrize("params, message", [
+    (dict(leaf_size=1), "leaf_size"),
+    (dict(leaf_size=2.5), "leaf_size"),
+    (dict(leaf_size="big"), "leaf_size"),
+    (dict(leaf_size=True), "leaf_size"),
+    (dict(split_samples=1), "split_samples"),
+    (dict(split_method="random"), "split_method"),
+    (dict(split_temperature=0.0), "split_temperature"),
+    (dict(split_temperature=-1.0), "split_temperature"),
+    (dict(leaf_init="zero"), "leaf_init"),
+    (dict(leaf_init="parent", split_method="pca"), "only split_method='agop'"),
+])
+def test_bad_tree_parameters_refused(client, data, params, message):
+    X, y, _, _ = data
+    with pytest.raises(ValueError, match=message):
+        RFMRegressor(client=client, **params).fit(X, y)
+
+
+def test_tree_checkpoint_refused(client, data, tmp_path):
+    X, y, _, _ = data
+    with pytest.raises(ValueError, match="not supported for a tree"):
+        RFMRegressor(leaf_size=300, checkpoint=tmp_path / "c", client=client).fit(X, y)
