@@ -169,3 +169,16 @@ def test_tree_checkpoint_refused(client, data, tmp_path):
     X, y, _, _ = data
     with pytest.raises(ValueError, match="not supported for a tree"):
         RFMRegressor(leaf_size=300, checkpoint=tmp_path / "c", client=client).fit(X, y)
+
+
+def test_inspect_reports_the_tree(tree_model, tmp_path, capsys):
+    from rfm_dask.cli import main
+    from rfm_dask.jobs import inspect_model
+
+    report = inspect_model(tree_model)["tree"]
+    assert report["n_leaves"] == 4 and len(report["splits"]) == 3
+    assert report["splits"][0]["direction"][0]["feature"] == "x0"
+    assert [leaf["rows"] for leaf in report["leaves"]] == tree_model.leaf_sizes_.tolist()
+    main(["inspect", str(tree_model.save(tmp_path / "t.rfm"))])
+    out = capsys.readouterr().out
+    assert "tree of 4 leaves" in out and "node 0: x0" in out and "leaf 3:" in out
