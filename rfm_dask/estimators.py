@@ -349,12 +349,10 @@ class _RFMBase(BaseEstimator):
             raise ValueError("sample_weight is zero on every training row")
         leaf_size = resolve_leaf_size(self.leaf_size, Y.shape[0])
         if leaf_size is not None:
-            if self.checkpoint is not None:
-                raise ValueError("checkpoint and resume are not supported for a tree (leaf_size) yet")
             tree_settings = TreeSettings(leaf_size, int(self.split_samples), self.split_method, self.leaf_init,
                                          None if self.split_temperature is None else float(self.split_temperature))
             self._set_tree(fit_tree(client, train, Y, settings, tree_settings, rng, self._target_scaling, val, Y_val,
-                                    metrics, weights))
+                                    metrics, weights, self.checkpoint, bool(self.resume)))
             return
         scaling = self._target_scaling(Y, weights)
         result = run_rfm(client, train, Y, settings, rng, val, Y_val, metrics, self.checkpoint, bool(self.resume),

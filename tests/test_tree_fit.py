@@ -165,10 +165,34 @@ def test_bad_tree_parameters_refused(client, data, params, message):
         RFMRegressor(client=client, **params).fit(X, y)
 
 
-def test_tree_checkpoint_refused(client, data, tmp_path):
-    X, y, _, _ = data
-    with pytest.raises(ValueError, match="not supported for a tree"):
-        RFMRegressor(leaf_size=300, checkpoint=tmp_path / "c", client=client).fit(X, y)
+class Killed(Exception):
+    """Stands for the fit's process being killed."""
+
+
+def test_resumed_tree_equals_uninterrupted(client, data, tree_model, tmp_path, monkeypatch):
+    """A fit killed after some of its leaves resumes from the checkpoint with them kept (only the others are
+    fitted again) and ends with the uninterrupted fit's model, bit for bit."""
+    import rfm_dask.local as local
+
+    X, y, X_test, _ = data
+    fit_local, calls = local.fit_local, []
+
+    def killed_at_third_leaf(X, Y, settings, rng, X_val=None, *args, **kwargs):
+        if X_val is not None:  # a leaf (split models have no validation rows)
+            calls.append(X.shape[0])
+            if len(calls) == 3:
+                raise Killed
+        return fit_local(X, Y, settings, rng, X_val, *args, **kwargs)
+
+    path = tmp_path / "tree.ckpt"
+    monkeypatch.setattr(local, "fit_local", killed_at_third_leaf)
+    with pytest.raises(Killed):
+        RFMRegressor(bandwidth=3.0, iters=2, client=client, checkpoint=path, **TREE).fit(X, y)
+    calls.clear()
+    resumed = RFMRegressor(bandwidth=3.0, iters=2, client=client, checkpoint=path, resume=True, **TREE).fit(X, y)
+    assert 1 <= len(calls) < 4  # the leaves finished before the kill were kept
+    np.testing.assert_array_equal(resumed.predict(X_test), tree_model.predict(X_test))
+    assert resumed.leaf_histories_ == tree_model.leaf_histories_
 
 
 def test_inspect_reports_the_tree(tree_model, tmp_path, capsys):

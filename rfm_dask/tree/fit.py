@@ -15,7 +15,8 @@ tasks finish, and every reduction is in row order on the client: the tree is the
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+import os
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -23,12 +24,14 @@ from distributed import Client
 
 from ..backend import identity, namespace_of, to_host
 from ..blas_threads import single_blas_thread
+from ..checkpoint import fingerprint, load_checkpoint, rows_digest
 from ..krr import DIRECT_BYTES_PER_ENTRY
 from ..model import KernelModel
 from ..passes import Submitter
-from ..row_blocks import RowBlocks, materialise, smallest_worker_memory, take_rows
+from ..row_blocks import RowBlocks, fetch_rows, materialise, smallest_worker_memory, take_rows
 from ..targets import TargetScaling
 from ..training import FitResult, Metrics, RFMSettings, regression_metrics, run_rfm
+from .checkpoint import restore_tree_checkpoint, save_tree_checkpoint
 from .model import TreeModel
 from .split import split_direction, threshold_and_scale, untuned
 from .structure import Tree, project_per_row, route
@@ -240,6 +243,8 @@ def fit_tree(
     Y_val: np.ndarray | None = None,
     metrics: Metrics = regression_metrics,
     weights: np.ndarray | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = False,
 ) -> TreeFit:
     """Grow a tree on row blocks ``train`` with targets Y (n, c) and fit an RFM in each leaf.
 
@@ -255,19 +260,49 @@ def fit_tree(
         and keeps its last iteration if none is. A leaf whose settings tune the bandwidth or ridge but that gets no
         validation rows uses ``split.UNTUNED_BANDWIDTH`` and ``split.UNTUNED_REG``.
     metrics : the validation metrics (see ``training.run_rfm``).
+    checkpoint, resume : with ``checkpoint`` (a file path) the fit's state is written there atomically after the
+        tree is grown and after each leaf (see ``tree.checkpoint``); with ``resume`` as well, a checkpoint of this
+        same fit (settings, data, seed) continues with its finished leaves kept, and gives the model an
+        uninterrupted fit gives.
 
     Returns
     -------
     TreeFit
     """
+    key = None if checkpoint is None else fingerprint(
+        settings, {"tree": asdict(tree_settings), "rng": rng.bit_generator.state, "n": train.n},
+        [Y, rows_digest(client, train)] + ([] if val is None else [rows_digest(client, val), Y_val])
+        + ([] if weights is None else [weights]))
+    saved = load_checkpoint(checkpoint, key) if checkpoint is not None and resume else None
     seed = int(rng.integers(2**63))
-    tree, leaves = _grow(client, train, Y, settings, tree_settings, seed, target_scaling, weights)
+    if saved is None:
+        tree, leaves = _grow(client, train, Y, settings, tree_settings, seed, target_scaling, weights)
+        done: dict[int, FitResult] = {}
+    else:
+        seed, tree, heaps, leaf_of_row, parent_Ms, done = restore_tree_checkpoint(*saved, settings.spec)
+        leaves = [_Node(h, np.flatnonzero(leaf_of_row == j), M) for j, (h, M) in enumerate(zip(heaps, parent_Ms))]
+        for j in done:  # a finished leaf's centres are its training rows
+            done[j].centres = fetch_rows(client, take_rows(client, train, leaves[j].rows))
+        logger.info("resuming a tree from %s with %d of %d leaves fitted", checkpoint, len(done), len(leaves))
+
+    def save(done: dict[int, FitResult]) -> None:
+        if checkpoint is not None:
+            leaf_of_row = np.zeros(train.n, dtype=np.int64)
+            for j, leaf in enumerate(leaves):
+                leaf_of_row[leaf.rows] = j
+            save_tree_checkpoint(checkpoint, key, seed, tree, [leaf.heap for leaf in leaves], leaf_of_row,
+                                 [leaf.parent_M for leaf in leaves], done)
+
+    if saved is None:
+        save(done)
     val_leaf = _route_rows(client, val, tree) if val is not None else None
     logger.info("tree: %d leaves of %s rows", tree.n_leaves, [leaf.rows.size for leaf in leaves])
     largest = max(leaf.rows.size for leaf in leaves)
     scalings = [target_scaling(Y[leaf.rows], None if weights is None else weights[leaf.rows]) for leaf in leaves]
     calls, on_cluster = [], {}
     for j, leaf in enumerate(leaves):
+        if j in done:
+            continue
         val_rows = np.zeros(0, dtype=np.int64) if val_leaf is None else np.flatnonzero(val_leaf == j)
         leaf_val = take_rows(client, val, val_rows) if val_rows.size else None
         leaf_settings = settings if leaf_val is not None else untuned(settings)
@@ -282,8 +317,11 @@ def fit_tree(
         else:
             on_cluster[j] = (leaf_train, leaf_settings, rng_leaf, leaf_val, args)
     futures = iter(list(Submitter(client).stream(calls, task_bytes=DIRECT_BYTES_PER_ENTRY * largest**2)))
-    results = [_fit_on_cluster(client, *on_cluster[j]) if j in on_cluster else next(futures).result()
-               for j in range(len(leaves))]
+    for j in range(len(leaves)):
+        if j not in done:
+            done[j] = _fit_on_cluster(client, *on_cluster[j]) if j in on_cluster else next(futures).result()
+            save(done)
+    results = [done[j] for j in range(len(leaves))]
     models = [KernelModel(r.centres, r.coef, r.feature_matrix, r.spec, r.shift, scaling)
               for r, scaling in zip(results, scalings)]
     return TreeFit(TreeModel(tree, models, tree_settings.temperature),
