@@ -22,19 +22,19 @@ from typing import Any, Callable
 import numpy as np
 from distributed import Client
 
-from ..backend import identity, namespace_of, to_host
-from ..blas_threads import single_blas_thread
+from ..backend import identity
 from ..checkpoint import fingerprint, load_checkpoint, rows_digest
 from ..krr import DIRECT_BYTES_PER_ENTRY
 from ..model import KernelModel
 from ..passes import Submitter
-from ..row_blocks import RowBlocks, fetch_rows, materialise, smallest_worker_memory, take_rows
+from ..row_blocks import RowBlocks, fetch_rows, smallest_worker_memory, take_rows
 from ..targets import TargetScaling
 from ..training import FitResult, Metrics, RFMSettings, regression_metrics, run_rfm
 from .checkpoint import restore_tree_checkpoint, save_tree_checkpoint
 from .model import TreeModel
-from .split import split_direction, threshold_and_scale, untuned
-from .structure import Tree, project_per_row, route
+from . import tasks
+from .split import threshold_and_scale, untuned
+from .structure import Tree
 
 logger = logging.getLogger("rfm_dask")
 
@@ -106,51 +106,9 @@ def _node_rng(seed: int, stream: int, heap: int) -> np.random.Generator:
     return np.random.default_rng([seed, stream, heap])
 
 
-def _rows_of(blocks: tuple) -> Any:
-    """The rows of consecutive row blocks (held or lazy) as one array (NumPy or CuPy)."""
-    arrays = [materialise(b) for b in blocks]
-    return namespace_of(arrays[0]).concatenate(arrays, axis=0)
-
-
-@single_blas_thread
-def _split_task(
-    method: str, settings: RFMSettings, Y: np.ndarray, weights: np.ndarray | None, scaling: TargetScaling,
-    rng: np.random.Generator, *blocks: Any,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """``split.split_direction`` on the sampled rows held in ``blocks``: (direction (d,), M or None)."""
-    return split_direction(_rows_of(blocks), Y, settings, rng, method, scaling, weights)
-
-
-@single_blas_thread
-def _project_task(block: Any, node: np.ndarray, directions: np.ndarray) -> np.ndarray:
-    """Each row's projection on its node's direction (see ``structure.project_per_row``): (b,) float64."""
-    X = materialise(block)
-    xp = namespace_of(X)
-    return to_host(project_per_row(xp, X, xp.asarray(node), xp.asarray(directions)))
-
-
-def _route_task(block: Any, tree: Tree) -> np.ndarray:
-    """The leaf of each row of a block: (b,) int64."""
-    X = materialise(block)
-    return to_host(route(namespace_of(X), X, tree))
-
-
-@single_blas_thread
-def _leaf_task(
-    settings: RFMSettings, rng: np.random.Generator, Y: np.ndarray, Y_val: np.ndarray | None, metrics: Metrics,
-    scaling: TargetScaling, weights: np.ndarray | None, initial_M: np.ndarray | None, n_train: int, *blocks: Any,
-) -> FitResult:
-    """One leaf's RFM in this task: ``fit_local`` on the first ``n_train`` blocks' rows, validated on the others'."""
-    from ..local import fit_local
-
-    X_val = _rows_of(blocks[n_train:]) if len(blocks) > n_train else None
-    return fit_local(_rows_of(blocks[:n_train]), Y, settings, rng, X_val, Y_val, metrics, scaling, weights,
-                     initial_M)
-
-
 def _route_rows(client: Client, rows: RowBlocks, tree: Tree) -> np.ndarray:
     """The leaf of every row of ``rows``: one task per block, (n,) int64 in row order."""
-    calls = ((_route_task, block, tree) for block in rows.futures)
+    calls = ((tasks.route_task, block, tree) for block in rows.futures)
     futures = list(Submitter(client).stream(calls, spread=rows.streamed, task_bytes=rows.streamed_block_bytes))
     return np.concatenate(client.gather(futures) or [np.zeros(0, dtype=np.int64)])
 
@@ -163,7 +121,7 @@ def _projections(client: Client, train: RowBlocks, splitting: list[_Node], direc
         node[item.rows] = i
     shared = client.submit(identity, directions, pure=False)
     offsets = train.offsets
-    calls = ((_project_task, block, node[lo:hi], shared)
+    calls = ((tasks.project_task, block, node[lo:hi], shared)
              for block, lo, hi in zip(train.futures, offsets[:-1], offsets[1:]) if np.any(node[lo:hi] >= 0))
     futures = list(Submitter(client).stream(calls, spread=train.streamed, task_bytes=train.streamed_block_bytes))
     out = np.full(train.n, np.nan)
@@ -193,7 +151,7 @@ def _grow(
             rng = _node_rng(seed, _SPLIT, node.heap)
             sample = np.sort(rng.choice(node.rows, min(sample_rows, node.rows.size), replace=False))
             w = None if weights is None else weights[sample]
-            calls.append((_split_task, tree_settings.split_method, settings, Y[sample], w,
+            calls.append((tasks.split_task, tree_settings.split_method, settings, Y[sample], w,
                           target_scaling(Y[sample], w), rng, *take_rows(client, train, sample).futures))
         futures = list(submitter.stream(calls, task_bytes=DIRECT_BYTES_PER_ENTRY * sample_rows**2))
         models = client.gather(futures)
@@ -312,7 +270,7 @@ def fit_tree(
         rng_leaf = _node_rng(seed, _LEAF, leaf.heap)
         leaf_train = take_rows(client, train, leaf.rows)
         if fits_one_worker(client, leaf.rows.size):
-            calls.append((_leaf_task, replace(leaf_settings, solver="direct"), rng_leaf, *args,
+            calls.append((tasks.leaf_task, replace(leaf_settings, solver="direct"), rng_leaf, *args,
                           len(leaf_train.futures), *leaf_train.futures, *([] if leaf_val is None else leaf_val.futures)))
         else:
             on_cluster[j] = (leaf_train, leaf_settings, rng_leaf, leaf_val, args)
