@@ -206,3 +206,31 @@ def test_inspect_reports_the_tree(tree_model, tmp_path, capsys):
     main(["inspect", str(tree_model.save(tmp_path / "t.rfm"))])
     out = capsys.readouterr().out
     assert "tree of 4 leaves" in out and "node 0: x0" in out and "leaf 3:" in out
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: s["tree"].update(leaves=[]), "tree must be a dict"),
+    (lambda s: s["tree"].update(leaf_sizes=[1, 2, 3]), "tree must be a dict"),
+    (lambda s: s["tree"].update(leaf_sizes=[0, 1, 2, 3]), "leaf sizes must be positive"),
+    (lambda s: s["tree"]["leaves"][0].update(bandwidth=-1.0), "bandwidth"),
+    (lambda s: s["tree"]["leaves"].append(s["tree"]["leaves"][0]) or s["tree"]["leaf_sizes"].append(5), "leaf4_"),
+    (lambda s: s.update(n_features_in=5), "n_features_in"),
+])
+def test_bad_tree_files_refused(tree_model, tmp_path, edit, message):
+    import json
+    import zipfile
+
+    from rfm_dask.model_file import FORMAT_VERSION, ModelFileError
+
+    good = tree_model.save(tmp_path / "good.rfm")
+    with zipfile.ZipFile(good) as archive:
+        meta = json.loads(archive.read("metadata.json"))
+        members = {name: archive.read(name) for name in archive.namelist()}
+    assert meta["format_version"] == FORMAT_VERSION == 2
+    edit(meta["state"])
+    bad = tmp_path / "bad.rfm"
+    with zipfile.ZipFile(bad, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, json.dumps(meta) if name == "metadata.json" else data)
+    with pytest.raises(ModelFileError, match=message):
+        load(bad)
