@@ -3,6 +3,7 @@ same model on 1 and 2 workers, model files, leaf_size=None as today, and bad par
 
 from __future__ import annotations
 
+import dask
 import dask.array as da
 import numpy as np
 import pytest
@@ -90,6 +91,22 @@ def test_same_model_on_one_and_two_workers(data, tree_model):
             other = RFMRegressor(bandwidth=3.0, iters=2, client=two, **TREE).fit(X, y)
     np.testing.assert_array_equal(other.tree_.directions, tree_model.tree_.directions)
     np.testing.assert_array_equal(other.predict(X_test), tree_model.predict(X_test))
+
+
+def test_streamed_input_gives_the_held_model(client, data, tree_model, monkeypatch):
+    """Out of core (row blocks streamed from their recipe in every pass), each leaf reads its rows from a leaf-ordered
+    Zarr store written once by dask's shuffle; the rows, their order and so the model are those of a fit on held
+    blocks, bit for bit."""
+    from rfm_dask.tree import store
+
+    X, y, X_test, _ = data
+    written = []
+    ordered = store.leaf_ordered_rows
+    monkeypatch.setattr(store, "leaf_ordered_rows", lambda *a: written.append(len(a[2])) or ordered(*a))
+    with dask.config.set({"rfm.persist-fraction": 1e-12}):
+        streamed = RFMRegressor(bandwidth=3.0, iters=2, client=client, **TREE).fit(da.from_array(X, chunks=(128, 6)), y)
+    assert written == [4, 4]  # the training rows' store and the validation rows' store, each of 4 leaves
+    np.testing.assert_array_equal(streamed.predict(X_test), tree_model.predict(X_test))
 
 
 def test_model_file_round_trip(tree_model, data, tmp_path):

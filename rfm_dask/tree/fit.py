@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable
 
@@ -27,13 +28,14 @@ from ..checkpoint import fingerprint, load_checkpoint, rows_digest
 from ..krr import DIRECT_BYTES_PER_ENTRY
 from ..model import KernelModel
 from ..passes import Submitter
-from ..row_blocks import RowBlocks, fetch_rows, smallest_worker_memory, take_rows
+from ..row_blocks import RowBlocks, fetch_rows, materialise, smallest_worker_memory, take_rows
 from ..targets import TargetScaling
 from ..training import FitResult, Metrics, RFMSettings, regression_metrics, run_rfm
 from .checkpoint import restore_tree_checkpoint, save_tree_checkpoint
 from .model import TreeModel
 from . import tasks
 from .split import threshold_and_scale, untuned
+from .store import rows_by_leaf, scratch_directory
 from .structure import Tree
 
 logger = logging.getLogger("rfm_dask")
@@ -132,6 +134,16 @@ def _projections(client: Client, train: RowBlocks, splitting: list[_Node], direc
     return out
 
 
+def _held_rows(client: Client, rows: RowBlocks) -> RowBlocks:
+    """``rows`` held in worker memory: streamed blocks (selections of blocks on disk) are read once, a bounded
+    number at a time; held blocks are returned as they are."""
+    if not rows.streamed:
+        return rows
+    calls = ((materialise, block) for block in rows.futures)
+    futures = list(Submitter(client).stream(calls, spread=True, task_bytes=rows.streamed_block_bytes))
+    return RowBlocks(futures, rows.sizes, rows.n_features, rows.device)
+
+
 def _grow(
     client: Client, train: RowBlocks, Y: np.ndarray, settings: RFMSettings, tree_settings: TreeSettings, seed: int,
     target_scaling: Callable[[np.ndarray, np.ndarray | None], TargetScaling], weights: np.ndarray | None,
@@ -146,13 +158,17 @@ def _grow(
         leaves += [node for node in level if node.rows.size <= tree_settings.leaf_size]
         if not splitting:
             break
+        rngs = [_node_rng(seed, _SPLIT, node.heap) for node in splitting]
+        samples = [np.sort(rng.choice(node.rows, min(sample_rows, node.rows.size), replace=False))
+                   for rng, node in zip(rngs, splitting)]
+        pool = np.unique(np.concatenate(samples))
+        held = _held_rows(client, take_rows(client, train, pool))  # one read of the level's sampled rows
         calls = []
-        for node in splitting:
-            rng = _node_rng(seed, _SPLIT, node.heap)
-            sample = np.sort(rng.choice(node.rows, min(sample_rows, node.rows.size), replace=False))
+        for rng, sample in zip(rngs, samples):
             w = None if weights is None else weights[sample]
             calls.append((tasks.split_task, tree_settings.split_method, settings, Y[sample], w,
-                          target_scaling(Y[sample], w), rng, *take_rows(client, train, sample).futures))
+                          target_scaling(Y[sample], w), rng,
+                          *take_rows(client, held, np.searchsorted(pool, sample)).futures))
         futures = list(submitter.stream(calls, task_bytes=DIRECT_BYTES_PER_ENTRY * sample_rows**2))
         models = client.gather(futures)
         projections = _projections(client, train, splitting, np.stack([v for v, _ in models]))
@@ -253,30 +269,31 @@ def fit_tree(
 
     if saved is None:
         save(done)
-    val_leaf = _route_rows(client, val, tree) if val is not None else None
     logger.info("tree: %d leaves of %s rows", tree.n_leaves, [leaf.rows.size for leaf in leaves])
-    largest = max(leaf.rows.size for leaf in leaves)
     scalings = [target_scaling(Y[leaf.rows], None if weights is None else weights[leaf.rows]) for leaf in leaves]
-    calls, on_cluster = [], {}
-    for j, leaf in enumerate(leaves):
-        if j in done:
-            continue
-        val_rows = np.zeros(0, dtype=np.int64) if val_leaf is None else np.flatnonzero(val_leaf == j)
-        leaf_val = take_rows(client, val, val_rows) if val_rows.size else None
-        leaf_settings = settings if leaf_val is not None else untuned(settings)
-        args = (np.ascontiguousarray(Y[leaf.rows]), None if leaf_val is None else Y_val[val_rows], metrics,
-                scalings[j], None if weights is None else weights[leaf.rows],
-                leaf.parent_M if tree_settings.leaf_init == "parent" else None)
-        rng_leaf = _node_rng(seed, _LEAF, leaf.heap)
-        leaf_train = take_rows(client, train, leaf.rows)
-        if fits_one_worker(client, leaf.rows.size):
-            calls.append((tasks.leaf_task, replace(leaf_settings, solver="direct"), rng_leaf, *args,
-                          len(leaf_train.futures), *leaf_train.futures, *([] if leaf_val is None else leaf_val.futures)))
-        else:
-            on_cluster[j] = (leaf_train, leaf_settings, rng_leaf, leaf_val, args)
-    futures = iter(list(Submitter(client).stream(calls, task_bytes=DIRECT_BYTES_PER_ENTRY * largest**2)))
-    for j in range(len(leaves)):
-        if j not in done:
+    todo = [j for j in range(len(leaves)) if j not in done]
+    val_leaf = _route_rows(client, val, tree) if val is not None and todo else None
+    val_groups = {} if val_leaf is None else {j: np.flatnonzero(val_leaf == j) for j in todo}
+    with tempfile.TemporaryDirectory(dir=scratch_directory()) as directory:  # leaf-ordered stores of streamed rows
+        leaf_train = rows_by_leaf(client, train, {j: leaves[j].rows for j in todo}, directory)
+        leaf_val = {} if val is None else rows_by_leaf(client, val, val_groups, directory)
+        calls, on_cluster = [], {}
+        for j in todo:
+            leaf, rows_val = leaves[j], leaf_val.get(j)
+            leaf_settings = settings if rows_val is not None else untuned(settings)
+            args = (np.ascontiguousarray(Y[leaf.rows]), None if rows_val is None else Y_val[val_groups[j]], metrics,
+                    scalings[j], None if weights is None else weights[leaf.rows],
+                    leaf.parent_M if tree_settings.leaf_init == "parent" else None)
+            rng_leaf = _node_rng(seed, _LEAF, leaf.heap)
+            if fits_one_worker(client, leaf.rows.size):
+                blocks = leaf_train[j].futures + ([] if rows_val is None else rows_val.futures)
+                calls.append((tasks.leaf_task, replace(leaf_settings, solver="direct"), rng_leaf, *args,
+                              len(leaf_train[j].futures), *blocks))
+            else:
+                on_cluster[j] = (leaf_train[j], leaf_settings, rng_leaf, rows_val, args)
+        largest = max((leaves[j].rows.size for j in todo), default=0)
+        futures = iter(list(Submitter(client).stream(calls, task_bytes=DIRECT_BYTES_PER_ENTRY * largest**2)))
+        for j in todo:  # in leaf order, whatever order they finish in
             done[j] = _fit_on_cluster(client, *on_cluster[j]) if j in on_cluster else next(futures).result()
             save(done)
     results = [done[j] for j in range(len(leaves))]
