@@ -28,7 +28,8 @@ from .model_file import ModelFileError, read_model_file, write_model_file
 from .row_blocks import RowBlocks, block_rows, place_rows, put_rows, take_rows
 from .targets import TargetScaling
 from .training import FEATURE_UPDATES, FitResult, RFMSettings, classification_metrics, regression_metrics, run_rfm
-from .tree.fit import LEAF_INITS, TreeFit, TreeSettings, check_leaf_init, fit_tree, resolve_leaf_size
+from .tree.fit import TreeFit, fit_tree
+from .tree.settings import LEAF_INITS, TreeSettings, check_leaf_init, resolve_leaf_size
 from .tree.model import TreeModel
 from .tree.split import SPLIT_METHODS
 from .tree.structure import Tree
@@ -98,8 +99,8 @@ _PARAMETERS_DOC = """
     leaf_size : int, "auto" or None, default=None
         None: one global RFM. An int: a tree of leaf RFMs (xRFM, ``rfm_dask.tree``), whose nodes with more training
         rows than this are split, each leaf an exact RFM on at most this many rows fitted in one task (validated on
-        the validation rows routed to it). "auto": a tree of leaves of ``tree.fit.AUTO_LEAF_SIZE`` rows when there
-        are at least ``tree.fit.AUTO_MIN_LEAVES`` times that many training rows, else the global RFM.
+        the validation rows routed to it). "auto": a tree of leaves of ``tree.settings.AUTO_LEAF_SIZE`` rows when there
+        are at least ``tree.settings.AUTO_MIN_LEAVES`` times that many training rows, else the global RFM.
     split_samples : int, default=2000
         Rows of a node sampled (seeded) to fit its split model.
     split_method : {"agop", "pca"}, default="agop"

@@ -11,7 +11,7 @@ from distributed import Client, LocalCluster
 
 import local_double
 from rfm_dask import RFMClassifier, RFMRegressor, load
-from rfm_dask.tree import fit as tree_fit
+from rfm_dask.tree import settings as tree_settings
 from rfm_dask.tree.split import top_eigenvector
 from rfm_dask.tree.structure import route
 
@@ -138,9 +138,9 @@ def test_leaf_size_none_is_the_global_model(client, data):
 
 
 def test_leaf_size_auto_rule():
-    assert tree_fit.resolve_leaf_size("auto", 4 * tree_fit.AUTO_LEAF_SIZE) == tree_fit.AUTO_LEAF_SIZE
-    assert tree_fit.resolve_leaf_size("auto", 4 * tree_fit.AUTO_LEAF_SIZE - 1) is None
-    assert tree_fit.resolve_leaf_size(None, 10**6) is None and tree_fit.resolve_leaf_size(7, 3) == 7
+    assert tree_settings.resolve_leaf_size("auto", 4 * tree_settings.AUTO_LEAF_SIZE) == tree_settings.AUTO_LEAF_SIZE
+    assert tree_settings.resolve_leaf_size("auto", 4 * tree_settings.AUTO_LEAF_SIZE - 1) is None
+    assert tree_settings.resolve_leaf_size(None, 10**6) is None and tree_settings.resolve_leaf_size(7, 3) == 7
 
 
 def test_parent_init_starts_leaves_from_the_split_model(client, data):
