@@ -13,7 +13,7 @@ from dataclasses import replace
 import numpy as np
 
 from ..checkpoint import save_checkpoint
-from ..kernels import KernelSpec
+from ..kernel_spec import KernelSpec
 from ..training import FitResult
 from .structure import Tree
 

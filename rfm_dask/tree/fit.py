@@ -24,10 +24,11 @@ import numpy as np
 from distributed import Client
 
 from ..backend import identity
+from ..cluster_engine import ClusterEngine
 from ..checkpoint import fingerprint, load_checkpoint, rows_digest
 from ..krr import DIRECT_BYTES_PER_ENTRY
 from ..model import KernelModel
-from ..passes import Submitter
+from ..scheduling import Submitter
 from ..row_blocks import RowBlocks, fetch_rows, materialise, smallest_worker_memory, take_rows
 from ..targets import TargetScaling
 from ..training import FitResult, Metrics, RFMSettings, regression_metrics, run_rfm
@@ -271,5 +272,5 @@ def _fit_on_cluster(
 ) -> FitResult:
     """A leaf too large for one worker: the RFM loop on the distributed operator (``training.run_rfm``)."""
     Y, Y_val, metrics, scaling, weights, initial_M = args
-    return run_rfm(client, train, Y, settings, rng, val, Y_val, metrics, scaling=scaling, weights=weights,
+    return run_rfm(ClusterEngine(client, settings.options), train, Y, settings, rng, val, Y_val, metrics, scaling=scaling, weights=weights,
                    initial_M=initial_M)

@@ -11,7 +11,7 @@ import dask.array as da
 import numpy as np
 
 from ..backend import like, namespace_of, to_host
-from ..kernels import KernelSpec
+from ..kernel_spec import KernelSpec
 from ..model import KernelModel, _decision_block, in_row_chunks, map_row_blocks
 from .structure import Tree, path_probabilities, route
 

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import to_host
+from ..local import fit_local
 from ..targets import TargetScaling
 from ..training import RFMSettings
 
@@ -70,8 +71,6 @@ def split_direction(
         return principal_axis(X), None
     if method != "agop":
         raise ValueError(f"split_method must be one of {SPLIT_METHODS}, got {method!r}")
-    from ..local import fit_local
-
     result = fit_local(X, Y, split_model_settings(settings, X.shape[0]), rng, scaling=scaling, weights=weights)
     return top_eigenvector(result.feature_matrix), result.feature_matrix
 

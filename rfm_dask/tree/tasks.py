@@ -10,6 +10,7 @@ import numpy as np
 
 from ..backend import namespace_of, to_host
 from ..blas_threads import single_blas_thread
+from ..local import fit_local
 from ..row_blocks import materialise
 from ..targets import TargetScaling
 from ..training import FitResult, Metrics, RFMSettings
@@ -52,8 +53,6 @@ def leaf_task(
     scaling: TargetScaling, weights: np.ndarray | None, initial_M: np.ndarray | None, n_train: int, *blocks: Any,
 ) -> FitResult:
     """One leaf's RFM in this task: ``fit_local`` on the first ``n_train`` blocks' rows, validated on the others'."""
-    from ..local import fit_local
-
     X_val = rows_of(blocks[n_train:]) if len(blocks) > n_train else None
     return fit_local(rows_of(blocks[:n_train]), Y, settings, rng, X_val, Y_val, metrics, scaling, weights,
                      initial_M)
