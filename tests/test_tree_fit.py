@@ -10,6 +10,7 @@ import pytest
 from distributed import Client, LocalCluster
 
 from rfm_dask import RFMClassifier, RFMRegressor, load
+from rfm_dask.tree import fit as tree_fit
 from rfm_dask.tree import settings as tree_settings
 from rfm_dask.tree.split import top_eigenvector
 from rfm_dask.tree.structure import route
@@ -252,3 +253,55 @@ def test_bad_tree_files_refused(tree_model, tmp_path, edit, message):
             archive.writestr(name, json.dumps(meta) if name == "metadata.json" else data)
     with pytest.raises(ModelFileError, match=message):
         load(bad)
+
+
+def test_leaf_too_large_for_a_worker_falls_back_to_the_distributed_operator(client, data, tree_model, monkeypatch):
+    """A leaf whose dense solve would not fit a worker is fitted by run_rfm over its row blocks (here: every leaf,
+    with parent initialisation). The same loop on the same rows, so the same model up to the order of the float64
+    sums over blocks (AGOP, column means): predictions agree to float32-kernel noise amplified by the reg=1e-3
+    solve, far below the prediction error."""
+    X, y, X_test, y_test = data
+    params = dict(bandwidth=3.0, iters=2, leaf_init="parent", client=client, **TREE)
+    local = RFMRegressor(**params).fit(X, y)
+    monkeypatch.setattr(tree_fit, "fits_one_worker", lambda client, n: False)
+    distributed = RFMRegressor(**params).fit(X, y)
+    np.testing.assert_array_equal(distributed.tree_.directions, local.tree_.directions)
+    p, q = distributed.predict(X_test), local.predict(X_test)
+    print(f"fallback vs one task: max |diff| / max |pred| = {np.abs(p - q).max() / np.abs(q).max():.2e}")
+    np.testing.assert_allclose(p, q, rtol=0, atol=1e-4 * np.abs(q).max())
+    np.testing.assert_array_equal(distributed.leaf_best_iters_, local.leaf_best_iters_)
+
+
+def test_tree_survives_a_worker_killed_among_its_leaves(data, tree_model, monkeypatch):
+    """Two worker processes; one is killed (SIGKILL) once two leaves are submitted: the scheduler recomputes what it
+    held (its row blocks, finished leaves) and the fit ends with the undisturbed fit's model, bit for bit (every
+    task is deterministic, single-BLAS-thread). The undisturbed fit on two worker processes is also the fit on one
+    in-process worker of two threads, bit for bit."""
+    import os
+    import signal
+
+    from rfm_dask.scheduling import Submitter
+    from rfm_dask.tree import tasks
+
+    X, y, X_test, _ = data
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        with Client(cluster, set_as_default=False) as client:
+            params = dict(bandwidth=3.0, iters=2, client=client, **TREE)
+            undisturbed = RFMRegressor(**params).fit(X, y)
+            killed: list[int] = []
+
+            class KillingSubmitter(Submitter):
+                def stream(self, calls, *args, **kwargs):
+                    for i, future in enumerate(super().stream(calls, *args, **kwargs)):
+                        if i == 2 and future.key.startswith(tasks.leaf_task.__name__) and not killed:
+                            victim = sorted(client.scheduler_info()["workers"])[0]
+                            pid = client.run(os.getpid, workers=[victim])[victim]
+                            os.kill(pid, signal.SIGKILL)
+                            killed.append(pid)
+                        yield future
+
+            monkeypatch.setattr(tree_fit, "Submitter", KillingSubmitter)
+            disturbed = RFMRegressor(**params).fit(X, y)
+    assert killed
+    np.testing.assert_array_equal(disturbed.predict(X_test), undisturbed.predict(X_test))
+    np.testing.assert_array_equal(undisturbed.predict(X_test), tree_model.predict(X_test))
