@@ -272,5 +272,5 @@ def _fit_on_cluster(
 ) -> FitResult:
     """A leaf too large for one worker: the RFM loop on the distributed operator (``training.run_rfm``)."""
     Y, Y_val, metrics, scaling, weights, initial_M = args
-    return run_rfm(ClusterEngine(client, settings.options), train, Y, settings, rng, val, Y_val, metrics, scaling=scaling, weights=weights,
-                   initial_M=initial_M)
+    return run_rfm(ClusterEngine(client, settings.options), train, Y, settings, rng, val, Y_val, metrics,
+                   scaling=scaling, weights=weights, initial_M=initial_M)
