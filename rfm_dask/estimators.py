@@ -407,6 +407,8 @@ class _RFMBase(BaseEstimator):
         Load it with ``rfm_dask.load(path)``. A ``preprocessing_`` dict (set when fitting from an ingested store)
         is saved with it, so the loaded model can read raw Parquet columns. ``client``, ``checkpoint`` and ``resume``
         say how a fit runs, not what it learned: they are not saved, and the loaded model has their defaults.
+        A tree's file (model format 2) holds its splits and every leaf's predictor, whose centres are the leaf's
+        training rows: the file is about the size of the training data (float32).
         """
         check_is_fitted(self, "model_")
         params = {k: v for k, v in self.get_params(deep=False).items() if k not in _RUN_PARAMS}
