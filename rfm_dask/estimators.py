@@ -19,6 +19,7 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_dat
 from . import config
 from .atomic import check_writable
 from .cluster import resolve_client
+from .core.metrics import classification_metrics, regression_metrics, scores_to_index, scores_to_proba
 from .inputs import check_dask_features, check_finite_targets, is_dask, to_host_targets
 from .io.transformer import TableEncoder, is_pandas_frame
 from .kernels import KERNELS, KernelSpec
@@ -27,7 +28,7 @@ from .model import KernelModel
 from .model_file import ModelFileError, read_model_file, write_model_file
 from .row_blocks import RowBlocks, block_rows, place_rows, put_rows, take_rows
 from .targets import TargetScaling
-from .training import FEATURE_UPDATES, RFMSettings, classification_metrics, regression_metrics, run_rfm
+from .training import FEATURE_UPDATES, RFMSettings, run_rfm
 
 
 def _place(client: Client, X: Any) -> RowBlocks:
@@ -501,17 +502,17 @@ class RFMClassifier(ClassifierMixin, _RFMBase):
         F = self._decision(X)
         if isinstance(F, da.Array):
             k = len(self.classes_)
-            return F.map_blocks(_scores_to_proba, chunks=(F.chunks[0], (k,)), meta=np.empty((0, k)))
-        return _scores_to_proba(F)
+            return F.map_blocks(scores_to_proba, chunks=(F.chunks[0], (k,)), meta=np.empty((0, k)))
+        return scores_to_proba(F)
 
     def predict(self, X: Any) -> Any:
         """Predicted labels (n,); lazy for dask input."""
         F = self._decision(X)
         if isinstance(F, da.Array):
             return F.map_blocks(
-                _scores_to_index, drop_axis=1, dtype=np.intp, meta=np.empty((0,), dtype=np.intp)
+                scores_to_index, drop_axis=1, dtype=np.intp, meta=np.empty((0,), dtype=np.intp)
             ).map_blocks(self.classes_.take, dtype=self.classes_.dtype, meta=np.empty((0,), self.classes_.dtype))
-        return self.classes_[_scores_to_index(F)]
+        return self.classes_[scores_to_index(F)]
 
 
 def _check_state(state: dict, arrays: dict[str, np.ndarray], classifier: bool) -> None:
@@ -557,27 +558,6 @@ def _saved_target_scaling(arrays: dict[str, np.ndarray]) -> TargetScaling | None
     if "target_offset" not in arrays and "target_scale" not in arrays:
         return None
     return TargetScaling(arrays["target_offset"], arrays["target_scale"])
-
-
-def _scores_to_index(F: np.ndarray) -> np.ndarray:
-    """Class index per row from scores (n, c): threshold 0.5 for one column, argmax otherwise."""
-    return (F[:, 0] > 0.5).astype(np.intp) if F.shape[1] == 1 else np.argmax(F, axis=1)
-
-
-def _scores_to_proba(F: np.ndarray) -> np.ndarray:
-    """Probabilities (n, k) from scores (n, c): clipped to [0, 1] for binary, clipped at 0 and normalised otherwise.
-
-    Rows with no positive score put all mass on their largest score, so argmax(proba) always matches predict.
-    """
-    if F.shape[1] == 1:
-        p = np.clip(F[:, 0], 0.0, 1.0)
-        return np.column_stack([1.0 - p, p])
-    P = np.maximum(F, 0.0)
-    total = P.sum(axis=1, keepdims=True)
-    empty = total[:, 0] == 0
-    P[empty, np.argmax(F[empty], axis=1)] = 1.0
-    total[empty] = 1.0
-    return P / total
 
 
 def load(path: str | os.PathLike) -> RFMRegressor | RFMClassifier:

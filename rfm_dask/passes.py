@@ -17,6 +17,7 @@ from distributed import Client, Future, wait
 from . import config
 from . import worker_tasks as wt
 from .backend import identity, to_host
+from .cluster import worker_threads
 from .kernels import KernelSpec
 from .row_blocks import RowBlocks, materialise, worker_memory_limits
 
@@ -46,7 +47,7 @@ class Submitter:
 
     def __init__(self, client: Client) -> None:
         self.client = client
-        self.threads = dict(client.nthreads())
+        self.threads = worker_threads(client)
         self.memory = worker_memory_limits(client)
         self.per_thread = int(config.get("tasks-per-thread"))
         self.fraction = float(config.get("task-memory-fraction"))
@@ -55,7 +56,7 @@ class Submitter:
         """Tasks of ``task_bytes`` each (0: not known) that each worker may hold unfinished at a time."""
         capacity = {}
         for worker, threads in self.threads.items():
-            most = self.per_thread * max(threads, 1)
+            most = self.per_thread * threads
             budget = int(self.fraction * self.memory.get(worker, 0))
             capacity[worker] = min(most, max(1, budget // task_bytes)) if budget and task_bytes else most
         return capacity

@@ -290,7 +290,7 @@ def prepare_table(name: str, spec: dict, run: dict, data_dir: Path) -> dict:
 def scores(case: dict, pred: np.ndarray) -> dict:
     """Test metrics of predictions (regression: (n,) values; classification: (n, k) probabilities), with the
     table's headline ``score`` (R^2 or accuracy)."""
-    from rfm_dask.jobs import classification_report, regression_report
+    from rfm_dask.core.metrics import classification_report, regression_report
 
     y_test = case["data"][3]
     if case["task"] == "classification":

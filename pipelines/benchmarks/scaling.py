@@ -45,6 +45,7 @@ import psutil
 from pipelines.toml_values import layered_config
 from rfm_dask import tables
 from rfm_dask.atomic import atomic_path, write_text
+from rfm_dask.core.metrics import regression_report
 from rfm_dask.diagnostics import PeakWorkerMemory
 
 FOREIGN_CPU_WARN = 0.05  # note fits during which other processes used more than this share of the CPUs
@@ -218,10 +219,8 @@ def _log(message: str) -> None:
 
 
 def r2_score(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    y_true = np.asarray(y_true, dtype=np.float64).ravel()
-    y_pred = np.asarray(y_pred, dtype=np.float64).ravel()
-    total = np.sum((y_true - y_true.mean()) ** 2)
-    return float(1.0 - np.sum((y_true - y_pred) ** 2) / total) if total > 0 else float("nan")
+    """Test R^2 of predictions (n,) or (n, 1) against targets (n,) (``rfm_dask.core.metrics.regression_report``)."""
+    return regression_report(np.ravel(y_true), np.ravel(y_pred))["r2"]
 
 
 def _loadavg() -> list[float] | None:

@@ -20,7 +20,7 @@ import numpy as np
 from rfm_dask import load, open_zarr
 from rfm_dask.demo import RESULT_COLUMNS, run_target, write_flights_parquet, write_report, DEFAULTS
 from rfm_dask.io import Preprocessor, read_batches
-from rfm_dask.jobs import classification_report, regression_report
+from rfm_dask.core.metrics import classification_report, regression_report
 from rfm_dask.tables import text_table
 
 
