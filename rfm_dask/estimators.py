@@ -67,7 +67,7 @@ _PARAMETERS_DOC = """
         Ridge: every solver solves ``(K + reg I) alpha = y`` on the scaled targets; "auto" chooses it on the
         validation rows over a fixed grid.
     iters : int, default=5
-        Updates of M; iteration 0 (``M = I``) is the lazy kernel.
+        RFM iterations (feature updates); 0 fits the lazy kernel only (iteration 0, ``M = I``).
     diag : bool, default=False
         Learn a diagonal M (d values) instead of a full (d, d) one.
     agop_power : float, default=1.0
@@ -87,9 +87,9 @@ _PARAMETERS_DOC = """
     patience : int or None, default=2
         Stop after this many iterations without improvement; None runs all ``iters``.
     agop_samples : int or None, default=None
-        Rows sampled for the AGOP (None: ``rfm.agop-sample``).
+        Rows sampled for the feature update (None: the ``rfm.agop-sample`` setting).
     n_centers : int or None, default=None
-        Nystrom centres m (None: ``rfm.nystrom-centres``).
+        Nystrom centres m (None: the ``rfm.nystrom-centres`` setting).
     random_state : int or None, default=None
         Seed of the validation split, the AGOP sample and the centres.
     checkpoint : path or None, default=None
