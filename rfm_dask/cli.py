@@ -188,12 +188,18 @@ def cmd_ingest(args: argparse.Namespace, client: Any) -> None:
     print(json.dumps(asdict(report), indent=2, default=str))
 
 
-def _fit_params(args: argparse.Namespace) -> dict[str, Any]:
-    """The estimator parameters given by the fit options (see ``_fit_options``)."""
+def fit_parameters() -> list[str]:
+    """The estimator parameters that are ``fit`` options (all but ``client``, ``checkpoint`` and ``resume``, which
+    ``fit`` spells its own way), in signature order."""
     from .estimators import _RUN_PARAMS, RFMRegressor
     from .param_flags import parameter_names
 
-    return {name: getattr(args, name) for name in parameter_names(RFMRegressor) if name not in _RUN_PARAMS}
+    return [name for name in parameter_names(RFMRegressor) if name not in _RUN_PARAMS]
+
+
+def _fit_params(args: argparse.Namespace) -> dict[str, Any]:
+    """The estimator parameters given by the fit options (see ``_fit_options``)."""
+    return {name: getattr(args, name) for name in fit_parameters()}
 
 
 def check_fit(args: argparse.Namespace) -> None:
@@ -306,13 +312,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def _fit_options(fit: argparse.ArgumentParser) -> None:
     """The estimator's parameters as ``fit`` options (``param_flags``: names, defaults, help and parsing from the
-    estimator), except ``client``, ``checkpoint`` and ``resume``, which ``fit`` spells its own way. Values are
-    checked by the estimator, before a cluster starts (see ``check_fit``); ``--random-state`` defaults to 0, so the
-    command line is reproducible by default."""
-    from .estimators import _RUN_PARAMS, RFMRegressor
+    estimator; see ``fit_parameters``). Values are checked by the estimator, before a cluster starts (see
+    ``check_fit``); ``--random-state`` defaults to 0, so the command line is reproducible by default."""
+    from .estimators import RFMRegressor
     from .param_flags import add_parameter_options
 
-    add_parameter_options(fit, RFMRegressor, exclude=_RUN_PARAMS, defaults={"random_state": 0})
+    add_parameter_options(fit, RFMRegressor, fit_parameters(), defaults={"random_state": 0})
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:

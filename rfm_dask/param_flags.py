@@ -88,19 +88,18 @@ def _metavar(name: str, constraints: list) -> str | None:
     return "|".join([name.upper(), *extra]) if extra else None
 
 
-def add_parameter_options(parser: argparse.ArgumentParser, cls: type, exclude: frozenset[str] = frozenset(),
-                          defaults: dict[str, Any] | None = None) -> list[str]:
-    """Add an option ``--name-with-dashes`` to ``parser`` for every parameter of ``cls`` (see ``parameter_names``)
-    not in ``exclude``, with the estimator's default (or the one in ``defaults``), its numpydoc description as help,
-    and its value parsed as its ``_parameter_constraints`` say (``value_parser``; ``["boolean"]``:
-    ``--name``/``--no-name``). Returns the parameters' names (the options' ``dest``).
+def add_parameter_options(parser: argparse.ArgumentParser, cls: type, names: list[str] | None = None,
+                          defaults: dict[str, Any] | None = None) -> None:
+    """Add an option ``--name-with-dashes`` (its ``dest`` the name) to ``parser`` for each of the parameters
+    ``names`` of ``cls`` (None: all of them, see ``parameter_names``), with the estimator's default (or the one in
+    ``defaults``), its numpydoc description as help, and its value parsed as its ``_parameter_constraints`` say
+    (``value_parser``; ``["boolean"]``: ``--name``/``--no-name``).
 
     Raises ``TypeError`` for a parameter without a numpydoc entry, without constraints, or with constraints that
     have no command-line spelling.
     """
     docs, signature = parameter_docs(cls), inspect.signature(cls.__init__).parameters
-    names = [name for name in parameter_names(cls) if name not in exclude]
-    for name in names:
+    for name in parameter_names(cls) if names is None else names:
         constraints = cls._parameter_constraints.get(name)
         if name not in docs or constraints is None:
             raise TypeError(f"{cls.__name__} parameter {name!r} needs an entry in the Parameters section of the "
@@ -112,7 +111,6 @@ def add_parameter_options(parser: argparse.ArgumentParser, cls: type, exclude: f
         else:
             parser.add_argument(flag, type=value_parser(constraints), default=default, help=text,
                                 metavar=_metavar(name, constraints))
-    return names
 
 
 def parameter_arguments(params: dict[str, Any]) -> list[str]:
