@@ -53,17 +53,23 @@ def _parameters_section(doc: str) -> dict[str, str]:
     return {key: " ".join(text).replace("``", "") for key, text in docs.items()}
 
 
+def _spelling(constraints: list) -> tuple[type | None, list[str], bool]:
+    """(int, float or None: the number a text may be; the ``StrOptions`` words, sorted; whether None is allowed)
+    of a parameter's constraints; ``TypeError`` for constraints that have no command-line spelling."""
+    unknown = [c for c in constraints if not (c is None or isinstance(c, (Interval, StrOptions)))]
+    if unknown:
+        raise TypeError(f"constraints {unknown} have no command-line spelling")
+    numbers = [c.type for c in constraints if isinstance(c, Interval)]
+    convert = (int if all(t is Integral for t in numbers) else float) if numbers else None
+    words = sorted(word for c in constraints if isinstance(c, StrOptions) for word in c.options)
+    return convert, words, any(c is None for c in constraints)
+
+
 def value_parser(constraints: list) -> Callable[[str], Any]:
     """The parser of one option's text for a parameter with these constraints: a word of its ``StrOptions`` is
     kept, ``none`` is None where None is allowed, anything else is an int or a float as its ``Interval`` says
     (text as is when there is no number to parse). Its ``__name__`` says what it expects, for error messages."""
-    unknown = [c for c in constraints if not (c is None or isinstance(c, (Interval, StrOptions)))]
-    if unknown:
-        raise TypeError(f"constraints {unknown} have no command-line spelling")
-    words = sorted(word for c in constraints if isinstance(c, StrOptions) for word in c.options)
-    allows_none = None in constraints
-    numbers = [c.type for c in constraints if isinstance(c, Interval)]
-    convert = (int if all(t is Integral for t in numbers) else float) if numbers else None
+    convert, words, allows_none = _spelling(constraints)
 
     def parse(text: str) -> Any:
         if text in words:
@@ -80,11 +86,10 @@ def value_parser(constraints: list) -> Callable[[str], Any]:
 def _metavar(name: str, constraints: list) -> str | None:
     """``{a,b}`` for a choice of words, ``NAME|auto|none`` for a number or words; None (argparse's ``NAME``) for a
     plain number."""
-    words = sorted(word for c in constraints if isinstance(c, StrOptions) for word in c.options)
-    number = any(isinstance(c, Interval) for c in constraints)
-    if not number:
-        return "{" + ",".join(words + ([NONE] if None in constraints else [])) + "}"
-    extra = words + ([NONE] if None in constraints else [])
+    convert, words, allows_none = _spelling(constraints)
+    extra = words + ([NONE] if allows_none else [])
+    if convert is None:
+        return "{" + ",".join(extra) + "}"
     return "|".join([name.upper(), *extra]) if extra else None
 
 
