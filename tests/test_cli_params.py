@@ -5,7 +5,9 @@ added to an estimator becomes an option, in config files too, with no edit of th
 from __future__ import annotations
 
 import argparse
+import ast
 import inspect
+import re
 from numbers import Integral, Real
 
 import pytest
@@ -71,6 +73,16 @@ def test_every_estimator_parameter_is_a_fit_option_with_its_default_and_doc():
         assert action.help == docs[name].replace("%", "%%") and "``" not in action.help
     assert actions["diag"].option_strings == ["--diag", "--no-diag"]
     assert actions["checkpoint"].type is None and actions["resume"].help.startswith("continue")  # the CLI's own
+
+
+@pytest.mark.parametrize("cls", [rfm_dask.RFMRegressor, rfm_dask.RFMClassifier])
+def test_the_docstring_states_the_signature_defaults(cls):
+    """The numpydoc ``default=`` of every parameter is the signature's (the help shows the signature's)."""
+    stated = dict(re.findall(r"^ {4}(\w+) : .*default=(.+)$", cls.__doc__, flags=re.M))
+    signature = inspect.signature(cls.__init__).parameters
+    assert set(stated) == set(signature) - {"self"}
+    for name, text in stated.items():
+        assert ast.literal_eval(text) == signature[name].default, name
 
 
 def test_a_parameter_added_to_a_subclass_is_an_option():
