@@ -22,7 +22,7 @@ from .estimators import RFMClassifier, RFMRegressor
 from .inputs import gather_rows
 from .io import FeatureBatch, Preprocessor, read_batches
 from .io.transformer import model_preprocessor
-from .passes import Submitter
+from .scheduling import Submitter
 from .zarr_store import ZarrData, open_zarr
 
 TASKS = ("regression", "classification")
@@ -101,7 +101,7 @@ def _predicted_batches(
     model: Any, batches: Iterator[FeatureBatch], client: Client | None
 ) -> Iterator[tuple[FeatureBatch, dict]]:
     """(batch, output columns) in order; with a client, batches are predicted on the cluster, as many in flight as
-    a pass of ``passes.Submitter`` keeps (``rfm.tasks-per-thread`` per worker thread)."""
+    a pass of ``scheduling.Submitter`` keeps (``rfm.tasks-per-thread`` per worker thread)."""
     if client is None:
         for batch in batches:
             yield batch, _predict_columns(model, batch.X)
