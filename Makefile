@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m rfm_dask.demo $(ARGS)
+	$(BIN)/python -m pipelines.demo $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -26,37 +26,6 @@ import yaml
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 1
 
-def _float_or_auto(text: str) -> float | str:
-    """A number, or the word "auto" (a hyperparameter chosen on the validation rows)."""
-    if text == "auto":
-        return text
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
-
-
-# fit options: (flag, type, help); the estimator parameter is the flag's name with underscores
-FIT_PARAMS: tuple[tuple[str, Any, str], ...] = (
-    ("--iters", int, "RFM iterations (feature updates); 0 fits the lazy kernel only"),
-    ("--solver", str, "KRR solver: direct (dense Cholesky), cg (exact kernel), nystrom (FALKON), or auto by size"),
-    ("--kernel", str, "laplace or gaussian (of the Mahalanobis distance), or l1_laplace (product Laplace, diagonal M)"),
-    ("--bandwidth", _float_or_auto, "kernel bandwidth L, or auto (chosen on the validation rows)"),
-    ("--reg", _float_or_auto, "ridge, as in (K + reg I) alpha = y, or auto (chosen on the validation rows)"),
-    ("--exponent", float, "Laplace exponent q, 0 < q <= 2"),
-    ("--diag", argparse.BooleanOptionalAction, "learn a diagonal M"),
-    ("--feature-update", str, "update of M: agop or fact"),
-    ("--agop-power", float, "AGOP power, 1 or 0.5"),
-    ("--centre-agop", argparse.BooleanOptionalAction, "centre the gradients before the AGOP"),
-    ("--n-centers", int, "Nystrom centres m (default: rfm.nystrom-centres)"),
-    ("--tol", float, "CG relative residual tolerance"),
-    ("--validation-fraction", float, "share of rows held out to pick the best iteration"),
-    ("--patience", int, "stop after this many iterations without improvement"),
-    ("--agop-samples", int, "rows sampled for the feature update (default: rfm.agop-sample)"),
-    ("--random-state", int, "seed"),
-)
-
-
 class ClusterError(RuntimeError):
     """The Dask cluster failed under a command (see ``_cluster_failure``)."""
 
@@ -219,11 +188,18 @@ def cmd_ingest(args: argparse.Namespace, client: Any) -> None:
     print(json.dumps(asdict(report), indent=2, default=str))
 
 
+def fit_parameters() -> list[str]:
+    """The estimator parameters that are ``fit`` options (all but ``client``, ``checkpoint`` and ``resume``, which
+    ``fit`` spells its own way), in signature order."""
+    from .estimators import _RUN_PARAMS, RFMRegressor
+    from .param_flags import parameter_names
+
+    return [name for name in parameter_names(RFMRegressor) if name not in _RUN_PARAMS]
+
+
 def _fit_params(args: argparse.Namespace) -> dict[str, Any]:
-    """The estimator parameters given by the fit options (None: the estimator's default)."""
-    params = {flag.lstrip("-").replace("-", "_"): getattr(args, flag.lstrip("-").replace("-", "_"))
-              for flag, _, _ in FIT_PARAMS}
-    return {key: value for key, value in params.items() if value is not None}
+    """The estimator parameters given by the fit options (see ``_fit_options``)."""
+    return {name: getattr(args, name) for name in fit_parameters()}
 
 
 def check_fit(args: argparse.Namespace) -> None:
@@ -346,19 +322,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _fit_options(fit: argparse.ArgumentParser) -> None:
-    """The estimator's parameters as ``fit`` options, with the estimator's defaults (values are checked by the
-    estimator, before a cluster starts: see ``check_fit``)."""
+    """The estimator's parameters as ``fit`` options (``param_flags``: names, defaults, help and parsing from the
+    estimator; see ``fit_parameters``). Values are checked by the estimator, before a cluster starts (see
+    ``check_fit``); ``--random-state`` defaults to 0, so the command line is reproducible by default."""
     from .estimators import RFMRegressor
+    from .param_flags import add_parameter_options
 
-    defaults = RFMRegressor().get_params(deep=False)
-    for flag, kind, text in FIT_PARAMS:
-        default = defaults[flag.lstrip("-").replace("-", "_")]
-        if flag == "--random-state":
-            default = 0  # the command line is reproducible by default
-        if kind is argparse.BooleanOptionalAction:
-            fit.add_argument(flag, action=kind, default=default, help=text)
-        else:
-            fit.add_argument(flag, type=kind, default=default, help=text)
+    add_parameter_options(fit, RFMRegressor, fit_parameters(), defaults={"random_state": 0})
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:

@@ -82,6 +82,11 @@ def resolve_client(client: Client | None = None) -> Client:
         return local_client()
 
 
+def worker_threads(client: Client) -> dict[str, int]:
+    """Threads of each worker by address (at least 1 each)."""
+    return {worker: max(1, int(threads)) for worker, threads in client.nthreads().items()}
+
+
 def total_threads(client: Client) -> int:
     """Worker threads across the cluster (at least 1)."""
-    return max(1, sum(client.nthreads().values()))
+    return max(1, sum(worker_threads(client).values()))

@@ -20,6 +20,7 @@ from . import config
 from .atomic import check_writable
 from .cluster import resolve_client
 from .cluster_engine import ClusterEngine
+from .core.metrics import classification_metrics, regression_metrics, scores_to_index, scores_to_proba
 from .inputs import check_dask_features, check_finite_targets, is_dask, to_host_targets
 from .io.transformer import TableEncoder, is_pandas_frame
 from .kernel_spec import KERNELS, KernelSpec
@@ -29,7 +30,7 @@ from .options import SolverOptions
 from .model_file import ModelFileError, read_model_file, write_model_file
 from .row_blocks import RowBlocks, block_rows, place_rows, put_rows, take_rows
 from .targets import TargetScaling
-from .training import FEATURE_UPDATES, FitResult, RFMSettings, classification_metrics, regression_metrics, run_rfm
+from .training import FEATURE_UPDATES, FitResult, RFMSettings, run_rfm
 from .tree.fit import TreeFit, fit_tree
 from .tree.settings import LEAF_INITS, TreeSettings, check_leaf_init, resolve_leaf_size
 from .tree.model import TreeModel
@@ -73,7 +74,7 @@ _PARAMETERS_DOC = """
         Ridge: every solver solves ``(K + reg I) alpha = y`` on the scaled targets; "auto" chooses it on the
         validation rows over a fixed grid.
     iters : int, default=5
-        Updates of M; iteration 0 (``M = I``) is the lazy kernel.
+        RFM iterations (feature updates); 0 fits the lazy kernel only (iteration 0, ``M = I``).
     diag : bool, default=False
         Learn a diagonal M (d values) instead of a full (d, d) one.
     agop_power : float, default=1.0
@@ -93,9 +94,9 @@ _PARAMETERS_DOC = """
     patience : int or None, default=2
         Stop after this many iterations without improvement; None runs all ``iters``.
     agop_samples : int or None, default=None
-        Rows sampled for the AGOP (None: ``rfm.agop-sample``).
+        Rows sampled for the feature update (None: the ``rfm.agop-sample`` setting).
     n_centers : int or None, default=None
-        Nystrom centres m (None: ``rfm.nystrom-centres``).
+        Nystrom centres m (None: the ``rfm.nystrom-centres`` setting).
     random_state : int or None, default=None
         Seed of the validation split, the AGOP sample and the centres (and of a tree's split samples and leaves).
     leaf_size : int, "auto" or None, default=None
@@ -599,17 +600,17 @@ class RFMClassifier(ClassifierMixin, _RFMBase):
         F = self._decision(X)
         if isinstance(F, da.Array):
             k = len(self.classes_)
-            return F.map_blocks(_scores_to_proba, chunks=(F.chunks[0], (k,)), meta=np.empty((0, k)))
-        return _scores_to_proba(F)
+            return F.map_blocks(scores_to_proba, chunks=(F.chunks[0], (k,)), meta=np.empty((0, k)))
+        return scores_to_proba(F)
 
     def predict(self, X: Any) -> Any:
         """Predicted labels (n,); lazy for dask input."""
         F = self._decision(X)
         if isinstance(F, da.Array):
             return F.map_blocks(
-                _scores_to_index, drop_axis=1, dtype=np.intp, meta=np.empty((0,), dtype=np.intp)
+                scores_to_index, drop_axis=1, dtype=np.intp, meta=np.empty((0,), dtype=np.intp)
             ).map_blocks(self.classes_.take, dtype=self.classes_.dtype, meta=np.empty((0,), self.classes_.dtype))
-        return self.classes_[_scores_to_index(F)]
+        return self.classes_[scores_to_index(F)]
 
 
 def _check_state(state: dict, arrays: dict[str, np.ndarray], classifier: bool) -> None:
@@ -699,27 +700,6 @@ def _saved_tree(info: dict, arrays: dict[str, np.ndarray], spec: KernelSpec, tem
     if np.any(sizes < 1):
         raise ValueError(f"leaf sizes must be positive, got {info['leaf_sizes']!r}")
     return TreeFit(TreeModel(tree, leaves, None if temperature is None else float(temperature)), sizes, results)
-
-
-def _scores_to_index(F: np.ndarray) -> np.ndarray:
-    """Class index per row from scores (n, c): threshold 0.5 for one column, argmax otherwise."""
-    return (F[:, 0] > 0.5).astype(np.intp) if F.shape[1] == 1 else np.argmax(F, axis=1)
-
-
-def _scores_to_proba(F: np.ndarray) -> np.ndarray:
-    """Probabilities (n, k) from scores (n, c): clipped to [0, 1] for binary, clipped at 0 and normalised otherwise.
-
-    Rows with no positive score put all mass on their largest score, so argmax(proba) always matches predict.
-    """
-    if F.shape[1] == 1:
-        p = np.clip(F[:, 0], 0.0, 1.0)
-        return np.column_stack([1.0 - p, p])
-    P = np.maximum(F, 0.0)
-    total = P.sum(axis=1, keepdims=True)
-    empty = total[:, 0] == 0
-    P[empty, np.argmax(F[empty], axis=1)] = 1.0
-    total[empty] = 1.0
-    return P / total
 
 
 def load(path: str | os.PathLike) -> RFMRegressor | RFMClassifier:

@@ -4,7 +4,8 @@ evaluate, inspect. Each takes an optional Dask ``client`` (None: the default cli
 from __future__ import annotations
 
 import os
-from collections import Counter
+from collections import Counter, deque
+from itertools import tee
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -12,15 +13,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from distributed import Client
-from sklearn import metrics as skm
 
 from .atomic import atomic_path
 from .backend import identity
 from .cluster import resolve_client
+from .core.metrics import classification_report, regression_report, scores_to_index
 from .estimators import RFMClassifier, RFMRegressor
 from .inputs import gather_rows
 from .io import FeatureBatch, Preprocessor, read_batches
 from .io.transformer import model_preprocessor
+from .scheduling import Submitter
 from .zarr_store import ZarrData, open_zarr
 
 TASKS = ("regression", "classification")
@@ -86,7 +88,7 @@ def _predict_columns(model: Any, X: np.ndarray) -> dict[str, np.ndarray]:
     ``proba_<class>`` per class for classifiers."""
     if isinstance(model, RFMClassifier):
         proba = model.predict_proba(X)
-        columns = {"prediction": model.classes_[np.argmax(proba, axis=1)]}
+        columns = {"prediction": model.classes_[scores_to_index(proba)]}
         columns.update({f"proba_{c}": proba[:, i] for i, c in enumerate(model.classes_)})
         return columns
     pred = model.predict(X)
@@ -98,19 +100,23 @@ def _predict_columns(model: Any, X: np.ndarray) -> dict[str, np.ndarray]:
 def _predicted_batches(
     model: Any, batches: Iterator[FeatureBatch], client: Client | None
 ) -> Iterator[tuple[FeatureBatch, dict]]:
-    """(batch, output columns) in order; with a client, batches are predicted on the cluster, a few in flight."""
+    """(batch, output columns) in order; with a client, batches are predicted on the cluster, as many in flight as
+    a pass of ``scheduling.Submitter`` keeps (``rfm.tasks-per-thread`` per worker thread)."""
     if client is None:
         for batch in batches:
             yield batch, _predict_columns(model, batch.X)
         return
     remote_model = client.submit(identity, model, pure=False)  # a task, not scattered: survives worker loss
-    window = 2 * max(1, sum(client.nthreads().values()))
-    pending: list = []
-    for batch in batches:
-        pending.append((batch, client.submit(_predict_columns, remote_model, batch.X, pure=False)))
+    submitter = Submitter(client)
+    window = submitter.limit()
+    mine, theirs = tee(batches)
+    futures = submitter.stream(((_predict_columns, remote_model, batch.X) for batch in theirs), spread=True)
+    pending: deque = deque()
+    for batch, future in zip(mine, futures):
+        pending.append((batch, future))
         if len(pending) >= window:
-            done, future = pending.pop(0)
-            yield done, future.result()
+            done, oldest = pending.popleft()
+            yield done, oldest.result()
     for done, future in pending:
         yield done, future.result()
 
@@ -158,23 +164,6 @@ def predict_parquet(
         if writer is None:
             raise ValueError(f"{source} holds no rows to predict")
     return {"rows": rows, "unseen_categories": dict(unseen)}
-
-
-def regression_report(y: np.ndarray, pred: np.ndarray) -> dict:
-    """r2, mse, rmse and mae of predictions (n,) or (n, k) against targets of the same shape."""
-    mse = float(skm.mean_squared_error(y, pred))
-    return {"r2": float(skm.r2_score(y, pred)), "mse": mse, "rmse": mse**0.5,
-            "mae": float(skm.mean_absolute_error(y, pred))}
-
-
-def classification_report(y: np.ndarray, proba: np.ndarray, classes: np.ndarray) -> dict:
-    """accuracy, balanced accuracy and (two classes) ROC AUC of class probabilities (n, k) against labels (n,)."""
-    pred = classes[np.argmax(proba, axis=1)]
-    out = {"accuracy": float(skm.accuracy_score(y, pred)),
-           "balanced_accuracy": float(skm.balanced_accuracy_score(y, pred))}
-    if len(classes) == 2 and len(np.unique(y)) == 2:
-        out["roc_auc"] = float(skm.roc_auc_score(y == classes[1], proba[:, 1]))
-    return out
 
 
 def _metrics(model: Any, y: np.ndarray, scores: Callable[[], Any]) -> dict:

@@ -16,11 +16,12 @@ import numpy as np
 from . import worker_tasks as wt
 from .backend import like, namespace_of, to_host
 from .checkpoint import block_digest
+from .core.metrics import regression_metrics
 from .kernels import KernelSpec
 from .options import SolverOptions
 from .row_blocks import column_stats, mean_of_stats
 from .targets import TargetScaling
-from .training import FitResult, Metrics, RFMSettings, regression_metrics, run_rfm
+from .training import FitResult, Metrics, RFMSettings, run_rfm
 
 
 @dataclass(frozen=True)

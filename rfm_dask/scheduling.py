@@ -10,6 +10,7 @@ import numpy as np
 from distributed import Client, Future, wait
 
 from . import config
+from .cluster import worker_threads
 from .row_blocks import RowBlocks, column_stats, mean_of_stats, merge_stats, worker_memory_limits
 
 
@@ -38,7 +39,7 @@ class Submitter:
 
     def __init__(self, client: Client) -> None:
         self.client = client
-        self.threads = dict(client.nthreads())
+        self.threads = worker_threads(client)
         self.memory = worker_memory_limits(client)
         self.per_thread = int(config.get("tasks-per-thread"))
         self.fraction = float(config.get("task-memory-fraction"))
@@ -47,7 +48,7 @@ class Submitter:
         """Tasks of ``task_bytes`` each (0: not known) that each worker may hold unfinished at a time."""
         capacity = {}
         for worker, threads in self.threads.items():
-            most = self.per_thread * max(threads, 1)
+            most = self.per_thread * threads
             budget = int(self.fraction * self.memory.get(worker, 0))
             capacity[worker] = min(most, max(1, budget // task_bytes)) if budget and task_bytes else most
         return capacity

@@ -11,6 +11,7 @@ from typing import Callable
 import numpy as np
 
 from .checkpoint import fingerprint, load_checkpoint, save_checkpoint
+from .core.metrics import regression_metrics
 from .features import agop_feature_matrix, fact_feature_matrix, matrix_sqrt
 from .kernels import KernelSpec
 from .krr import Solution, check_weights_supported, choose_solver, solve_krr
@@ -23,20 +24,6 @@ from .tuning import search_hyperparameters
 logger = logging.getLogger("rfm_dask")
 
 Metrics = Callable[[np.ndarray, np.ndarray], dict]
-
-
-def regression_metrics(pred: np.ndarray, Y: np.ndarray) -> dict:
-    """Validation MSE (mean over outputs) of predictions (n, c) against targets (n, c)."""
-    return {"val_mse": float(np.mean((pred - Y) ** 2))}
-
-
-def classification_metrics(pred: np.ndarray, Y: np.ndarray) -> dict:
-    """Accuracy and MSE of scores (n, c) against 0/1 targets (n, c); c = 1 means a binary problem."""
-    if Y.shape[1] == 1:
-        correct = (pred[:, 0] > 0.5) == (Y[:, 0] > 0.5)
-    else:
-        correct = np.argmax(pred, axis=1) == np.argmax(Y, axis=1)
-    return {"val_accuracy": float(np.mean(correct)), "val_mse": float(np.mean((pred - Y) ** 2))}
 
 
 def _quality(metrics: dict) -> tuple:

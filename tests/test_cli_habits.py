@@ -73,8 +73,9 @@ def test_every_help_shows_the_defaults_and_the_positionals():
         if any(a.dest == "model" for a in sub._actions):
             assert re.search(r"\bmodel\s+\S", sub.format_help()), f"{name}: model is not documented"
     fit = " ".join(commands["fit"].format_help().split())
-    assert "--iters ITERS RFM iterations (feature updates); 0 fits the lazy kernel only (default: 5)" in fit
-    assert "(default: rfm.agop-sample)" in fit and "(default: None)" not in fit
+    assert ("--iters ITERS RFM iterations (feature updates); 0 fits the lazy kernel only (iteration 0, M = I). "
+            "(default: 5)") in fit
+    assert "(None: the rfm.agop-sample setting)" in fit and "(default: None)" not in fit
 
 
 # (config file name, text, words the one-line error must hold besides the file and the key)

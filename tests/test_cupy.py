@@ -137,7 +137,7 @@ def test_fit_on_cupy_chunks_matches_numpy(client):
     import dask.array as da
 
     from rfm_dask import RFMRegressor
-    from rfm_dask.datasets import low_rank_golden
+    from pipelines.datasets import low_rank_golden
 
     X, y, X_test, _ = low_rank_golden(n_train=1500, n_test=200, seed=3)
     params = dict(iters=2, solver="cg", random_state=0, client=client)
@@ -242,7 +242,7 @@ def test_to_device_moves_blocks_to_the_gpu():
 def test_fit_on_a_local_cuda_cluster_matches_the_cpu_fit(client):
     pytest.importorskip("dask_cuda")
     from rfm_dask import RFMRegressor
-    from rfm_dask.datasets import low_rank_golden
+    from pipelines.datasets import low_rank_golden
 
     X, y, X_test, _ = low_rank_golden(n_train=3000, n_test=500, seed=5)
     params = dict(iters=2, solver="nystrom", n_centers=600, random_state=0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from rfm_dask import demo
+from pipelines import demo
 
 
 def test_demo_end_to_end(tmp_path):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from distributed import Client, LocalCluster
 
+from pipelines.datasets import low_rank_golden
 from rfm_dask import RFMClassifier, RFMRegressor
-from rfm_dask.datasets import low_rank_golden
 
 
 def _fit(estimator, client, X, y):

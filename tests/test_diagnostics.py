@@ -6,7 +6,7 @@ import time
 
 import psutil
 
-from rfm_dask.diagnostics import PeakWorkerMemory
+from pipelines.diagnostics import PeakWorkerMemory
 
 
 def test_samples_workers_and_this_process(client):

@@ -9,9 +9,9 @@ import dask.array as da
 import numpy as np
 import pytest
 
+from pipelines.datasets import low_rank_golden
 from rfm_dask import RFMRegressor
 from rfm_dask import kernels as kn
-from rfm_dask.datasets import low_rank_golden
 from rfm_dask.features import matrix_sqrt
 from rfm_dask.cluster_engine import ClusterEngine
 from rfm_dask.krr import choose_solver, solve_krr

@@ -11,8 +11,8 @@ import pytest
 from sklearn.base import clone
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+from pipelines.datasets import low_rank_golden
 from rfm_dask import RFMClassifier, RFMRegressor
-from rfm_dask.datasets import low_rank_golden
 
 import reference as ref
 

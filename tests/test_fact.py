@@ -129,7 +129,7 @@ def test_fact_nystrom_uses_residuals(client):
 
 def test_fact_learns_low_rank_support(client):
     """On the golden low-rank task the FACT update also concentrates M on features 0, 1 and 5."""
-    from rfm_dask.datasets import low_rank_golden
+    from pipelines.datasets import low_rank_golden
 
     X, y, _, _ = low_rank_golden(n_train=1500, n_test=10, seed=0)
     model = RFMRegressor(iters=3, feature_update="fact", random_state=0, patience=None, client=client).fit(X, y)

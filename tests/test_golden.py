@@ -8,8 +8,8 @@ from sklearn.datasets import load_breast_cancer, load_digits
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
+from pipelines.datasets import low_rank_golden
 from rfm_dask import RFMClassifier, RFMRegressor
-from rfm_dask.datasets import low_rank_golden
 
 
 def test_low_rank_golden(client):

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from distributed import Client, LocalCluster
 
+from pipelines.diagnostics import PeakWorkerMemory
 from rfm_dask import RFMRegressor, open_zarr, write_zarr
 from rfm_dask import kernels as kn
 from rfm_dask import worker_tasks as wt
-from rfm_dask.diagnostics import PeakWorkerMemory
 from rfm_dask.passes import Submitter, task_bytes
 from rfm_dask.row_blocks import stream_rows
 

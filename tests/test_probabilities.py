@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from rfm_dask import RFMClassifier
-from rfm_dask.estimators import _scores_to_proba
+from rfm_dask.core.metrics import scores_to_proba
 
 
 def _expected_proba(F: np.ndarray) -> np.ndarray:
@@ -27,7 +27,7 @@ def _expected_proba(F: np.ndarray) -> np.ndarray:
 def test_binary_scores_to_probabilities():
     F = np.array([[-0.3], [0.0], [0.25], [0.5], [0.9], [1.7]])
     expected = np.array([[1, 0], [1, 0], [0.75, 0.25], [0.5, 0.5], [0.1, 0.9], [0, 1]])
-    np.testing.assert_allclose(_scores_to_proba(F), expected, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(scores_to_proba(F), expected, rtol=0, atol=1e-15)
 
 
 def test_multiclass_scores_to_probabilities():
@@ -39,7 +39,7 @@ def test_multiclass_scores_to_probabilities():
         [-1.0, -0.5, -2.0],  # nothing positive: all mass on the largest score
     ])
     expected = np.array([[0.2, 0.5, 0.3], [0, 2 / 3, 1 / 3], [0.1, 0.1, 0.8], [1, 0, 0], [0, 1, 0]])
-    P = _scores_to_proba(F)
+    P = scores_to_proba(F)
     np.testing.assert_allclose(P, expected, rtol=0, atol=1e-15)
     np.testing.assert_allclose(P.sum(axis=1), 1.0, rtol=0, atol=1e-15)
     assert np.all(F[0] == [0.2, 0.5, 0.3])  # the input is not modified

@@ -110,6 +110,19 @@ def test_store_model_predicts_on_raw_dataframe(ingested, store_model, tmp_path):
     np.testing.assert_array_equal(rfm_dask.load(path).predict(test[test.columns[::-1]]), pred)
 
 
+def test_predict_parquet_on_the_cluster_keeps_the_order_of_many_batches(ingested, store_model, client, tmp_path):
+    """Batches predicted on the cluster (far more than are in flight at a time) come back in order, with the same
+    numbers as predicted in this process batch by batch."""
+    test = _frame(90, 3)
+    pq.write_table(pa.Table.from_pandas(test, preserve_index=False), tmp_path / "test.parquet")
+    local = predict_parquet(store_model, tmp_path / "test.parquet", tmp_path / "local.parquet", batch_rows=4)
+    remote = predict_parquet(store_model, tmp_path / "test.parquet", tmp_path / "remote.parquet", batch_rows=4,
+                             client=client)
+    assert local == remote and remote["rows"] == 90
+    assert pq.read_table(tmp_path / "remote.parquet").equals(pq.read_table(tmp_path / "local.parquet"))
+    np.testing.assert_array_equal(pq.read_table(tmp_path / "remote.parquet")["row_id"].to_numpy(), test["row_id"])
+
+
 def test_model_without_recorded_preprocessing_has_no_encoder(client):
     rng = np.random.default_rng(0)
     X = rng.normal(size=(40, 3))

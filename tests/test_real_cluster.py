@@ -23,9 +23,9 @@ import pytest
 from distributed import Client
 
 import rfm_dask
+from pipelines.datasets import low_rank_golden
 from rfm_dask import RFMRegressor
 from rfm_dask.cli import main
-from rfm_dask.datasets import low_rank_golden
 
 DASK = str(Path(sys.executable).with_name("dask"))
 

@@ -15,10 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 
 import rfm_dask
+from pipelines.datasets import low_rank_golden
 from rfm_dask import RFMRegressor
 from rfm_dask.checkpoint import CheckpointMismatch
 from rfm_dask.cli import main
-from rfm_dask.datasets import low_rank_golden
 from rfm_dask.model_file import read_model_file
 
 from interrupt import fit_crashing_in_iteration_2

@@ -8,8 +8,8 @@ import signal
 import numpy as np
 from distributed import Client, LocalCluster
 
+from pipelines.datasets import low_rank_golden
 from rfm_dask import RFMRegressor
-from rfm_dask.datasets import low_rank_golden
 from rfm_dask.passes import KernelPasses
 
 

@@ -12,7 +12,7 @@ Run from the repository root on a machine with a CUDA GPU (CuPy, dask-cuda; torc
    ``pipelines/benchmarks/tiles.py`` counts (the kernel evaluation and the product with V are not counted), against
    the FP32 and TF32 GEMM rates; relative error ||f - f64|| / ||f64|| on the first ``check_rows`` rows against the
    same product computed in float64.
-3. Fits on the DESIGN section 6 task (``rfm_dask.datasets.low_rank_projection``), same rows for both peers:
+3. Fits on the DESIGN section 6 task (``pipelines.datasets.low_rank_projection``), same rows for both peers:
    rfm_dask (``RFMRegressor``, [rfm_dask] settings as in scaling.toml) on a dask-cuda LocalCUDACluster with
    ``rfm.device = "gpu"``, then xRFM (``xrfm.RFM(device="cuda")``, driven as scaling.py drives it on CPU) in this
    process after the cluster is closed; fit seconds (after a small warm-up fit of each), test R^2, their ratio.

