@@ -25,6 +25,7 @@ from .io.transformer import TableEncoder, is_pandas_frame
 from .kernel_spec import KERNELS, KernelSpec
 from .krr import SOLVERS
 from .model import KernelModel
+from .options import SolverOptions
 from .model_file import ModelFileError, read_model_file, write_model_file
 from .row_blocks import RowBlocks, block_rows, place_rows, put_rows, take_rows
 from .targets import TargetScaling
@@ -283,9 +284,11 @@ class _RFMBase(BaseEstimator):
             caller_name=f"{type(self).__name__} (with the rfm config's defaults)",
         )
         tune_bandwidth, tune_reg = _is_auto(self.bandwidth), _is_auto(self.reg)
+        options = SolverOptions.from_config()
         return RFMSettings(
             # a tuned bandwidth or reg is chosen per iteration (see ``tuning``); the placeholders are not used
-            spec=KernelSpec(self.kernel, 1.0 if tune_bandwidth else float(self.bandwidth), float(self.exponent)),
+            spec=KernelSpec(self.kernel, 1.0 if tune_bandwidth else float(self.bandwidth), float(self.exponent),
+                            options.gpu_fused, options.gpu_precision),
             reg=0.0 if tune_reg else float(self.reg),
             iters=int(self.iters),
             diag=bool(self.diag) or self.kernel == "l1_laplace",  # the L1 kernel is defined for a diagonal M
@@ -299,6 +302,7 @@ class _RFMBase(BaseEstimator):
             feature_update=self.feature_update,
             tune_bandwidth=tune_bandwidth,
             tune_reg=tune_reg,
+            options=options,
         )
 
     def _check_features(self, X: Any, reset: bool) -> Any:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 KERNELS = ("laplace", "gaussian", "l1_laplace")
 #: Kernels of the form exp(-(r / L)^q), with an exponent q in (0, 2].
 LAPLACE_KERNELS = ("laplace", "l1_laplace")
+#: Values of ``rfm.gpu.precision``: exact float32 distances, or (an explicit opt-in, less accurate) TF32 GEMMs.
+GPU_PRECISIONS = ("float32", "tf32")
 
 
 @dataclass(frozen=True)
@@ -15,11 +17,17 @@ class KernelSpec:
 
     Laplace: k = exp(-(r / L)^q), 0 < q <= 2, r = ||x~ - c~||_2.  Gaussian: k = exp(-r^2 / (2 L^2)).
     L1 Laplace (product Laplace): k = exp(-(r / L)^q), r = ||x~ - c~||_1 = sum_i s_i |x_i - c_i| for M = diag(s^2).
+
+    ``gpu_fused`` and ``gpu_precision`` say how CuPy blocks compute the kernel's products (``rfm.gpu.fused`` and
+    ``rfm.gpu.precision``, read on the client with the other solver options and carried here, so that tasks read no
+    configuration; see ``kernels.gpu_route``). NumPy blocks ignore them.
     """
 
     kind: str = "laplace"
     bandwidth: float = 10.0
     exponent: float = 1.0
+    gpu_fused: bool = True
+    gpu_precision: str = "float32"
 
     def __post_init__(self) -> None:
         if self.kind not in KERNELS:
@@ -28,6 +36,8 @@ class KernelSpec:
             raise ValueError(f"bandwidth must be > 0, got {self.bandwidth!r}")
         if self.kind in LAPLACE_KERNELS and not 0 < self.exponent <= 2:
             raise ValueError(f"exponent must be in (0, 2], got {self.exponent!r}")
+        if self.gpu_precision not in GPU_PRECISIONS:
+            raise ValueError(f"rfm.gpu.precision must be one of {GPU_PRECISIONS}, got {self.gpu_precision!r}")
 
     @property
     def l1(self) -> bool:

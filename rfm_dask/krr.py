@@ -9,7 +9,7 @@ import numpy as np
 
 from .options import SolverOptions
 from .solvers.cg import conjugate_gradient
-from .solvers.preconditioner import nystrom_preconditioner
+from .solvers.preconditioner import NystromPreconditioner
 
 if TYPE_CHECKING:
     from .operator import KernelOperator
@@ -83,7 +83,7 @@ def solve_krr(
     landmarks = np.sort(rng.choice(train.n, size=rank, replace=False))
     s = np.ones((train.n, 1)) if weights is None else np.sqrt(weights)[:, None]
     K_nl = s * op.landmark_columns(train, landmarks)
-    precond = nystrom_preconditioner(K_nl, op.centre_kernel(landmarks), reg)
+    precond = NystromPreconditioner(K_nl, op.centre_kernel(landmarks), reg)
     result = conjugate_gradient(
         lambda U: s * op.matvec(train, s * U) + reg * U,
         s * Y,

@@ -35,6 +35,11 @@ class SolverOptions:
     tune_rows, tune_scale_rows : int
         ``bandwidth="auto"`` / ``reg="auto"``: the rows of the exact search solves, and the rows whose median
         pairwise distance scales the bandwidth grid (see ``tuning``).
+    gpu_fused : bool
+        CuPy blocks: kernel products by the fused CUDA tile (``rfm.gpu.fused``).
+    gpu_precision : str
+        CuPy blocks: "float32", or the opt-in "tf32" distance GEMMs (``rfm.gpu.precision``). Both GPU options travel
+        to the tasks in the ``KernelSpec`` (see ``kernel_spec``).
     """
 
     direct_max_rows: int
@@ -47,6 +52,8 @@ class SolverOptions:
     tile_elements: int
     tune_rows: int
     tune_scale_rows: int
+    gpu_fused: bool
+    gpu_precision: str
 
     @classmethod
     def from_config(cls) -> "SolverOptions":
@@ -62,4 +69,6 @@ class SolverOptions:
             tile_elements=int(config.get("tile-elements")),
             tune_rows=int(config.get("tune.rows")),
             tune_scale_rows=int(config.get("tune.scale-rows")),
+            gpu_fused=bool(config.get("gpu.fused")),
+            gpu_precision=str(config.get("gpu.precision")),
         )

@@ -4,12 +4,15 @@ CUDA device). CI has no GPU: these run on a GPU machine with ``pytest -m gpu``."
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import dask
 import numpy as np
 import pytest
 
 import reference as ref
 from rfm_dask import cuda_tiles, devices
+from rfm_dask import gradients as gr
 from rfm_dask import kernels as kn
 from rfm_dask import worker_tasks as wt
 from rfm_dask.features import matrix_sqrt
@@ -62,7 +65,7 @@ def test_kernel_functions_match_numpy(spec):
 
     def gradients(xp, X, C, S, shift, beta):
         Ct = kn.transform(xp, C, S, shift)
-        return kn.predictor_gradients(xp, X, S, Ct, kn.sq_norms(xp, Ct), beta, spec, tile, shift=shift)
+        return gr.predictor_gradients(xp, X, S, Ct, kn.sq_norms(xp, Ct), beta, spec, tile, shift=shift)
 
     for fn, args in ((matvec, (X, C, S, shift, beta)), (gram, (X, C, S, shift, beta)),
                      (rmatvec, (X, C, S, shift, Y)), (gradients, (X, C, S, shift, beta))):
@@ -86,7 +89,7 @@ def test_l1_kernel_functions_on_cupy(q):
         return (kn.kernel_matvec(xp, Xt, Ct, c_sq, beta, spec, tile),
                 kn.kernel_gram_matvec(xp, Xt, Ct, c_sq, beta, spec, tile),
                 kn.kernel_rmatvec(xp, Xt, Ct, c_sq, Y, spec, tile),
-                kn.predictor_gradients(xp, X, S, Ct, c_sq, beta, spec, tile, shift=shift), kn.l1_distances(xp, Xt, Xt))
+                gr.predictor_gradients(xp, X, S, Ct, c_sq, beta, spec, tile, shift=shift), kn.l1_distances(xp, Xt, Xt))
 
     expected, got = _both(products, X, C, S, shift, beta, Y)
     for e, g in zip(expected[:4], got[:4]):
@@ -107,10 +110,10 @@ def test_self_terms_are_exact_on_the_gpu():
 def test_agop_and_fact_partials_match_numpy(diag):
     X, C, S, shift, beta, Y = _data()
     G = np.random.default_rng(1).normal(size=(50, 3, 16))
-    expected, got = _both(kn.agop_partial, G, diag=diag)
+    expected, got = _both(gr.agop_partial, G, diag=diag)
     for e, g in zip(expected, got):
         np.testing.assert_allclose(g, e, rtol=1e-10)
-    expected, got = _both(kn.fact_partial, G, Y[:50], X[:50].astype(np.float64), diag=diag)
+    expected, got = _both(gr.fact_partial, G, Y[:50], X[:50].astype(np.float64), diag=diag)
     np.testing.assert_allclose(got, expected, rtol=1e-10)
 
 
@@ -207,8 +210,7 @@ def test_kernel_products_take_the_fused_route_on_cupy():
     ]
     for routed, fused in pairs:
         np.testing.assert_array_equal(cupy.asnumpy(routed), cupy.asnumpy(fused))
-    with dask.config.set({"rfm.gpu.fused": False}):
-        assert kn.gpu_route(cupy, Xg, Cg, Vg, spec) is None
+    assert kn.gpu_route(cupy, Xg, Cg, Vg, replace(spec, gpu_fused=False)) is None
     assert kn.gpu_route(cupy, Xg.astype(np.float64), Cg.astype(np.float64), Vg, spec) is None
 
 
@@ -219,9 +221,9 @@ def test_tf32_route_is_close_and_restores_float32_gemms():
     X, C, V, _ = _fused_case(300, 257, 64, 1)
     Xg, Cg, Vg = cupy.asarray(X), cupy.asarray(C), cupy.asarray(V)
     before = linalg.get_compute_type(np.float32)
-    with dask.config.set({"rfm.gpu.precision": "tf32"}):
-        assert kn.gpu_route(cupy, Xg, Cg, Vg, spec) == "tf32"
-        got = cupy.asnumpy(kn.kernel_matvec(cupy, Xg, Cg, kn.sq_norms(cupy, Cg), Vg, spec))
+    tf32 = replace(spec, gpu_precision="tf32")
+    assert kn.gpu_route(cupy, Xg, Cg, Vg, tf32) == "tf32"
+    got = cupy.asnumpy(kn.kernel_matvec(cupy, Xg, Cg, kn.sq_norms(cupy, Cg), Vg, tf32))
     assert linalg.get_compute_type(np.float32) == before
     _close(got, _dense_kernel(X, C, spec) @ V, rtol=1e-2)  # TF32: an opt-in, less accurate
 

@@ -23,7 +23,6 @@ from rfm_dask.row_blocks import put_rows
 from rfm_dask.training import RFMSettings, run_rfm
 from rfm_dask.cluster_engine import ClusterEngine
 from rfm_dask.local import fit_local
-from rfm_dask.options import SolverOptions
 
 import reference as ref
 from seeds import seeds

@@ -14,7 +14,7 @@ from rfm_dask.solvers import NumericalError
 from rfm_dask.solvers.cg import conjugate_gradient
 from rfm_dask.solvers import direct
 from rfm_dask.solvers.direct import cholesky_solve, direct_solve, tiled_cholesky
-from rfm_dask.solvers.preconditioner import nystrom_preconditioner
+from rfm_dask.solvers.preconditioner import NystromPreconditioner
 
 N, DIM, BANDWIDTH, REG, N_LANDMARKS = 200, 5, 10.0, 1e-2, 40
 
@@ -56,7 +56,7 @@ def test_cg_matches_dense_solve(system, n_rhs, precondition, seed):
     K, A, landmarks, _ = system
     rng = np.random.default_rng(1 + seed)
     b = rng.standard_normal(N if n_rhs is None else (N, n_rhs))
-    P = nystrom_preconditioner(K[:, landmarks], K[np.ix_(landmarks, landmarks)], REG) if precondition else None
+    P = NystromPreconditioner(K[:, landmarks], K[np.ix_(landmarks, landmarks)], REG) if precondition else None
     res = conjugate_gradient(operator_of(A), b, preconditioner=P, tol=1e-10, max_iter=500)
     assert res.x.shape == b.shape
     assert res.iterations < 500
@@ -76,7 +76,7 @@ def test_nystrom_preconditioner_reduces_iterations(system):
     b = np.random.default_rng(2).standard_normal((N, 2))
     plain = conjugate_gradient(operator_of(A), b, tol=1e-10)
     pre = conjugate_gradient(
-        operator_of(A), b, preconditioner=nystrom_preconditioner(K[:, landmarks], K[np.ix_(landmarks, landmarks)], REG), tol=1e-10
+        operator_of(A), b, preconditioner=NystromPreconditioner(K[:, landmarks], K[np.ix_(landmarks, landmarks)], REG), tol=1e-10
     )
     assert pre.residual <= 1e-10 and plain.residual <= 1e-10
     assert pre.iterations < plain.iterations
@@ -84,8 +84,9 @@ def test_nystrom_preconditioner_reduces_iterations(system):
 
 def test_nystrom_preconditioner_is_spd(system):
     K, _, landmarks, _ = system
-    P = nystrom_preconditioner(K[:, landmarks], K[np.ix_(landmarks, landmarks)], REG)
-    Pinv = P(np.eye(N))
+    P = NystromPreconditioner(K[:, landmarks], K[np.ix_(landmarks, landmarks)], REG)
+    Pinv = P.apply(np.eye(N))
+    np.testing.assert_array_equal(P.apply_t(np.eye(N)), Pinv)
     np.testing.assert_allclose(Pinv, Pinv.T, rtol=0, atol=1e-12)
     assert np.min(np.linalg.eigvalsh(Pinv)) > 0
 
@@ -94,7 +95,7 @@ def test_nystrom_preconditioner_with_all_landmarks_is_near_exact(system):
     """With every row a landmark the Nystrom approximation is K itself, so P^-1 (K + mu I) ~ const * I on the
     retained eigenspace and CG needs only a handful of iterations."""
     K, A, _, _ = system
-    P = nystrom_preconditioner(K, K, REG)
+    P = NystromPreconditioner(K, K, REG)
     b = np.random.default_rng(3).standard_normal((N, 2))
     res = conjugate_gradient(operator_of(A), b, preconditioner=P, tol=1e-10)
     assert res.iterations <= 5

@@ -6,7 +6,7 @@ Run from the repository root on a machine with a CUDA GPU (CuPy, dask-cuda; torc
 
 1. GEMM rates: median time of a float32 (n x n) @ (n x n) CuPy product, in FP32 and in TF32 (tensor cores).
 2. Tiles: for each d, K(X, C) @ V on one large tile (rows x centres pairs, Laplace kernel) by the fused CUDA tile
-   (``rfm_dask.cuda_tiles``), by the unfused chain (``kernels.kernel_matvec`` with ``rfm.gpu.fused`` off: distance
+   (``rfm_dask.cuda_tiles``), by the unfused chain (``kernels.kernel_matvec`` with the spec's ``gpu_fused`` off: distance
    GEMM, near-pair fix-up, kernel, product with V, in row tiles of ``unfused_tile`` entries) and by that chain with
    TF32 GEMMs (``rfm.gpu.precision: tf32``). Effective TFLOP/s = 2 b m d / seconds: the distance flops only, as
    ``pipelines/benchmarks/tiles.py`` counts (the kernel evaluation and the product with V are not counted), against
@@ -31,6 +31,7 @@ import statistics
 import sys
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -190,19 +191,22 @@ def gemm_rates(size: int, repeats: int) -> dict:
 
 
 # -- tiles --------------------------------------------------------------------------------------------------------
-def tile_variants(X: Any, C: Any, V: Any, spec: Any, tile: int) -> dict[str, tuple[Callable[[], Any], dict]]:
-    """{name: (the product K(X, C) @ V, the rfm settings it runs under)}."""
+def tile_variants(X: Any, C: Any, V: Any, spec: Any, tile: int) -> dict[str, Callable[[], Any]]:
+    """{name: the product K(X, C) @ V by that route (fused; unfused float32; unfused with TF32 GEMMs)}."""
     import cupy
 
     from rfm_dask import cuda_tiles
     from rfm_dask import kernels as kn
 
     c_sq = kn.sq_norms(cupy, C)
-    unfused = lambda: kn.kernel_matvec(cupy, X, C, c_sq, V, spec, tile)  # noqa: E731
+
+    def unfused(variant: Any) -> Callable[[], Any]:
+        return lambda: kn.kernel_matvec(cupy, X, C, c_sq, V, variant, tile)
+
     return {
-        "fused": (lambda: cuda_tiles.matvec(X, C, V, spec), {}),
-        "unfused": (unfused, {"rfm.gpu.fused": False}),
-        "unfused_tf32": (unfused, {"rfm.gpu.precision": "tf32"}),
+        "fused": lambda: cuda_tiles.matvec(X, C, V, spec),
+        "unfused": unfused(replace(spec, gpu_fused=False)),
+        "unfused_tf32": unfused(replace(spec, gpu_precision="tf32")),
     }
 
 
@@ -230,10 +234,9 @@ def measure_tile(d: int, cfg: dict, repeats: int, rates: dict) -> dict:
     spec = kn.KernelSpec("laplace", float(cfg["bandwidth"]))
     reference = float64_reference(X[:check], C, V, spec, tile)
     row: dict[str, Any] = {"d": d, "rows": b, "centres": m, "columns": int(cfg["columns"])}
-    for name, (product, settings) in tile_variants(X, C, V, spec, tile).items():
-        with dask.config.set(settings):
-            seconds = gpu_seconds(product, repeats)
-            error = cupy.linalg.norm(product()[:check] - reference) / cupy.linalg.norm(reference)
+    for name, product in tile_variants(X, C, V, spec, tile).items():
+        seconds = gpu_seconds(product, repeats)
+        error = cupy.linalg.norm(product()[:check] - reference) / cupy.linalg.norm(reference)
         tflops = 2.0 * b * m * d / seconds / 1e12
         row[name] = {
             "seconds": seconds,

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from . import NumericalError
+
+if TYPE_CHECKING:
+    from .preconditioner import Preconditioner
 
 #: CG on a positive definite system of condition number kappa keeps ||r_k|| / ||r_0|| <= 2 sqrt(kappa); in float64
 #: kappa is at most 1 / eps, so a relative residual above 2 / sqrt(eps) (1.3e8) means the system is not numerically
@@ -39,7 +42,7 @@ def _column_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def conjugate_gradient(
     operator: Operator,
     b: np.ndarray,
-    preconditioner: Operator | None = None,
+    preconditioner: Preconditioner | None = None,
     tol: float = 1e-6,
     max_iter: int = 500,
     x0: np.ndarray | None = None,
@@ -55,7 +58,7 @@ def conjugate_gradient(
     b = np.asarray(b, dtype=np.float64)
     squeeze = b.ndim == 1
     B = b[:, None] if squeeze else b
-    apply_p = preconditioner or (lambda r: r)
+    apply_p = (lambda r: r) if preconditioner is None else preconditioner.apply
     X = np.zeros_like(B) if x0 is None else np.array(x0, dtype=np.float64).reshape(B.shape)
     b_norm = np.linalg.norm(B, axis=0)
     b_norm[b_norm == 0] = 1.0
