@@ -10,301 +10,36 @@ stderr when it is a terminal.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import re
 import sys
-import time
-import tomllib
 from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Iterator
 
-import yaml
+from .cli_commands import (
+    check_fit,
+    check_ingest,
+    check_predict,
+    cmd_evaluate,
+    cmd_fit,
+    cmd_ingest,
+    cmd_inspect,
+    cmd_predict,
+    fit_parameters,
+)
+from .cli_config import apply_config, load_config
+from .cli_progress import log_progress
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 1
+
 
 class ClusterError(RuntimeError):
     """The Dask cluster failed under a command (see ``_cluster_failure``)."""
 
 
-class ConfigError(ValueError):
-    """A config file that cannot be read or names options a command does not have."""
-
-
-def load_config(path: Path) -> dict:
-    """A config file as a dict: YAML (.yaml/.yml) or TOML (.toml)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} not found")
-    text = path.read_text()
-    try:
-        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"config file {path} is not valid {path.suffix.lstrip('.').upper()}: {exc}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of commands to options")
-    return data
-
-
-PATH_OPTIONS = frozenset({"checkpoint", "plot"})  # options naming files: confined to the config file's directory
-FLAG_ACTIONS = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)
-
-
-def _confined(base: Path, value: str, where: str) -> str:
-    """A path from a config file, relative to the file's directory ``base``; one that escapes it is refused."""
-    path = (base / value).resolve()
-    if not path.is_relative_to(base.resolve()):
-        raise ConfigError(f"{where} = {value!r} points outside the config file's directory {base}")
-    return str(path)
-
-
-def _config_scalar(action: argparse.Action, value: Any, where: str) -> Any:
-    """One config value parsed as the command line parses the option's argument: by the option's ``type`` (from
-    its text, so ``iters = 2.5`` fails as ``--iters 2.5`` does) and checked against its ``choices``. Strings,
-    integers and floats are accepted where a number is expected; booleans, lists, tables and nulls are not."""
-    if value is None or isinstance(value, (bool, list, dict)):
-        raise ConfigError(f"{where} must be a single value, got {value!r}")
-    if action.type is None and not isinstance(value, str):
-        raise ConfigError(f"{where} must be a string (quote it), got {value!r}")
-    try:
-        parsed = value if action.type is None else action.type(str(value))
-    except (TypeError, ValueError, argparse.ArgumentTypeError):
-        kind = getattr(action.type, "__name__", "value")
-        raise ConfigError(f"{where} must be {'an' if kind[0] in 'aeiou' else 'a'} {kind}, got {value!r}") from None
-    if action.choices is not None and parsed not in action.choices:
-        raise ConfigError(f"{where} must be one of {', '.join(map(str, action.choices))}, got {value!r}")
-    return parsed
-
-
-def _config_value(action: argparse.Action, value: Any, where: str) -> Any:
-    """A config value as the option's command-line form would give it (see ``_config_scalar``): on/off options
-    take true or false only, list options (``nargs``) a list or a single string (one item)."""
-    if isinstance(action, FLAG_ACTIONS):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where} must be true or false (unquoted), got {value!r}")
-        return value if not isinstance(action, argparse._StoreFalseAction) else not value
-    if action.nargs in ("*", "+"):
-        items = [value] if isinstance(value, str) else value
-        if not isinstance(items, list) or (action.nargs == "+" and not items):
-            raise ConfigError(f"{where} must be a list of values, got {value!r}")
-        return [_config_scalar(action, item, f"{where}[{i}]") for i, item in enumerate(items)]
-    return _config_scalar(action, value, where)
-
-
-def _apply_config(parser: argparse.ArgumentParser, command: str, config: dict, path: Path, commands: Iterable[str]
-                  ) -> None:
-    """Use the config's section for ``command`` (and a top-level ``scheduler``) as the parser's defaults.
-
-    Every value goes through the option's command-line parsing (``_config_value``); path options are resolved
-    against (and confined to) the config file's directory. A section or key that is not a command or option, and
-    a value the command line would refuse, raise ``ConfigError`` naming the file and the key.
-    """
-    unknown = sorted(str(key) for key in config if key not in {*commands, "scheduler"})
-    if unknown:
-        raise ConfigError(f"config file {path}: unknown section(s) {', '.join(unknown)} (expected "
-                          f"{', '.join(sorted(commands))} or a top-level scheduler)")
-    section = config.get(command) or {}
-    if not isinstance(section, dict):
-        raise ConfigError(f"config file {path}: section {command!r} must be a mapping of options")
-    actions = {action.dest: action for action in parser._actions
-               if action.option_strings and action.dest not in {"help", "config", "version"}}
-    entries = [(f"config file {path}: [{command}] {key}", str(key).replace("-", "_"), value)
-               for key, value in section.items()]
-    if "scheduler" in config and "scheduler" not in {dest for _, dest, _ in entries}:
-        entries.append((f"config file {path}: scheduler", "scheduler", config["scheduler"]))
-    values = {}
-    for where, dest, value in entries:
-        if dest not in actions:
-            raise ConfigError(f"{where}: unknown option for {command}")
-        values[dest] = _config_value(actions[dest], value, where)
-        if dest in PATH_OPTIONS:
-            values[dest] = _confined(path.parent, str(values[dest]), where)
-    parser.set_defaults(**values)
-
-
-# -- commands -------------------------------------------------------------------------------------------------------
-def _bar(label: str, unit: str, quiet: bool, total: int | None = None, position: int = 0) -> Any:
-    """A tqdm progress bar on stderr: off with --quiet, or when stderr is not a terminal."""
-    from tqdm.auto import tqdm
-
-    return tqdm(desc=label, unit=unit, total=total, position=position, file=sys.stderr, leave=position == 0,
-                disable=quiet or not sys.stderr.isatty(), dynamic_ncols=True, unit_scale=unit == "rows")
-
-
-@contextmanager
-def _progress(label: str, quiet: bool) -> Iterator[Callable[[int, int], None]]:
-    """A ``progress(done, total)`` callback (rows; total 0 when unknown) drawing a progress bar, closed on exit."""
-    bar = _bar(label, "rows", quiet)
-
-    def report(done: int, total: int) -> None:
-        if total and bar.total != total:
-            bar.reset(total=total)
-        bar.update(done - bar.n)
-
-    try:
-        yield report
-    finally:
-        bar.close()
-
-
-def _refuse_existing(path: str | Path, overwrite: bool, what: str) -> None:
-    if Path(path).exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists (pass --overwrite to replace the {what})")
-
-
-def check_ingest(args: argparse.Namespace) -> None:
-    """What ``ingest`` can refuse before any work starts."""
-    if not args.target:
-        raise ConfigError("ingest needs --target COLUMN (on the command line or in the config file)")
-    _refuse_existing(args.store, args.overwrite, "store")
-
-
-def cmd_ingest(args: argparse.Namespace, client: Any) -> None:
-    from .io import ingest
-
-    options = dict(
-        target=args.target,
-        id_column=args.id_column,
-        task=args.task,
-        max_categories=args.max_categories,
-        high_cardinality=args.high_cardinality,
-        nulls=args.nulls,
-        timestamps=args.timestamps,
-        exclude=tuple(args.exclude),
-        chunk_rows=args.chunk_rows,
-        batch_rows=args.batch_rows,
-        overwrite=args.overwrite,
-    )
-    if client is not None:
-        print("ingest: running on the cluster (paths are read where the workers are)", file=sys.stderr)
-        report = client.submit(ingest, args.data, args.store, pure=False, **options).result()
-    else:
-        with _progress("ingest (2 passes)", args.quiet) as progress:
-            report = ingest(args.data, args.store, progress=progress, **options)
-    print(json.dumps(asdict(report), indent=2, default=str))
-
-
-def fit_parameters() -> list[str]:
-    """The estimator parameters that are ``fit`` options (all but ``client``, ``checkpoint`` and ``resume``, which
-    ``fit`` spells its own way), in signature order."""
-    from .estimators import _RUN_PARAMS, RFMRegressor
-    from .param_flags import parameter_names
-
-    return [name for name in parameter_names(RFMRegressor) if name not in _RUN_PARAMS]
-
-
-def _fit_params(args: argparse.Namespace) -> dict[str, Any]:
-    """The estimator parameters given by the fit options (see ``_fit_options``)."""
-    return {name: getattr(args, name) for name in fit_parameters()}
-
-
-def check_fit(args: argparse.Namespace) -> None:
-    """What ``fit`` can refuse before a cluster starts: an existing model file, a model file or checkpoint that
-    cannot be written, a path that is no store, and estimator parameters out of range."""
-    from .atomic import check_writable
-    from .estimators import RFMRegressor
-    from .jobs import is_zarr_store
-
-    _refuse_existing(args.model, args.overwrite, "model file")
-    check_writable(args.model, "model file")
-    check_writable(args.checkpoint or f"{args.model}.ckpt", "checkpoint")
-    if not is_zarr_store(args.store):
-        raise ValueError(f"{args.store} is not a readable Zarr store of X and y (write one with `rfm-dask ingest`)")
-    RFMRegressor(**_fit_params(args))._settings()
-
-
-def cmd_fit(args: argparse.Namespace, client: Any) -> None:
-    from .jobs import fit_store
-
-    checkpoint = Path(args.checkpoint or f"{args.model}.ckpt")
-    if args.resume and not checkpoint.exists():
-        print(f"rfm-dask fit: no checkpoint at {checkpoint}, starting from iteration 0", file=sys.stderr)
-    start = time.perf_counter()
-    with _fit_progress(args.quiet, args.iters):
-        model = fit_store(args.store, task=args.task, client=client, checkpoint=str(checkpoint),
-                          resume=args.resume, **_fit_params(args))
-    seconds = time.perf_counter() - start
-    model.set_params(checkpoint=None, resume=False)
-    model.save(args.model, overwrite=args.overwrite)
-    checkpoint.unlink(missing_ok=True)
-    summary = {"model": str(args.model), "estimator": type(model).__name__, "best_iter": int(model.best_iter_),
-               "fit_seconds": round(seconds, 3), "history": model.history_}
-    print(json.dumps(summary, indent=2))
-
-
-def check_predict(args: argparse.Namespace) -> None:
-    """What ``predict`` can refuse before reading the model: an existing output, and a Zarr store as input."""
-    from .jobs import is_zarr_store
-
-    _refuse_existing(args.out, args.overwrite, "output file")
-    if is_zarr_store(args.data):
-        raise ValueError(f"{args.data} is a Zarr store, but predict reads raw Parquet rows (the columns given to "
-                         "`rfm-dask ingest`); for metrics on a store use `rfm-dask evaluate MODEL STORE`, for its "
-                         "predictions use Python: rfm_dask.load(MODEL).predict(rfm_dask.open_zarr(STORE).X)")
-
-
-def cmd_predict(args: argparse.Namespace, client: Any) -> None:
-    from . import load
-    from .jobs import predict_parquet
-
-    model = load(args.model)
-    with _progress("predict", args.quiet) as progress:
-        report = predict_parquet(
-            model, args.data, args.out, id_column=args.id_column, client=client, batch_rows=args.batch_rows,
-            overwrite=args.overwrite, progress=progress,
-        )
-    print(json.dumps({"out": str(args.out), **report}))
-
-
-def cmd_evaluate(args: argparse.Namespace, client: Any) -> None:
-    from . import load
-    from .jobs import evaluate
-
-    model = load(args.model)
-    print(json.dumps(evaluate(model, args.data, client=client, target=args.target, batch_rows=args.batch_rows),
-                     indent=2))
-
-
-def cmd_inspect(args: argparse.Namespace, client: Any) -> None:
-    from . import load
-    from .jobs import inspect_model, plot_feature_matrix
-    from .tables import text_table
-
-    model = load(args.model)
-    report = inspect_model(model, top=args.top)
-    if args.plot:
-        report["plot"] = str(plot_feature_matrix(model, args.plot))
-    if args.json:
-        print(json.dumps(report, indent=2))
-        return
-    print(f"{report['estimator']}, {report['n_features']} features, best iteration {report['best_iter']}")
-    if "note" in report:
-        print(f"note: {report['note']}")
-    print("\nfeature importances (normalised diagonal of M):")
-    print(text_table(report["importances"]))
-    for k, direction in enumerate(report.get("eigen_directions", [])):
-        loadings = ", ".join(f"{item['feature']} {item['weight']:+.2f}" for item in direction["loadings"][:6])
-        print(f"\neigen-direction {k + 1} (eigenvalue {direction['eigenvalue']:.4g}): {loadings}")
-    if "tree" in report:
-        tree = report["tree"]
-        print(f"\ntree of {tree['n_leaves']} leaves (importances above: the leaf-size-weighted mean); splits "
-              "(rows with direction . x <= threshold go left):")
-        for split in tree["splits"]:
-            direction = ", ".join(f"{item['feature']} {item['weight']:+.2f}" for item in split["direction"])
-            print(f"  node {split['node']}: {direction} <= {split['threshold']:.4g} -> {split['left']} | "
-                  f"{split['right']}")
-        for leaf in tree["leaves"]:
-            top = ", ".join(f"{item['feature']} {item['importance']:.2f}" for item in leaf["importances"])
-            print(f"  leaf {leaf['leaf']}: {leaf['rows']} rows, best iteration {leaf['best_iter']}, top features {top}")
-    if args.plot:
-        print(f"\nwrote {report['plot']}")
-
-
-# -- parser ---------------------------------------------------------------------------------------------------------
+# -- parsers -------------------------------------------------------------------------------------------------------
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """argparse's help with every option's default shown, except where there is none (None)."""
 
@@ -410,7 +145,7 @@ def _parse(parser: argparse.ArgumentParser, commands: dict[str, argparse.Argumen
     """Parse the command line; with ``--config``, parse again over the config section's defaults."""
     args = parser.parse_args(argv)
     if args.config is not None:
-        _apply_config(commands[args.command], args.command, load_config(args.config), args.config, commands)
+        apply_config(commands[args.command], args.command, load_config(args.config), args.config, commands)
         args = parser.parse_args(argv)
     return args
 
@@ -453,65 +188,6 @@ def _client(args: argparse.Namespace) -> Iterator[Any]:
         close_local_client()
 
 
-def _bars_on(quiet: bool) -> bool:
-    """Whether progress bars are drawn: not with --quiet, and only on a terminal (logs get lines instead)."""
-    return not quiet and sys.stderr.isatty()
-
-
-def _log_progress(quiet: bool) -> None:
-    """Lines from the ``rfm_dask`` logger on stderr (not with --quiet); per-iteration lines only where no progress
-    bar shows the iterations (stderr is not a terminal)."""
-    logger = logging.getLogger("rfm_dask")
-    logger.setLevel(logging.WARNING if quiet else logging.DEBUG if _bars_on(quiet) else logging.INFO)
-    for old in [h for h in logger.handlers if getattr(h, "_rfm_cli", False)]:  # an earlier main() in this process
-        logger.removeHandler(old)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("rfm-dask: %(message)s"))
-    handler.setLevel(logging.INFO)
-    handler._rfm_cli = True
-    logger.addHandler(handler)
-    if _bars_on(quiet):
-        handler.addFilter(lambda record: not hasattr(record, "rfm_step"))
-
-
-class _FitBars(logging.Handler):
-    """Progress bars of a fit, driven by the ``rfm_dask`` logger's records that carry ``rfm_step`` = (kind, step,
-    total): RFM iterations ("iteration", with the iteration's metrics) and the CG steps of the current solve
-    ("cg")."""
-
-    def __init__(self, quiet: bool, iters: int) -> None:
-        super().__init__(logging.DEBUG)
-        self.iterations = _bar("fit", "iteration", quiet, total=iters + 1)
-        self.steps = _bar("CG steps", "step", quiet, position=1)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        kind, step, _ = getattr(record, "rfm_step", (None, 0, 0))
-        if kind == "iteration":
-            self.iterations.set_postfix_str(record.getMessage().split(": ", 1)[-1], refresh=False)
-            self.iterations.update(1)
-            self.steps.reset()
-        elif kind == "cg":
-            self.steps.update(step - self.steps.n)
-
-    def close(self) -> None:
-        self.steps.close()
-        self.iterations.close()
-        super().close()
-
-
-@contextmanager
-def _fit_progress(quiet: bool, iters: int) -> Iterator[None]:
-    """Fit progress bars (iterations, CG steps) while the block runs."""
-    logger = logging.getLogger("rfm_dask")
-    bars = _FitBars(quiet, iters)
-    logger.addHandler(bars)
-    try:
-        yield
-    finally:
-        logger.removeHandler(bars)
-        bars.close()
-
-
 def _cli_spelling(text: str, parser: argparse.ArgumentParser) -> str:
     """An error message with the command's options in their command-line spelling: ``overwrite=True`` becomes
     ``--overwrite``, ``high_cardinality='top'`` becomes ``--high-cardinality top``, ``max_categories``
@@ -538,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)  # usage errors exit here with argparse's message and status 2
     try:
         args = _parse(parser, commands, argv)
-        _log_progress(args.quiet)
+        log_progress(args.quiet)
         if hasattr(args, "check"):
             args.check(args)  # bad options are refused before a cluster starts
         with _client(args) as client:

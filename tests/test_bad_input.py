@@ -531,7 +531,7 @@ def test_existing_outputs_are_refused_and_untouched(trained, tmp_path, capsys):
 
 def test_unwritable_outputs_are_refused_before_fitting(trained, tmp_path, capsys, monkeypatch):
     _, _, store = trained
-    monkeypatch.setattr("rfm_dask.estimators.run_rfm", lambda *a, **k: pytest.fail("fitted before the check"))
+    monkeypatch.setattr("rfm_dask.estimator_base.run_rfm", lambda *a, **k: pytest.fail("fitted before the check"))
     blocker = tmp_path / "a_file"
     blocker.write_bytes(b"")
     read_only = tmp_path / "read_only"

@@ -14,8 +14,9 @@ import pytest
 from sklearn.utils._param_validation import StrOptions
 
 import rfm_dask
-from rfm_dask import cli
-from rfm_dask.estimators import _RUN_PARAMS, Range, RFMRegressor
+from rfm_dask import cli, cli_commands, cli_config
+from rfm_dask.estimators import RFMRegressor
+from rfm_dask.parameters import RUN_PARAMS, Range
 from rfm_dask.param_flags import add_parameter_options, parameter_arguments, parameter_docs, parameter_names
 
 
@@ -63,9 +64,9 @@ def test_every_estimator_parameter_is_a_fit_option_with_its_default_and_doc():
     _, commands = cli.build_parser()
     actions = {a.dest: a for a in commands["fit"]._actions}
     docs, signature = parameter_docs(RFMRegressor), inspect.signature(RFMRegressor.__init__).parameters
-    names = cli.fit_parameters()
-    assert names == [n for n in parameter_names(RFMRegressor) if n not in _RUN_PARAMS]
-    assert len(names) == len(signature) - 1 - len(_RUN_PARAMS) and set(docs) >= set(signature) - {"self"}
+    names = cli_commands.fit_parameters()
+    assert names == [n for n in parameter_names(RFMRegressor) if n not in RUN_PARAMS]
+    assert len(names) == len(signature) - 1 - len(RUN_PARAMS) and set(docs) >= set(signature) - {"self"}
     for name in names:
         action = actions[name]
         assert action.option_strings[0] == "--" + name.replace("_", "-")
@@ -116,10 +117,10 @@ def test_the_fit_command_takes_a_new_parameter_from_the_estimator(monkeypatch, t
     parser, commands = cli.build_parser()
     argv = ["fit", "s.zarr", "m.rfm", "--config", str(tmp_path / "c.toml"), "--split-method", "random"]
     args = cli._parse(parser, commands, argv)
-    assert cli._fit_params(args) == {"leaf_size": "auto", "split_temperature": None, "split_method": "random",
+    assert cli_commands.fit_params(args) == {"leaf_size": "auto", "split_temperature": None, "split_method": "random",
                                      "balanced": False, "iters": 5}
     (tmp_path / "bad.toml").write_text("[fit]\nleaf-size = 2.5\n")
-    with pytest.raises(cli.ConfigError, match=r"bad.toml: \[fit\] leaf-size must be an int or 'auto' or 'none'"):
+    with pytest.raises(cli_config.ConfigError, match=r"bad.toml: \[fit\] leaf-size must be an int or 'auto' or 'none'"):
         cli._parse(parser, commands, ["fit", "s.zarr", "m.rfm", "--config", str(tmp_path / "bad.toml")])
 
 
@@ -128,7 +129,7 @@ def test_none_and_auto_are_spelled_as_on_the_command_line(tmp_path):
     parser, commands = cli.build_parser()
     args = cli._parse(parser, commands, ["fit", "s.zarr", "m.rfm", "--config", str(tmp_path / "c.yaml"),
                                          "--bandwidth", "auto", "--agop-samples", "none"])
-    params = cli._fit_params(args)
+    params = cli_commands.fit_params(args)
     assert (params["patience"], params["reg"], params["n_centers"]) == (None, "auto", 300)
     assert (params["bandwidth"], params["agop_samples"]) == ("auto", None)
     RFMRegressor(**params)._validate_params()

@@ -216,7 +216,7 @@ def test_resumed_tree_equals_uninterrupted(client, data, tree_model, tmp_path, m
 
 def test_inspect_reports_the_tree(tree_model, tmp_path, capsys):
     from rfm_dask.cli import main
-    from rfm_dask.jobs import inspect_model
+    from rfm_dask.inspection import inspect_model
 
     report = inspect_model(tree_model)["tree"]
     assert report["n_leaves"] == 4 and len(report["splits"]) == 3

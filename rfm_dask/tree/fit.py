@@ -31,7 +31,8 @@ from ..model import KernelModel
 from ..scheduling import Submitter
 from ..row_blocks import RowBlocks, fetch_rows, materialise, smallest_worker_memory, take_rows
 from ..targets import TargetScaling
-from ..training import FitResult, Metrics, RFMSettings, regression_metrics, run_rfm
+from ..core.metrics import regression_metrics
+from ..training import FitResult, Metrics, RFMSettings, run_rfm
 from . import tasks
 from .checkpoint import restore_tree_checkpoint, save_tree_checkpoint
 from .model import TreeModel
