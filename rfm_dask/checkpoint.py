@@ -2,7 +2,7 @@
 mid-way resumes from the last complete iteration and ends with the same model as an uninterrupted fit.
 
 A checkpoint is a model-file archive (arrays + JSON, no pickle) whose metadata carries a fingerprint of the fit
-(settings, seed state, targets, and every byte of the training and validation rows, by ``rows_digest``); resuming
+(settings, seed state, targets, and every byte of the training and validation rows, by ``scheduling.rows_digest``); resuming
 refuses a checkpoint written for a different fit.
 """
 
@@ -16,12 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from distributed import Client
 
-from .backend import to_host
 from .model_file import ModelFileError, read_model_file, write_model_file
-from .scheduling import Submitter
-from .row_blocks import RowBlocks, materialise
 
 KIND = "rfm_dask.checkpoint"
 
@@ -40,23 +36,6 @@ def fingerprint(settings: Any, meta: dict, arrays: list[np.ndarray]) -> str:
         digest.update(f"{array.dtype.str}{array.shape}".encode())
         digest.update(array.tobytes())
     return digest.hexdigest()
-
-
-def block_digest(block: Any) -> bytes:
-    """SHA-256 of one row block (b, d): its dtype, shape and bytes, on the host."""
-    block = np.ascontiguousarray(to_host(materialise(block)))
-    digest = hashlib.sha256(f"{block.dtype.str}{block.shape}".encode())
-    digest.update(block.data)
-    return digest.digest()
-
-
-def rows_digest(client: Client, rows: RowBlocks) -> np.ndarray:
-    """Per-block SHA-256 digests of all the rows, computed on the workers (one task per block, a bounded number in
-    flight) and listed in block order: (n_blocks, 32) uint8. Any changed value, reordered rows or other block
-    split changes it; it costs one read of the rows."""
-    calls = ((block_digest, block) for block in rows.futures)
-    digests = client.gather(list(Submitter(client).stream(calls, spread=rows.streamed)))
-    return np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(len(digests), 32)
 
 
 def save_checkpoint(path: str | os.PathLike, key: str, state: dict, arrays: dict[str, np.ndarray]) -> None:

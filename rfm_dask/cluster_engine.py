@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 from distributed import Client
 
-from . import checkpoint
-from .kernels import KernelSpec
+from .kernel_spec import KernelSpec
 from .options import SolverOptions
 from .passes import KernelPasses
 from .row_blocks import RowBlocks, cluster_memory, fetch_rows, smallest_worker_memory, take_rows
-from .scheduling import column_means
+from .scheduling import column_means, rows_digest
 
 
 class ClusterEngine:
@@ -27,7 +26,7 @@ class ClusterEngine:
         return column_means(self.client, rows)
 
     def rows_digest(self, rows: RowBlocks) -> np.ndarray:
-        return checkpoint.rows_digest(self.client, rows)
+        return rows_digest(self.client, rows)
 
     def take_rows(self, rows: RowBlocks, index: np.ndarray) -> RowBlocks:
         return take_rows(self.client, rows, index)

@@ -15,11 +15,11 @@ import numpy as np
 
 from . import worker_tasks as wt
 from .backend import like, namespace_of, to_host
-from .checkpoint import block_digest
 from .core.metrics import regression_metrics
 from .kernels import KernelSpec
 from .options import SolverOptions
 from .row_blocks import column_stats, mean_of_stats
+from .scheduling import block_digest
 from .targets import TargetScaling
 from .training import FitResult, Metrics, RFMSettings, run_rfm
 

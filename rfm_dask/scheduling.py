@@ -3,6 +3,7 @@ statistics, digests, batch jobs) submits its tasks and reduces their results."""
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from typing import Any, Callable, Iterable, Iterator
 
@@ -10,8 +11,9 @@ import numpy as np
 from distributed import Client, Future, wait
 
 from . import config
+from .backend import to_host
 from .cluster import worker_threads
-from .row_blocks import RowBlocks, column_stats, mean_of_stats, merge_stats, worker_memory_limits
+from .row_blocks import RowBlocks, column_stats, materialise, mean_of_stats, merge_stats, worker_memory_limits
 
 
 def _add(*parts: Any) -> Any:
@@ -108,3 +110,20 @@ def column_means(client: Client, rows: RowBlocks) -> np.ndarray:
     calls = ((column_stats, f) for f in rows.futures)
     futures = Submitter(client).stream(calls, spread=rows.streamed, task_bytes=rows.streamed_block_bytes)
     return mean_of_stats(tree_sum(client, futures, combine=merge_stats), rows.n)
+
+
+def block_digest(block: Any) -> bytes:
+    """SHA-256 of one row block (b, d): its dtype, shape and bytes, on the host."""
+    block = np.ascontiguousarray(to_host(materialise(block)))
+    digest = hashlib.sha256(f"{block.dtype.str}{block.shape}".encode())
+    digest.update(block.data)
+    return digest.digest()
+
+
+def rows_digest(client: Client, rows: RowBlocks) -> np.ndarray:
+    """Per-block SHA-256 digests of all the rows, computed on the workers (one task per block, a bounded number in
+    flight) and listed in block order: (n_blocks, 32) uint8. Any changed value, reordered rows or other block
+    split changes it; it costs one read of the rows."""
+    calls = ((block_digest, block) for block in rows.futures)
+    digests = client.gather(list(Submitter(client).stream(calls, spread=rows.streamed)))
+    return np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(len(digests), 32)

@@ -10,7 +10,7 @@ import scipy.linalg
 
 import reference as ref
 from seeds import seeds
-from rfm_dask.solvers import NumericalError
+from rfm_dask.core.errors import NumericalError
 from rfm_dask.solvers.cg import conjugate_gradient
 from rfm_dask.solvers import direct
 from rfm_dask.solvers.direct import cholesky_solve, direct_solve, tiled_cholesky

@@ -1,6 +1,2 @@
-"""Kernel ridge regression solvers: dense ``direct`` (Cholesky) and client-side preconditioned ``cg``."""
-
-
-class NumericalError(RuntimeError):
-    """A fit's arithmetic failed: a solve or feature update gave non-finite values, or a CG residual grew past what a
-    positive definite system allows (reg too small for the kernel, or inputs too large in magnitude)."""
+"""Kernel ridge regression solvers: dense ``direct`` (Cholesky), client-side preconditioned ``cg``, FALKON, their
+preconditioners, and the choice among them (``dispatch``)."""

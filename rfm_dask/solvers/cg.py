@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from . import NumericalError
+from ..core.errors import NumericalError
 
 if TYPE_CHECKING:
     from .preconditioner import Preconditioner

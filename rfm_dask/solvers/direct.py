@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
-from . import NumericalError
+from ..core.errors import NumericalError
 from .cg import conjugate_gradient
 from .cholesky import MAX_TRIES, jittered_cholesky
 

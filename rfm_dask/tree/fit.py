@@ -25,10 +25,10 @@ from distributed import Client
 
 from ..backend import identity
 from ..cluster_engine import ClusterEngine
-from ..checkpoint import fingerprint, load_checkpoint, rows_digest
+from ..checkpoint import fingerprint, load_checkpoint
 from ..krr import DIRECT_BYTES_PER_ENTRY
 from ..model import KernelModel
-from ..scheduling import Submitter
+from ..scheduling import Submitter, rows_digest
 from ..row_blocks import RowBlocks, fetch_rows, materialise, smallest_worker_memory, take_rows
 from ..targets import TargetScaling
 from ..core.metrics import regression_metrics
