@@ -25,13 +25,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from rfm_dask.atomic import atomic_path, write_text
-from rfm_dask.cli_commands import fit_parameters
-from rfm_dask.param_flags import parameter_arguments
+from rfm_dask.files.atomic import atomic_path, write_text
+from rfm_dask.app.commands import fit_parameters
+from rfm_dask.app.param_flags import parameter_arguments
 from rfm_dask.tables import markdown_table, text_table
 
 # settings of the default run; --full and --config override them. Any other key of a config is an estimator
-# parameter (``rfm_dask.cli_commands.fit_parameters``), given to ``rfm-dask fit`` as its option; ``seed`` is the random_state.
+# parameter (``rfm_dask.app.commands.fit_parameters``), given to ``rfm-dask fit`` as its option; ``seed`` is the random_state.
 DEFAULTS: dict[str, Any] = {
     "train_rows": 6000,
     "test_rows": 4000,
@@ -70,7 +70,7 @@ def write_flights_parquet(out_dir: Path, train_rows: int, test_rows: int, seed: 
 
 def rfm_dask_cli(*argv: str) -> dict:
     """Run one ``rfm-dask`` command in this process, echoing it; returns its JSON output."""
-    from rfm_dask.cli import main
+    from rfm_dask.app.cli import main
 
     print("$ rfm-dask " + shlex.join(argv), flush=True)
     out = io.StringIO()
@@ -116,7 +116,7 @@ def plot_histories(runs: list[dict], path: Path) -> Path | None:
         from matplotlib.figure import Figure
     except ImportError:
         return None
-    from rfm_dask.inspection import draw_history
+    from rfm_dask.app.inspection import draw_history
 
     fig = Figure(figsize=(5 * len(runs), 3.8), dpi=100, layout="constrained")
     for ax, run in zip(fig.subplots(1, len(runs), squeeze=False)[0], runs):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from . import config as _config
+from rfm_dask import config as _config
 
 _config.load_defaults()
 
@@ -18,9 +18,9 @@ _EXPORTS = {
     "RFMRegressor": "rfm_dask.estimators",
     "RFMClassifier": "rfm_dask.estimators",
     "load": "rfm_dask.estimators",
-    "ModelFileError": "rfm_dask.model_file",
-    "open_zarr": "rfm_dask.zarr_store",
-    "write_zarr": "rfm_dask.zarr_store",
+    "ModelFileError": "rfm_dask.files.model_file",
+    "open_zarr": "rfm_dask.files.zarr_store",
+    "write_zarr": "rfm_dask.files.zarr_store",
 }
 __all__ = [*_EXPORTS, "__version__"]
 

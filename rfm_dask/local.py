@@ -13,15 +13,15 @@ from typing import Any
 
 import numpy as np
 
-from . import worker_tasks as wt
-from .backend import like, namespace_of, to_host
-from .core.metrics import regression_metrics
-from .kernels import KernelSpec
-from .options import SolverOptions
-from .row_blocks import column_stats, mean_of_stats
-from .scheduling import block_digest
-from .targets import TargetScaling
-from .training import FitResult, Metrics, RFMSettings, run_rfm
+from rfm_dask.parallel import tasks as wt
+from rfm_dask.core.backend import like, namespace_of, to_host
+from rfm_dask.core.metrics import regression_metrics
+from rfm_dask.core.kernel_spec import KernelSpec
+from rfm_dask.options import SolverOptions
+from rfm_dask.parallel.row_blocks import column_stats, mean_of_stats
+from rfm_dask.parallel.scheduling import block_digest
+from rfm_dask.core.targets import TargetScaling
+from rfm_dask.rfm_loop import FitResult, Metrics, RFMSettings, run_rfm
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ class LocalKernelOperator:
 
 
 class LocalEngine:
-    """Rows as ``LocalRows`` in this process; operators are ``LocalKernelOperator``s. ``worker_memory``: the bytes
+    """Rows as ``LocalRows`` in this process; operators are ``LocalKernelOperator`` objects. ``worker_memory``: the bytes
     a dense solve may hold here (0: no limit known), for ``solver="auto"``."""
 
     def __init__(self, options: SolverOptions, worker_memory: int = 0) -> None:

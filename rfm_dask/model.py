@@ -9,13 +9,13 @@ from typing import Any, Callable
 import dask.array as da
 import numpy as np
 
-from . import config
-from . import kernels as kn
-from . import worker_tasks as wt
-from .backend import like, namespace_of
-from .blas_threads import single_blas_thread
-from .features import matrix_sqrt
-from .targets import TargetScaling
+from rfm_dask import config
+from rfm_dask.core import kernels as kn
+from rfm_dask.parallel import tasks as wt
+from rfm_dask.core.backend import like, namespace_of
+from rfm_dask.core.blas_threads import single_blas_thread
+from rfm_dask.core.feature_matrix import matrix_sqrt
+from rfm_dask.core.targets import TargetScaling
 
 
 def _decision_block(X: Any, packed: dict, spec: kn.KernelSpec) -> np.ndarray:

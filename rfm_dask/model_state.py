@@ -9,14 +9,14 @@ from typing import Any
 
 import numpy as np
 
-from .kernel_spec import KernelSpec
-from .model import KernelModel
-from .parameters import RUN_PARAMS
-from .targets import TargetScaling
-from .training import FitResult
-from .tree.fit import TreeFit
-from .tree.model import TreeModel
-from .tree.structure import Tree
+from rfm_dask.core.kernel_spec import KernelSpec
+from rfm_dask.model import KernelModel
+from rfm_dask.parameters import RUN_PARAMS
+from rfm_dask.core.targets import TargetScaling
+from rfm_dask.rfm_loop import FitResult
+from rfm_dask.tree.fit import TreeFit
+from rfm_dask.tree.model import TreeModel
+from rfm_dask.tree.structure import Tree
 
 
 def check_state(state: dict, arrays: dict[str, np.ndarray], classifier: bool) -> None:

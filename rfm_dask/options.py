@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import config
+from rfm_dask import config
 
 
 @dataclass(frozen=True)

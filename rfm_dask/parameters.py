@@ -12,13 +12,13 @@ import numpy as np
 from distributed import Client
 from sklearn.utils._param_validation import Interval, StrOptions, validate_parameter_constraints
 
-from . import config
-from .kernel_spec import KERNELS, KernelSpec
-from .krr import SOLVERS
-from .options import SolverOptions
-from .training import FEATURE_UPDATES, RFMSettings
-from .tree.settings import LEAF_INITS
-from .tree.split import SPLIT_METHODS
+from rfm_dask import config
+from rfm_dask.core.kernel_spec import KERNELS, KernelSpec
+from rfm_dask.solvers.dispatch import SOLVERS
+from rfm_dask.options import SolverOptions
+from rfm_dask.rfm_loop import FEATURE_UPDATES, RFMSettings
+from rfm_dask.tree.settings import LEAF_INITS
+from rfm_dask.tree.split import SPLIT_METHODS
 
 # how a fit runs, not what it learned: never written to a model file, and ignored in one (a path there could make a
 # later fit of the loaded model overwrite a file of the author's choosing)
@@ -111,13 +111,13 @@ ATTRIBUTES_DOC = """
     tree_ : rfm_dask.tree.structure.Tree
         The split directions (k, d), thresholds (k,), soft-routing scales (k,) and children (k, 2) of the tree
         (no split for the global model).
-    leaf_sizes_ : ndarray of shape (n_leaves_,)
+    leaf_sizes_ : ndarray of shape (n_leaves,)
         A tree's training rows per leaf (trees only, as the other ``leaf_*`` attributes).
-    leaf_feature_matrices_ : ndarray of shape (n_leaves_, d, d), or (n_leaves_, d) when ``diag``
+    leaf_feature_matrices_ : ndarray of shape (n_leaves, d, d), or (n_leaves, d) when ``diag``
         Each leaf's M; ``feature_matrix_`` is their mean weighted by ``leaf_sizes_``, and ``feature_importances_``
         the weighted mean of their importances (``leaf_feature_importances_``).
     preprocessing_ : dict
-        Only when fitted on an ingested store (``rfm_dask.jobs.fit_store``): its recorded preprocessing, with which
+        Only when fitted on an ingested store (``rfm_dask.app.workflows.fit_store``): its recorded preprocessing, with which
         ``predict`` reads a pandas DataFrame of raw columns (see ``rfm_dask.io.TableEncoder``).
     solver_options_ : dict or None
         The solver settings (``rfm.*`` in dask.config, see ``rfm_dask.options.SolverOptions``) the fit ran with;

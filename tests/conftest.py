@@ -6,7 +6,7 @@ import dask
 import pytest
 from distributed import Client, LocalCluster
 
-from rfm_dask.cluster import close_local_client
+from rfm_dask.parallel.cluster import close_local_client
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-import rfm_dask.training as training
+import rfm_dask.rfm_loop as training
 
 
 def fit_crashing_in_iteration_2(monkeypatch, estimator, X, y) -> None:

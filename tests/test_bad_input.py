@@ -25,9 +25,9 @@ import pytest
 
 import rfm_dask
 from rfm_dask import ModelFileError, RFMClassifier, RFMRegressor
-from rfm_dask.cli import main
+from rfm_dask.app.cli import main
 from rfm_dask.io import DataError, DataWarning, Preprocessor, ingest, read_batches
-from rfm_dask.jobs import evaluate, fit_store, predict_parquet
+from rfm_dask.app.workflows import evaluate, fit_store, predict_parquet
 from rfm_dask.core.errors import NumericalError
 
 FAST = {"iters": 1, "solver": "direct", "random_state": 0}

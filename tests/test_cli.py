@@ -13,7 +13,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 import rfm_dask
-from rfm_dask.cli import _parse as _parse_with, build_parser, main
+from rfm_dask.app.cli import _parse as _parse_with, build_parser, main
 
 
 def _parse(argv: list[str]):
@@ -141,7 +141,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(files, fitted, capsys, tmp_pat
 def test_saved_model_predicts_identically_in_a_new_process(files, fitted, capsys, tmp_path):
     _, model_path = fitted
     assert _run(capsys, "predict", model_path, files / "test.parquet", tmp_path / "here.parquet")[0] == 0
-    subprocess.run([sys.executable, "-m", "rfm_dask.cli", "predict", str(model_path), str(files / "test.parquet"),
+    subprocess.run([sys.executable, "-m", "rfm_dask.app.cli", "predict", str(model_path), str(files / "test.parquet"),
                     str(tmp_path / "there.parquet"), "--quiet"], check=True, timeout=120, capture_output=True)
     assert pq.read_table(tmp_path / "here.parquet").equals(pq.read_table(tmp_path / "there.parquet"))
 

@@ -15,8 +15,8 @@ import pytest
 from test_cli import _table
 
 import rfm_dask
-from rfm_dask import cli
-from rfm_dask.cli import build_parser, main
+from rfm_dask.app import cli
+from rfm_dask.app.cli import build_parser, main
 
 
 def _run(capsys, *argv):
@@ -51,7 +51,7 @@ def no_cluster(monkeypatch):
     def refuse():
         raise AssertionError("a cluster was started")
 
-    monkeypatch.setattr("rfm_dask.cluster.local_client", refuse)
+    monkeypatch.setattr("rfm_dask.parallel.cluster.local_client", refuse)
 
 
 def test_version(capsys):

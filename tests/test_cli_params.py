@@ -1,4 +1,4 @@
-"""The fit options are the estimator's parameters, derived from it (``rfm_dask.param_flags``): names and defaults
+"""The fit options are the estimator's parameters, derived from it (``rfm_dask.app.param_flags``): names and defaults
 from the signature, help from the numpydoc Parameters section, parsing from ``_parameter_constraints``. A parameter
 added to an estimator becomes an option, in config files too, with no edit of the command line."""
 
@@ -14,10 +14,12 @@ import pytest
 from sklearn.utils._param_validation import StrOptions
 
 import rfm_dask
-from rfm_dask import cli, cli_commands, cli_config
+from rfm_dask.app import cli
+from rfm_dask.app import commands as cli_commands
+from rfm_dask.app import config_file as cli_config
 from rfm_dask.estimators import RFMRegressor
 from rfm_dask.parameters import RUN_PARAMS, Range
-from rfm_dask.param_flags import add_parameter_options, parameter_arguments, parameter_docs, parameter_names
+from rfm_dask.app.param_flags import add_parameter_options, parameter_arguments, parameter_docs, parameter_names
 
 
 class _LeafRegressor(RFMRegressor):

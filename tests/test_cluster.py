@@ -11,7 +11,7 @@ import dask
 import psutil
 import pytest
 
-from rfm_dask.cluster import close_local_client, dashboard_link, local_client
+from rfm_dask.parallel.cluster import close_local_client, dashboard_link, local_client
 
 
 def _listening() -> set[tuple[str, int]]:

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 
 import reference as ref
-from rfm_dask import cuda_tiles, devices
-from rfm_dask import gradients as gr
-from rfm_dask import kernels as kn
-from rfm_dask import worker_tasks as wt
-from rfm_dask.features import matrix_sqrt
+from rfm_dask.core import cuda_tiles
+from rfm_dask.parallel import devices
+from rfm_dask.core import gradients as gr
+from rfm_dask.core import kernels as kn
+from rfm_dask.parallel import tasks as wt
+from rfm_dask.core.feature_matrix import matrix_sqrt
 
 cupy = pytest.importorskip("cupy")
 try:

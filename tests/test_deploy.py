@@ -127,7 +127,7 @@ def check_invocations(invocations: list[list[str]], where: str) -> None:
 def cli_parser():
     """The package's own rfm-dask parser, when it has one."""
     try:
-        from rfm_dask import cli
+        from rfm_dask.app import cli
     except ImportError:
         return None
     build = getattr(cli, "build_parser", None)
@@ -465,7 +465,7 @@ def test_readme_builds_the_images_the_manifests_use():
 
 def test_importing_the_package_loads_no_gpu_library():
     code = ("import importlib.util, sys, rfm_dask\n"
-            "if importlib.util.find_spec('rfm_dask.cli'): import rfm_dask.cli\n"
+            "if importlib.util.find_spec('rfm_dask.app.cli'): import rfm_dask.app.cli\n"
             "assert 'cupy' not in sys.modules, 'cupy imported at import time'\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
@@ -495,7 +495,7 @@ def _stand_in(bin_dir: Path, name: str, body: str) -> None:
 def _needs_cli():
     if shutil.which("bash") is None:
         pytest.skip("needs bash")
-    if importlib.util.find_spec("rfm_dask.cli") is None:
+    if importlib.util.find_spec("rfm_dask.app.cli") is None:
         pytest.skip("rfm_dask has no command line yet")
 
 

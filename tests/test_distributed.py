@@ -11,13 +11,13 @@ import pytest
 
 from pipelines.datasets import low_rank_golden
 from rfm_dask import RFMRegressor
-from rfm_dask import kernels as kn
-from rfm_dask.features import matrix_sqrt
-from rfm_dask.cluster_engine import ClusterEngine
-from rfm_dask.krr import choose_solver, solve_krr
+from rfm_dask.core import kernels as kn
+from rfm_dask.core.feature_matrix import matrix_sqrt
+from rfm_dask.parallel.cluster_engine import ClusterEngine
+from rfm_dask.solvers.dispatch import choose_solver, solve_krr
 from rfm_dask.options import SolverOptions
-from rfm_dask.passes import KernelPasses
-from rfm_dask.row_blocks import put_rows, take_rows
+from rfm_dask.parallel.distributed_operator import KernelPasses
+from rfm_dask.parallel.row_blocks import put_rows, take_rows
 
 
 def _dense_kernel(X: np.ndarray, M: np.ndarray, spec: kn.KernelSpec) -> np.ndarray:
@@ -55,7 +55,7 @@ def test_distributed_cg_matches_dense_solve(client):
 def test_centre_kernel_is_the_same_on_any_number_of_threads(monkeypatch):
     """The centre kernel's row tiles, spread over the worker's threads, give (K + K^T) / 2 of the whole tile bit for
     bit, whatever the number of threads (3 tiles of CENTRE_TILE_ROWS = 64 rows and one of 8)."""
-    from rfm_dask import worker_tasks as wt
+    from rfm_dask.parallel import tasks as wt
 
     X, M, _ = _problem(n=200)
     S = matrix_sqrt(M).astype(np.float32)
@@ -211,7 +211,7 @@ def _busy_tasks(seconds: float) -> tuple[str, int]:
 def test_submitter_bounds_unfinished_tasks_and_spreads_streamed_ones(process_client, spread):
     """However many calls a pass makes, the workers hold at most the Submitter's limit of them unfinished; with
     ``spread`` (streamed blocks) every worker gets a share even though no data pins the tasks anywhere."""
-    from rfm_dask.passes import Submitter
+    from rfm_dask.parallel.distributed_operator import Submitter
 
     with dask.config.set({"rfm.tasks-per-thread": 2}):
         submitter = Submitter(process_client)
@@ -253,7 +253,7 @@ def test_one_worker_nystrom_only_where_it_fits_the_smallest_worker(process_clien
     smallest worker's memory limit (and ``rfm.one-worker-bytes``), never for streamed rows."""
     from types import SimpleNamespace
 
-    from rfm_dask.row_blocks import LazyBlock, RowBlocks, smallest_worker_memory
+    from rfm_dask.parallel.row_blocks import LazyBlock, RowBlocks, smallest_worker_memory
 
     limit = smallest_worker_memory(process_client)
     assert limit > 0
@@ -272,7 +272,7 @@ def test_gather_rows_joins_blocks_on_the_client_not_on_a_worker(process_client):
     """Targets and scores of a lazy array come back block by block: no task joins all n rows on one worker."""
     from distributed import get_task_stream
 
-    from rfm_dask.inputs import gather_rows
+    from rfm_dask.parallel.inputs import gather_rows
 
     a = da.arange(10_000, chunks=250).astype(np.float64)
     b = da.stack([a, -a], axis=1).rechunk((300, 1))

@@ -220,7 +220,7 @@ def test_fit_and_predict_with_the_shipped_device_setting(client, data):
     import yaml
     from importlib.resources import files
 
-    from rfm_dask import devices
+    from rfm_dask.parallel import devices
 
     shipped = yaml.safe_load(files("rfm_dask").joinpath("rfm.yaml").read_text())["rfm"]["device"]
     assert dask.config.get("rfm.device") == shipped

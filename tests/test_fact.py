@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from rfm_dask import RFMRegressor
-from rfm_dask import gradients as gr
-from rfm_dask import kernels as kn
-from rfm_dask.features import fact_feature_matrix, matrix_sqrt
-from rfm_dask.passes import KernelPasses
-from rfm_dask.row_blocks import put_rows, take_rows
+from rfm_dask.core import gradients as gr
+from rfm_dask.core import kernels as kn
+from rfm_dask.core.feature_matrix import fact_feature_matrix, matrix_sqrt
+from rfm_dask.parallel.distributed_operator import KernelPasses
+from rfm_dask.parallel.row_blocks import put_rows, take_rows
 
 import reference as ref
 

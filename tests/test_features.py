@@ -1,4 +1,4 @@
-"""Feature-matrix update in ``rfm_dask.features`` against direct NumPy/SciPy computations."""
+"""Feature-matrix update in ``rfm_dask.core.feature_matrix`` against direct NumPy/SciPy computations."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import scipy.linalg
 
 from seeds import seeds
 
-from rfm_dask.features import agop_feature_matrix, matrix_sqrt, normalise, psd_power
+from rfm_dask.core.feature_matrix import agop_feature_matrix, matrix_sqrt, normalise, psd_power
 
 D = 6
 

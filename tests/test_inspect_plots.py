@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import rfm_dask
-from rfm_dask.inspection import draw_history, draw_inspection, plot_feature_matrix
+from rfm_dask.app.inspection import draw_history, draw_inspection, plot_feature_matrix
 
 pytest.importorskip("matplotlib")
 pd = pytest.importorskip("pandas")

@@ -1,4 +1,4 @@
-"""Block kernel functions in ``rfm_dask.kernels`` against the dense float64 reference in ``reference.py``."""
+"""Block kernel functions in ``rfm_dask.core.kernels`` against the dense float64 reference in ``reference.py``."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 
 import reference as ref
 from seeds import seeds
-from rfm_dask.gradients import agop_partial, predictor_gradients
-from rfm_dask.kernel_spec import KernelSpec
-from rfm_dask.kernels import (
+from rfm_dask.core.gradients import agop_partial, predictor_gradients
+from rfm_dask.core.kernel_spec import KernelSpec
+from rfm_dask.core.kernels import (
     kernel_gram_matvec,
     kernel_matvec,
     kernel_rmatvec,

@@ -13,10 +13,10 @@ from distributed import Client, LocalCluster
 
 from pipelines.diagnostics import PeakWorkerMemory
 from rfm_dask import RFMRegressor, open_zarr, write_zarr
-from rfm_dask import kernels as kn
-from rfm_dask import worker_tasks as wt
-from rfm_dask.passes import Submitter, task_bytes
-from rfm_dask.row_blocks import stream_rows
+from rfm_dask.core import kernels as kn
+from rfm_dask.parallel import tasks as wt
+from rfm_dask.parallel.distributed_operator import Submitter, task_bytes
+from rfm_dask.parallel.row_blocks import stream_rows
 
 MIB = 1 << 20
 

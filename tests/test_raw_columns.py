@@ -12,7 +12,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 
 import rfm_dask
 from rfm_dask.io import DataError, TableEncoder, ingest, read_batches
-from rfm_dask.jobs import fit_store, predict_parquet
+from rfm_dask.app.workflows import fit_store, predict_parquet
 
 pd = pytest.importorskip("pandas")
 

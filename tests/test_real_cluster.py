@@ -25,7 +25,7 @@ from distributed import Client
 import rfm_dask
 from pipelines.datasets import low_rank_golden
 from rfm_dask import RFMRegressor
-from rfm_dask.cli import main
+from rfm_dask.app.cli import main
 
 DASK = str(Path(sys.executable).with_name("dask"))
 
@@ -149,8 +149,8 @@ def _cli_error_line(capsys, argv: list) -> str:
 @pytest.mark.slow  # about 85 s: two schedulers started, each lost, with the client's connection timeouts
 def test_scheduler_lost_mid_fit_says_resume_and_mid_predict_one_line(doomed_schedulers, tmp_path, capsys,
                                                                        monkeypatch):
-    import rfm_dask.jobs
-    import rfm_dask.training
+    import rfm_dask.app.workflows
+    import rfm_dask.rfm_loop
 
     X, y, _, _ = low_rank_golden(n_train=600, n_test=10, seed=3)
     table = pa.table({**{f"x{j}": X[:, j] for j in range(X.shape[1])}, "y": y})
@@ -161,13 +161,13 @@ def test_scheduler_lost_mid_fit_says_resume_and_mid_predict_one_line(doomed_sche
     fit = ["fit", str(tmp_path / "train.zarr"), str(model), "--iters", "2", "--solver", "cg", "--overwrite"]
 
     address, scheduler = doomed_schedulers()
-    save_checkpoint = rfm_dask.training.save_checkpoint
+    save_checkpoint = rfm_dask.rfm_loop.save_checkpoint
 
     def save_then_lose_the_scheduler(*args, **kwargs):
         save_checkpoint(*args, **kwargs)
         _kill(scheduler)
 
-    monkeypatch.setattr(rfm_dask.training, "save_checkpoint", save_then_lose_the_scheduler)
+    monkeypatch.setattr(rfm_dask.rfm_loop, "save_checkpoint", save_then_lose_the_scheduler)
     line = _cli_error_line(capsys, [*fit, "--scheduler", address])
     assert f"lost the connection to the Dask scheduler at {address}" in line and "--resume" in line, line
     assert Path(f"{model}.ckpt").exists() and not model.exists()
@@ -177,7 +177,7 @@ def test_scheduler_lost_mid_fit_says_resume_and_mid_predict_one_line(doomed_sche
     assert not Path(f"{model}.ckpt").exists() and rfm_dask.load(model).history_[-1]["iteration"] == 2
 
     address, scheduler = doomed_schedulers()
-    predicted_batches = rfm_dask.jobs._predicted_batches
+    predicted_batches = rfm_dask.app.workflows._predicted_batches
 
     def lose_the_scheduler_after_a_batch(*args):
         for k, item in enumerate(predicted_batches(*args)):
@@ -185,7 +185,7 @@ def test_scheduler_lost_mid_fit_says_resume_and_mid_predict_one_line(doomed_sche
                 _kill(scheduler)
             yield item
 
-    monkeypatch.setattr(rfm_dask.jobs, "_predicted_batches", lose_the_scheduler_after_a_batch)
+    monkeypatch.setattr(rfm_dask.app.workflows, "_predicted_batches", lose_the_scheduler_after_a_batch)
     out = tmp_path / "p.parquet"
     line = _cli_error_line(capsys, ["predict", model, tmp_path / "train.parquet", out, "--batch-rows", "100",
                                     "--scheduler", address])
@@ -200,7 +200,7 @@ def test_cluster_failures_are_told_in_one_line():
 
     from distributed import KilledWorker
 
-    from rfm_dask.cli import _cluster_failure
+    from rfm_dask.app.cli import _cluster_failure
 
     class Worker:
         address, memory_limit = "tcp://127.0.0.1:1", 150 * 2**20

@@ -17,9 +17,9 @@ import pytest
 import rfm_dask
 from pipelines.datasets import low_rank_golden
 from rfm_dask import RFMRegressor
-from rfm_dask.checkpoint import CheckpointMismatch
-from rfm_dask.cli import main
-from rfm_dask.model_file import read_model_file
+from rfm_dask.files.checkpoint import CheckpointMismatch
+from rfm_dask.app.cli import main
+from rfm_dask.files.model_file import read_model_file
 
 from interrupt import fit_crashing_in_iteration_2
 
@@ -67,7 +67,7 @@ def test_cli_resume_after_sigkill(tmp_path, capsys):
     assert main(["ingest", str(tmp_path / "d.parquet"), str(store), "--target", "y", "--quiet"]) == 0
     fit = ["fit", str(store), "--iters", "4", "--solver", "cg", "--patience", "10", "--quiet"]
     killed_model, ckpt = tmp_path / "killed.rfm", tmp_path / "killed.rfm.ckpt"
-    proc = subprocess.Popen([sys.executable, "-m", "rfm_dask.cli", *fit[:2], str(killed_model), *fit[2:]],
+    proc = subprocess.Popen([sys.executable, "-m", "rfm_dask.app.cli", *fit[:2], str(killed_model), *fit[2:]],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     while proc.poll() is None and time.monotonic() < deadline:

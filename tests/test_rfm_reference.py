@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 
 from rfm_dask import RFMClassifier, RFMRegressor
-from rfm_dask.kernels import KernelSpec
+from rfm_dask.core.kernels import KernelSpec
 from rfm_dask.model import KernelModel
-from rfm_dask.row_blocks import put_rows
-from rfm_dask.training import RFMSettings, run_rfm
-from rfm_dask.cluster_engine import ClusterEngine
+from rfm_dask.parallel.row_blocks import put_rows
+from rfm_dask.rfm_loop import RFMSettings, run_rfm
+from rfm_dask.parallel.cluster_engine import ClusterEngine
 from rfm_dask.local import fit_local
 
 import reference as ref

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from rfm_dask import RFMClassifier, RFMRegressor, load
-from rfm_dask.model_file import ModelFileError, read_model_file, write_model_file
-from rfm_dask.targets import TargetScaling
+from rfm_dask.files.model_file import ModelFileError, read_model_file, write_model_file
+from rfm_dask.core.targets import TargetScaling
 
 import reference as ref
 

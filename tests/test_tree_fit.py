@@ -215,8 +215,8 @@ def test_resumed_tree_equals_uninterrupted(client, data, tree_model, tmp_path, m
 
 
 def test_inspect_reports_the_tree(tree_model, tmp_path, capsys):
-    from rfm_dask.cli import main
-    from rfm_dask.inspection import inspect_model
+    from rfm_dask.app.cli import main
+    from rfm_dask.app.inspection import inspect_model
 
     report = inspect_model(tree_model)["tree"]
     assert report["n_leaves"] == 4 and len(report["splits"]) == 3
@@ -239,7 +239,7 @@ def test_bad_tree_files_refused(tree_model, tmp_path, edit, message):
     import json
     import zipfile
 
-    from rfm_dask.model_file import FORMAT_VERSION, ModelFileError
+    from rfm_dask.files.model_file import FORMAT_VERSION, ModelFileError
 
     good = tree_model.save(tmp_path / "good.rfm")
     with zipfile.ZipFile(good) as archive:
@@ -280,7 +280,7 @@ def test_tree_survives_a_worker_killed_among_its_leaves(data, tree_model, monkey
     import os
     import signal
 
-    from rfm_dask.scheduling import Submitter
+    from rfm_dask.parallel.scheduling import Submitter
     from rfm_dask.tree import tasks
 
     X, y, X_test, _ = data

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import reference as ref
-from rfm_dask.kernels import KernelSpec
+from rfm_dask.core.kernels import KernelSpec
 from rfm_dask.model import KernelModel
-from rfm_dask.targets import TargetScaling
+from rfm_dask.core.targets import TargetScaling
 from rfm_dask.tree.model import SOFT_MIN_WEIGHT, TreeModel, mixture_weights
 from rfm_dask.tree.structure import Tree, path_probabilities, route
 from test_tree_structure import hand_tree

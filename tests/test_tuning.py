@@ -8,11 +8,11 @@ import pytest
 from scipy.spatial.distance import pdist
 
 from rfm_dask import RFMClassifier, RFMRegressor, load
-from rfm_dask.kernels import KernelSpec
-from rfm_dask.passes import KernelPasses
-from rfm_dask.row_blocks import put_rows
+from rfm_dask.core.kernels import KernelSpec
+from rfm_dask.parallel.distributed_operator import KernelPasses
+from rfm_dask.parallel.row_blocks import put_rows
 from rfm_dask.tuning import BANDWIDTH_FACTORS, REG_GRID, median_distance
-from rfm_dask.cluster_engine import ClusterEngine
+from rfm_dask.parallel.cluster_engine import ClusterEngine
 from rfm_dask.options import SolverOptions
 
 import reference as ref
@@ -134,7 +134,7 @@ def test_tuned_values_survive_the_model_file(client, tmp_path):
 
 
 def test_cli_accepts_auto():
-    from rfm_dask.cli import build_parser
+    from rfm_dask.app.cli import build_parser
 
     parser = build_parser()[0]
     args = parser.parse_args(["fit", "store", "model", "--bandwidth", "auto", "--reg", "0.01"])

@@ -10,7 +10,7 @@ from distributed import Client, LocalCluster
 
 from pipelines.datasets import low_rank_golden
 from rfm_dask import RFMRegressor
-from rfm_dask.passes import KernelPasses
+from rfm_dask.parallel.distributed_operator import KernelPasses
 
 
 def test_fit_survives_a_worker_killed_mid_cg(monkeypatch):

@@ -135,7 +135,7 @@ def rfm_dask_executable(args: argparse.Namespace) -> list[str]:
     found = shutil.which("rfm-dask")
     if found:
         return [found]
-    return [args.python, "-m", "rfm_dask.cli"]
+    return [args.python, "-m", "rfm_dask.app.cli"]
 
 
 def step_command(step: str, scheduler: str, executable: list[str]) -> list[str]:

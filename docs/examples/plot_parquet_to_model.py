@@ -17,7 +17,7 @@ from sklearn.pipeline import make_pipeline
 
 from rfm_dask import RFMRegressor
 from rfm_dask.io import TableEncoder, ingest
-from rfm_dask.jobs import fit_store
+from rfm_dask.app.workflows import fit_store
 
 
 def trips(n: int, seed: int) -> pd.DataFrame:

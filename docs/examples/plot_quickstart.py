@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from rfm_dask import RFMRegressor
-from rfm_dask.inspection import draw_history
+from rfm_dask.app.inspection import draw_history
 
 rng = np.random.default_rng(0)
 X = rng.normal(size=(1500, 10))

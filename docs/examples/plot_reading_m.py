@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from rfm_dask import RFMRegressor
-from rfm_dask.inspection import draw_inspection, inspect_model
+from rfm_dask.app.inspection import draw_inspection, inspect_model
 
 rng = np.random.default_rng(1)
 X = pd.DataFrame(rng.normal(size=(1500, 8)), columns=[f"x{i}" for i in range(8)])

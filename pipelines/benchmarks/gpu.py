@@ -6,7 +6,7 @@ Run from the repository root on a machine with a CUDA GPU (CuPy, dask-cuda; torc
 
 1. GEMM rates: median time of a float32 (n x n) @ (n x n) CuPy product, in FP32 and in TF32 (tensor cores).
 2. Tiles: for each d, K(X, C) @ V on one large tile (rows x centres pairs, Laplace kernel) by the fused CUDA tile
-   (``rfm_dask.cuda_tiles``), by the unfused chain (``kernels.kernel_matvec`` with the spec's ``gpu_fused`` off: distance
+   (``rfm_dask.core.cuda_tiles``), by the unfused chain (``kernels.kernel_matvec`` with the spec's ``gpu_fused`` off: distance
    GEMM, near-pair fix-up, kernel, product with V, in row tiles of ``unfused_tile`` entries) and by that chain with
    TF32 GEMMs (``rfm.gpu.precision: tf32``). Effective TFLOP/s = 2 b m d / seconds: the distance flops only, as
    ``pipelines/benchmarks/tiles.py`` counts (the kernel evaluation and the product with V are not counted), against
@@ -54,8 +54,8 @@ from pipelines.benchmarks.scaling import (
     xrfm_settings,
 )
 from pipelines.toml_values import layered_config
-from rfm_dask import devices
-from rfm_dask.atomic import write_text
+from rfm_dask.parallel import devices
+from rfm_dask.files.atomic import write_text
 
 FLOPS_CONVENTION = (
     "effective TFLOP/s = 2 b m d / seconds (the distance flops of a (b, m) tile at d features, as "
@@ -179,7 +179,7 @@ def gemm_rates(size: int, repeats: int) -> dict:
     """TFLOP/s of a float32 (size x size) @ (size x size) product in FP32 and in TF32 (2 size^3 flops)."""
     import cupy
 
-    from rfm_dask.cuda_tiles import tf32_gemms
+    from rfm_dask.core.cuda_tiles import tf32_gemms
 
     rng = np.random.default_rng(0)
     A, B = (cupy.asarray(rng.standard_normal((size, size), dtype=np.float32)) for _ in range(2))
@@ -195,8 +195,8 @@ def tile_variants(X: Any, C: Any, V: Any, spec: Any, tile: int) -> dict[str, Cal
     """{name: the product K(X, C) @ V by that route (fused; unfused float32; unfused with TF32 GEMMs)}."""
     import cupy
 
-    from rfm_dask import cuda_tiles
-    from rfm_dask import kernels as kn
+    from rfm_dask.core import cuda_tiles
+    from rfm_dask.core import kernels as kn
 
     c_sq = kn.sq_norms(cupy, C)
 
@@ -214,7 +214,7 @@ def float64_reference(X: Any, C: Any, V: Any, spec: Any, tile: int) -> Any:
     """K(X, C) @ V with X, C in float64 (the tiled path; float64 data never takes the fused route)."""
     import cupy
 
-    from rfm_dask import kernels as kn
+    from rfm_dask.core import kernels as kn
 
     X64, C64 = X.astype(cupy.float64), C.astype(cupy.float64)
     return kn.kernel_matvec(cupy, X64, C64, kn.sq_norms(cupy, C64), V, spec, tile)
@@ -224,7 +224,7 @@ def measure_tile(d: int, cfg: dict, repeats: int, rates: dict) -> dict:
     """One d: seconds, effective TFLOP/s, ratios to the GEMM rates and relative error of every variant."""
     import cupy
 
-    from rfm_dask import kernels as kn
+    from rfm_dask.core import kernels as kn
 
     rng = np.random.default_rng(int(cfg["seed"]))
     b, m, tile, check = int(cfg["rows"]), int(cfg["centres"]), int(cfg["unfused_tile"]), int(cfg["check_rows"])
@@ -305,7 +305,7 @@ def fit_xrfm_cuda(data: tuple, config: dict) -> dict:
 
 def _compile_fused_kernels() -> None:
     """On a worker: compile the fused CUDA tiles, so that no timed fit pays for it."""
-    from rfm_dask import cuda_tiles
+    from rfm_dask.core import cuda_tiles
 
     cuda_tiles.compiled(cuda_tiles.LAPLACE_Q1)
 

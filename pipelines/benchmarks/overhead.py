@@ -25,11 +25,12 @@ import numpy as np
 from distributed import Client, LocalCluster, get_task_stream
 
 from pipelines.datasets import low_rank_projection
-from rfm_dask import config, kernels as kn
-from rfm_dask.atomic import write_text
-from rfm_dask.cluster import total_threads
-from rfm_dask.passes import KernelPasses
-from rfm_dask.row_blocks import block_rows, put_rows, take_rows
+from rfm_dask import config
+from rfm_dask.core import kernels as kn
+from rfm_dask.files.atomic import write_text
+from rfm_dask.parallel.cluster import total_threads
+from rfm_dask.parallel.distributed_operator import KernelPasses
+from rfm_dask.parallel.row_blocks import block_rows, put_rows, take_rows
 
 
 def measure(client: Client, n: int, m: int, passes: int) -> dict:

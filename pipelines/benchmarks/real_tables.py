@@ -53,7 +53,7 @@ from pipelines.benchmarks import scaling
 from pipelines.benchmarks.scaling import ForeignCpu, XRFMBudget, _fmt, _json_default, _log
 from pipelines.diagnostics import PeakWorkerMemory
 from pipelines.toml_values import layered_config
-from rfm_dask.atomic import atomic_path, write_text
+from rfm_dask.files.atomic import atomic_path, write_text
 
 if TYPE_CHECKING:
     import pyarrow as pa

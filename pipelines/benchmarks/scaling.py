@@ -45,7 +45,7 @@ import psutil
 from pipelines.diagnostics import PeakWorkerMemory
 from pipelines.toml_values import layered_config
 from rfm_dask import tables
-from rfm_dask.atomic import atomic_path, write_text
+from rfm_dask.files.atomic import atomic_path, write_text
 from rfm_dask.core.metrics import regression_report
 
 FOREIGN_CPU_WARN = 0.05  # note fits during which other processes used more than this share of the CPUs
@@ -345,7 +345,7 @@ def _warm_worker() -> int:
 
     import psutil as _psutil
 
-    importlib.import_module("rfm_dask.worker_tasks")
+    importlib.import_module("rfm_dask.parallel.tasks")
     return int(_psutil.Process().memory_info().rss)
 
 

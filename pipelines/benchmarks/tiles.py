@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from rfm_dask import kernels as kn
-from rfm_dask.atomic import write_text
+from rfm_dask.core import kernels as kn
+from rfm_dask.files.atomic import write_text
 
 
 def _median_seconds(fn, repeats: int) -> float:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rfm_dask.atomic import atomic_path
+from rfm_dask.files.atomic import atomic_path
 
 COLOURS = {"agop": "tab:blue", "fact": "tab:orange", "lazy": "tab:grey"}
 LABEL = {"agop": "AGOP-RFM", "fact": "FACT-RFM"}

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.toml_values import none_values
-from rfm_dask.atomic import atomic_path, write_text
+from rfm_dask.files.atomic import atomic_path, write_text
 
 from . import criteria
 from .tasks import Task, make_task

@@ -1,5 +1,5 @@
 """Model outputs to labels, probabilities and metrics, written once for the estimators, the RFM loop and the
-reports (``rfm_dask.jobs``, the pipelines). Pure NumPy (with scikit-learn's metrics): no Dask, no config."""
+reports (``rfm_dask.app.workflows``, the pipelines). Pure NumPy (with scikit-learn's metrics): no Dask, no config."""
 
 from __future__ import annotations
 

@@ -2,11 +2,11 @@
 both through a fitted, JSON-serialisable ``Preprocessor``; ``TableEncoder`` applies it to in-memory tables as a
 scikit-learn transformer."""
 
-from .errors import DataError, DataWarning, SourceNotFoundError
-from .ingest import IngestReport, ingest
-from .predict import FeatureBatch, read_batches
-from .preprocess import Preprocessor
-from .transformer import TableEncoder
+from rfm_dask.io.errors import DataError, DataWarning, SourceNotFoundError
+from rfm_dask.io.ingest import IngestReport, ingest
+from rfm_dask.io.predict import FeatureBatch, read_batches
+from rfm_dask.io.preprocess import Preprocessor
+from rfm_dask.io.transformer import TableEncoder
 
 __all__ = [
     "DataError",

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .errors import DataError
+from rfm_dask.io.errors import DataError
 
 NUMERIC, BOOL, CATEGORICAL, TIMESTAMP = "numeric", "bool", "categorical", "timestamp"
 KINDS = (NUMERIC, BOOL, CATEGORICAL, TIMESTAMP)

@@ -11,8 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import validate as v
-from .columns import (
+from rfm_dask.io import validate as v
+from rfm_dask.io.columns import (
     BOOL,
     CATEGORICAL,
     KINDS,
@@ -24,8 +24,8 @@ from .columns import (
     numeric_values,
     timestamp_values,
 )
-from .errors import DataError
-from .stats import Moments
+from rfm_dask.io.errors import DataError
+from rfm_dask.io.stats import Moments
 
 MISSING = "__missing"
 NULL_CATEGORY = "__null__"

@@ -12,14 +12,14 @@ import numpy as np
 import pyarrow as pa
 import zarr
 
-from ..atomic import atomic_path
-from ..zarr_store import _default_chunk_rows
-from .columns import column, id_dtype, id_values, null_rows
-from .errors import DataError, located
-from .preprocess import Preprocessor, PreprocessorFit
-from .sources import ParquetSource, Source, open_source
-from .target import Target, TargetFit
-from .writer import ChunkWriter
+from rfm_dask.files.atomic import atomic_path
+from rfm_dask.files.zarr_store import _default_chunk_rows
+from rfm_dask.io.columns import column, id_dtype, id_values, null_rows
+from rfm_dask.io.errors import DataError, located
+from rfm_dask.io.preprocess import Preprocessor, PreprocessorFit
+from rfm_dask.io.sources import ParquetSource, Source, open_source
+from rfm_dask.io.target import Target, TargetFit
+from rfm_dask.io.writer import ChunkWriter
 
 FORMAT_VERSION = 1
 Progress = Callable[[int, int], None]

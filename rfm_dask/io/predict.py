@@ -7,10 +7,10 @@ from typing import Iterator
 
 import numpy as np
 
-from .columns import column, id_values, raw_values
-from .errors import located
-from .preprocess import Preprocessor
-from .sources import Source, open_source
+from rfm_dask.io.columns import column, id_values, raw_values
+from rfm_dask.io.errors import located
+from rfm_dask.io.preprocess import Preprocessor
+from rfm_dask.io.sources import Source, open_source
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,10 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 
-from . import validate as v
-from .columns import CATEGORICAL, TIMESTAMP, column, kind_of
-from .encoders import HIGH_CARDINALITY, Encoder, OneHotFit, StandardisedFit, encoder_from_dict
-from .errors import DataError, DataWarning
+from rfm_dask.io import validate as v
+from rfm_dask.io.columns import CATEGORICAL, TIMESTAMP, column, kind_of
+from rfm_dask.io.encoders import HIGH_CARDINALITY, Encoder, OneHotFit, StandardisedFit, encoder_from_dict
+from rfm_dask.io.errors import DataError, DataWarning
 
 FORMAT = "rfm_dask.preprocessor"
 VERSION = 1

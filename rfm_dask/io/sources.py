@@ -14,7 +14,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-from .errors import DataError, SourceNotFoundError
+from rfm_dask.io.errors import DataError, SourceNotFoundError
 
 PathLike = Union[str, os.PathLike]
 Source = Union[PathLike, Sequence[PathLike]]

@@ -8,9 +8,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .columns import BOOL, CATEGORICAL, NUMERIC, check_kind, kind_of, numeric_values
-from .errors import DataError
-from .validate import check_option
+from rfm_dask.io.columns import BOOL, CATEGORICAL, NUMERIC, check_kind, kind_of, numeric_values
+from rfm_dask.io.errors import DataError
+from rfm_dask.io.validate import check_option
 
 TASKS = ("auto", "regression", "classification")
 MAX_AUTO_CLASSES = 20  # task="auto": an integer target with at most this many distinct values is a class label

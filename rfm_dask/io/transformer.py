@@ -10,8 +10,8 @@ import pyarrow as pa
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from .errors import DataError
-from .preprocess import Preprocessor, PreprocessorFit
+from rfm_dask.io.errors import DataError
+from rfm_dask.io.preprocess import Preprocessor, PreprocessorFit
 
 
 def as_arrow_table(X: Any) -> pa.Table:
@@ -38,7 +38,7 @@ def model_preprocessor(info: dict | None, n_features: int) -> Preprocessor:
     if not info or info.get("preprocessor") is None:
         raise ValueError(
             "this model was not fitted on an ingested store, so it cannot read raw columns; "
-            "fit it with `rfm-dask fit STORE.zarr` (or rfm_dask.jobs.fit_store)"
+            "fit it with `rfm-dask fit STORE.zarr` (or rfm_dask.app.workflows.fit_store)"
         )
     pre = Preprocessor.from_dict(info["preprocessor"])
     if pre.n_features != n_features:
@@ -130,7 +130,7 @@ class TableEncoder(TransformerMixin, BaseEstimator):
 
     @classmethod
     def from_model(cls, model: Any) -> TableEncoder:
-        """The encoder a model fitted on an ingested store recorded (``rfm_dask.jobs.fit_store``, ``rfm-dask fit``):
+        """The encoder a model fitted on an ingested store recorded (``rfm_dask.app.workflows.fit_store``, ``rfm-dask fit``):
         it turns raw columns into that model's input features."""
         check_is_fitted(model)
         return cls.from_preprocessor(model_preprocessor(getattr(model, "preprocessing_", None), model.n_features_in_))

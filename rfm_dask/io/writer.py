@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import zarr
 
-from .errors import DataError
+from rfm_dask.io.errors import DataError
 
 
 class ChunkWriter:

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from ..core.errors import NumericalError
+from rfm_dask.core.errors import NumericalError
 
 if TYPE_CHECKING:
-    from .preconditioner import Preconditioner
+    from rfm_dask.solvers.preconditioner import Preconditioner
 
 #: CG on a positive definite system of condition number kappa keeps ||r_k|| / ||r_0|| <= 2 sqrt(kappa); in float64
 #: kappa is at most 1 / eps, so a relative residual above 2 / sqrt(eps) (1.3e8) means the system is not numerically

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
-from ..core.errors import NumericalError
-from .cg import conjugate_gradient
-from .cholesky import MAX_TRIES, jittered_cholesky
+from rfm_dask.core.errors import NumericalError
+from rfm_dask.solvers.cg import conjugate_gradient
+from rfm_dask.solvers.cholesky import MAX_TRIES, jittered_cholesky
 
 #: Rows and columns per tile of the tiled Cholesky and of the products with K.
 TILE = 512

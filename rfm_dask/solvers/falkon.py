@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .cg import CGResult, Operator, conjugate_gradient
-from .preconditioner import FalkonPreconditioner
+from rfm_dask.solvers.cg import CGResult, Operator, conjugate_gradient
+from rfm_dask.solvers.preconditioner import FalkonPreconditioner
 
 
 def falkon_solve(

@@ -12,7 +12,7 @@ from typing import Protocol
 import numpy as np
 import scipy.linalg
 
-from .cholesky import jittered_cholesky
+from rfm_dask.solvers.cholesky import jittered_cholesky
 
 
 class Preconditioner(Protocol):

@@ -1,7 +1,7 @@
 """Checkpoints of a tree's fit: the grown tree, each leaf's rows, and every finished leaf's predictor, written
 atomically after the tree is grown and after each leaf, so a killed fit resumes with its finished leaves kept.
 
-The file is a ``rfm_dask.checkpoint`` archive (see ``rfm_dask.checkpoint``: arrays + JSON, no pickle, a fingerprint
+The file is a ``rfm_dask.files.checkpoint`` archive (see ``rfm_dask.files.checkpoint``: arrays + JSON, no pickle, a fingerprint
 of the fit). A finished leaf is stored without its centres: they are its training rows, fetched again on resume.
 """
 
@@ -12,10 +12,10 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..checkpoint import save_checkpoint
-from ..kernel_spec import KernelSpec
-from ..training import FitResult
-from .structure import Tree
+from rfm_dask.files.checkpoint import save_checkpoint
+from rfm_dask.core.kernel_spec import KernelSpec
+from rfm_dask.rfm_loop import FitResult
+from rfm_dask.tree.structure import Tree
 
 
 def save_tree_checkpoint(

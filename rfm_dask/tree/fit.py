@@ -23,23 +23,23 @@ from typing import Callable
 import numpy as np
 from distributed import Client
 
-from ..backend import identity
-from ..cluster_engine import ClusterEngine
-from ..checkpoint import fingerprint, load_checkpoint
-from ..krr import DIRECT_BYTES_PER_ENTRY
-from ..model import KernelModel
-from ..scheduling import Submitter, rows_digest
-from ..row_blocks import RowBlocks, fetch_rows, materialise, smallest_worker_memory, take_rows
-from ..targets import TargetScaling
-from ..core.metrics import regression_metrics
-from ..training import FitResult, Metrics, RFMSettings, run_rfm
-from . import tasks
-from .checkpoint import restore_tree_checkpoint, save_tree_checkpoint
-from .model import TreeModel
-from .settings import TreeSettings
-from .split import threshold_and_scale, untuned
-from .store import rows_by_leaf, scratch_directory
-from .structure import Tree
+from rfm_dask.core.backend import identity
+from rfm_dask.parallel.cluster_engine import ClusterEngine
+from rfm_dask.files.checkpoint import fingerprint, load_checkpoint
+from rfm_dask.solvers.dispatch import DIRECT_BYTES_PER_ENTRY
+from rfm_dask.model import KernelModel
+from rfm_dask.parallel.scheduling import Submitter, rows_digest
+from rfm_dask.parallel.row_blocks import RowBlocks, fetch_rows, materialise, smallest_worker_memory, take_rows
+from rfm_dask.core.targets import TargetScaling
+from rfm_dask.core.metrics import regression_metrics
+from rfm_dask.rfm_loop import FitResult, Metrics, RFMSettings, run_rfm
+from rfm_dask.tree import tasks
+from rfm_dask.tree.checkpoint import restore_tree_checkpoint, save_tree_checkpoint
+from rfm_dask.tree.model import TreeModel
+from rfm_dask.tree.settings import TreeSettings
+from rfm_dask.tree.split import threshold_and_scale, untuned
+from rfm_dask.tree.store import rows_by_leaf, scratch_directory
+from rfm_dask.tree.structure import Tree
 
 logger = logging.getLogger("rfm_dask")
 

@@ -10,10 +10,10 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from ..backend import like, namespace_of, to_host
-from ..kernel_spec import KernelSpec
-from ..model import KernelModel, _decision_block, in_row_chunks, map_row_blocks
-from .structure import Tree, path_probabilities, route
+from rfm_dask.core.backend import like, namespace_of, to_host
+from rfm_dask.core.kernel_spec import KernelSpec
+from rfm_dask.model import KernelModel, _decision_block, in_row_chunks, map_row_blocks
+from rfm_dask.tree.structure import Tree, path_probabilities, route
 
 #: Soft routing evaluates a leaf on a row only where the row's path probability to it is at least this (the row's
 #: most probable leaf always); the kept probabilities are renormalised to sum to 1.

@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import to_host
-from ..local import fit_local
-from ..targets import TargetScaling
-from ..training import RFMSettings
+from rfm_dask.core.backend import to_host
+from rfm_dask.local import fit_local
+from rfm_dask.core.targets import TargetScaling
+from rfm_dask.rfm_loop import RFMSettings
 
 #: ``split_method`` values: the top eigenvector of the AGOP of a one-iteration RFM on the sample (xRFM's default),
 #: or the sample's top principal component.

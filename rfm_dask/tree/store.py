@@ -14,7 +14,7 @@ import numpy as np
 import zarr
 from distributed import Client
 
-from ..row_blocks import RowBlocks, stream_rows, take_rows
+from rfm_dask.parallel.row_blocks import RowBlocks, stream_rows, take_rows
 
 
 def as_dask_rows(rows: RowBlocks) -> da.Array:

@@ -16,19 +16,25 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import to_host
+from rfm_dask.core.backend import to_host
 
 
 @dataclass(frozen=True)
 class Tree:
     """k split nodes of a binary tree with k + 1 leaves; node 0 is the root (k = 0: a single leaf, no split).
 
-    directions : (k, d) float64, the split directions v_i (unit vectors, in input coordinates).
-    thresholds : (k,) float64, the thresholds t_i (rows with ``v_i . x <= t_i`` go left).
-    scales : (k,) float64 > 0, the soft-routing scale s_i of each node (the IQR of its training projections).
-    children : (k, 2) int64, the left and right child of each node: an index >= 0 is a split node, a negative value
-        ``-(j + 1)`` is leaf j. Every node but the root is the child of exactly one node, and the leaves are
-        0 .. k, each reached once.
+    Attributes
+    ----------
+    directions : ndarray of shape (k, d), float64
+        The split directions v_i (unit vectors, in input coordinates).
+    thresholds : ndarray of shape (k,), float64
+        The thresholds t_i (rows with ``v_i . x <= t_i`` go left).
+    scales : ndarray of shape (k,), float64 > 0
+        The soft-routing scale s_i of each node (the IQR of its training projections).
+    children : ndarray of shape (k, 2), int64
+        The left and right child of each node: an index >= 0 is a split node, a negative value ``-(j + 1)`` is
+        leaf j. Every node but the root is the child of exactly one node, and the leaves are 0 .. k, each reached
+        once.
     """
 
     directions: np.ndarray

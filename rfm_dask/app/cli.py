@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from .cli_commands import (
+from rfm_dask.app.commands import (
     check_fit,
     check_ingest,
     check_predict,
@@ -28,8 +28,8 @@ from .cli_commands import (
     cmd_predict,
     fit_parameters,
 )
-from .cli_config import apply_config, load_config
-from .cli_progress import log_progress
+from rfm_dask.app.config_file import apply_config, load_config
+from rfm_dask.app.progress import log_progress
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 1
@@ -60,15 +60,15 @@ def _fit_options(fit: argparse.ArgumentParser) -> None:
     """The estimator's parameters as ``fit`` options (``param_flags``: names, defaults, help and parsing from the
     estimator; see ``fit_parameters``). Values are checked by the estimator, before a cluster starts (see
     ``check_fit``); ``--random-state`` defaults to 0, so the command line is reproducible by default."""
-    from .estimators import RFMRegressor
-    from .param_flags import add_parameter_options
+    from rfm_dask.estimators import RFMRegressor
+    from rfm_dask.app.param_flags import add_parameter_options
 
     add_parameter_options(fit, RFMRegressor, fit_parameters(), defaults={"random_state": 0})
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The top-level parser and each command's parser by name."""
-    from . import __version__
+    from rfm_dask import __version__
 
     parser = argparse.ArgumentParser(prog="rfm-dask", description="Recursive Feature Machines on Dask.",
                                      formatter_class=_HelpFormatter)
@@ -178,7 +178,7 @@ def _client(args: argparse.Namespace) -> Iterator[Any]:
         return
     import dask
 
-    from .cluster import close_local_client, local_client
+    from rfm_dask.parallel.cluster import close_local_client, local_client
 
     try:
         with dask.config.set({"rfm.dashboard": args.dashboard}):

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .kernel_spec import KernelSpec
-from .kernels import DEFAULT_TILE, kernel_from_distance, pair_distances, row_tiles, sq_norms, transform
+from rfm_dask.core.kernel_spec import KernelSpec
+from rfm_dask.core.kernels import DEFAULT_TILE, kernel_from_distance, pair_distances, row_tiles, sq_norms, transform
 
 
 def gradient_weights(xp: Any, a: Any, spec: KernelSpec) -> Any:

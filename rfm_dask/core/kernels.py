@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Iterator
 
-from . import cuda_tiles
-from .kernel_spec import KernelSpec
+from rfm_dask.core import cuda_tiles
+from rfm_dask.core.kernel_spec import KernelSpec
 
 #: Pairs whose GEMM-formula squared distance is below NEAR_FACTOR * eps * (squared norms) are recomputed directly.
 NEAR_FACTOR = 1024

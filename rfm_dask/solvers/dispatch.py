@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .options import SolverOptions
-from .solvers.cg import conjugate_gradient
-from .solvers.preconditioner import NystromPreconditioner
+from rfm_dask.options import SolverOptions
+from rfm_dask.solvers.cg import conjugate_gradient
+from rfm_dask.solvers.preconditioner import NystromPreconditioner
 
 if TYPE_CHECKING:
-    from .operator import KernelOperator
+    from rfm_dask.kernel_operator import KernelOperator
 
 SOLVERS = ("auto", "direct", "cg", "nystrom")
 #: Bytes the dense solve holds per kernel entry on its worker: the float64 kernel, its jittered copy factorised in

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .kernel_spec import KernelSpec
+from rfm_dask.core.kernel_spec import KernelSpec
 
 BX, BY = 16, 16  # threads per block along centres (one half-warp) and along rows
 TM, TN = 4, 8  # rows and centres per thread (TN as two groups of 4, BN / 2 apart, for conflict-free loads)

@@ -16,8 +16,8 @@ from typing import Any
 from distributed import Client, LocalCluster, default_client
 from distributed.utils import format_dashboard_link
 
-from . import config
-from .devices import local_cuda_client, use_local_gpus
+from rfm_dask import config
+from rfm_dask.parallel.devices import local_cuda_client, use_local_gpus
 
 logger = logging.getLogger("rfm_dask")
 

@@ -9,8 +9,8 @@ import dask.array as da
 import numpy as np
 from distributed import Client
 
-from .inputs import is_dask
-from .row_blocks import RowBlocks, block_rows, place_rows, put_rows, take_rows
+from rfm_dask.parallel.inputs import is_dask
+from rfm_dask.parallel.row_blocks import RowBlocks, block_rows, place_rows, put_rows, take_rows
 
 
 def place(client: Client, X: Any) -> RowBlocks:

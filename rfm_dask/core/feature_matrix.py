@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .core.errors import NumericalError
+from rfm_dask.core.errors import NumericalError
 
 
 def psd_power(A: np.ndarray, power: float) -> np.ndarray:

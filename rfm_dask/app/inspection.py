@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_path
+from rfm_dask.files.atomic import atomic_path
 
 
 def feature_names(model: Any) -> list[str]:

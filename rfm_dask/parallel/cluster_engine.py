@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 from distributed import Client
 
-from .kernel_spec import KernelSpec
-from .options import SolverOptions
-from .passes import KernelPasses
-from .row_blocks import RowBlocks, cluster_memory, fetch_rows, smallest_worker_memory, take_rows
-from .scheduling import column_means, rows_digest
+from rfm_dask.core.kernel_spec import KernelSpec
+from rfm_dask.options import SolverOptions
+from rfm_dask.parallel.distributed_operator import KernelPasses
+from rfm_dask.parallel.row_blocks import RowBlocks, cluster_memory, fetch_rows, smallest_worker_memory, take_rows
+from rfm_dask.parallel.scheduling import column_means, rows_digest
 
 
 class ClusterEngine:

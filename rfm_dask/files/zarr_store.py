@@ -10,8 +10,8 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from .atomic import atomic_path
-from .inputs import as_dask_array, is_dask
+from rfm_dask.files.atomic import atomic_path
+from rfm_dask.parallel.inputs import as_dask_array, is_dask
 
 
 class ZarrData(NamedTuple):

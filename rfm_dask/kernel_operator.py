@@ -13,8 +13,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .kernels import KernelSpec
-from .options import SolverOptions
+from rfm_dask.core.kernel_spec import KernelSpec
+from rfm_dask.options import SolverOptions
 
 
 class Rows(Protocol):

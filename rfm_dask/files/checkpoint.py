@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from .model_file import ModelFileError, read_model_file, write_model_file
+from rfm_dask.files.model_file import ModelFileError, read_model_file, write_model_file
 
-KIND = "rfm_dask.checkpoint"
+KIND = "rfm_dask.files.checkpoint"
 
 
 class CheckpointMismatch(ValueError):

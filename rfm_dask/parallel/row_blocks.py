@@ -12,9 +12,11 @@ import numpy as np
 from dask.utils import parse_bytes
 from distributed import Client, Future, futures_of
 
-from . import config, devices
-from .backend import identity, like, namespace_of, to_host
-from .inputs import row_chunks
+from rfm_dask import config
+
+from rfm_dask.parallel import devices
+from rfm_dask.core.backend import identity, like, namespace_of, to_host
+from rfm_dask.parallel.inputs import row_chunks
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import Any
 
 from distributed import Client
 
-from . import config
+from rfm_dask import config
 
 #: Values of ``rfm.device``: "auto" (CuPy where the process has a CUDA device), "cpu" (NumPy), "gpu" (CuPy or error).
 DEVICES = ("auto", "cpu", "gpu")

@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from . import config
-from .atomic import atomic_path
+from rfm_dask import config
+from rfm_dask.files.atomic import atomic_path
 
 FORMAT = "rfm_dask.model"
 #: 1: one global model. 2: also trees of leaf models (an estimator's state "tree", arrays ``tree_*`` and
@@ -65,7 +65,7 @@ def write_model_file(
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists (pass overwrite=True to replace it)")
-    from . import __version__
+    from rfm_dask import __version__
 
     blobs = {}
     for name, array in arrays.items():

@@ -14,13 +14,13 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 from distributed import get_worker
 
-from . import gradients as gr
-from . import kernels as kn
-from .backend import like, namespace_of, to_host
-from .blas_threads import single_blas_thread
-from .row_blocks import materialise
-from .solvers.direct import direct_solve as dense_solve
-from .solvers.falkon import falkon_solve
+from rfm_dask.core import gradients as gr
+from rfm_dask.core import kernels as kn
+from rfm_dask.core.backend import like, namespace_of, to_host
+from rfm_dask.core.blas_threads import single_blas_thread
+from rfm_dask.parallel.row_blocks import materialise
+from rfm_dask.solvers.direct import direct_solve as dense_solve
+from rfm_dask.solvers.falkon import falkon_solve
 
 Centres = tuple[Any, Any]
 FeatureMap = tuple[np.ndarray, np.ndarray]

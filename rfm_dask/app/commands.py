@@ -11,8 +11,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .cli_config import ConfigError
-from .cli_progress import fit_progress, row_progress
+from rfm_dask.app.config_file import ConfigError
+from rfm_dask.app.progress import fit_progress, row_progress
 
 
 def _refuse_existing(path: str | Path, overwrite: bool, what: str) -> None:
@@ -28,7 +28,7 @@ def check_ingest(args: argparse.Namespace) -> None:
 
 
 def cmd_ingest(args: argparse.Namespace, client: Any) -> None:
-    from .io import ingest
+    from rfm_dask.io import ingest
 
     options = dict(
         target=args.target,
@@ -55,9 +55,9 @@ def cmd_ingest(args: argparse.Namespace, client: Any) -> None:
 def fit_parameters() -> list[str]:
     """The estimator parameters that are ``fit`` options (all but ``client``, ``checkpoint`` and ``resume``, which
     ``fit`` spells its own way), in signature order."""
-    from .estimators import RFMRegressor
-    from .parameters import RUN_PARAMS
-    from .param_flags import parameter_names
+    from rfm_dask.estimators import RFMRegressor
+    from rfm_dask.parameters import RUN_PARAMS
+    from rfm_dask.app.param_flags import parameter_names
 
     return [name for name in parameter_names(RFMRegressor) if name not in RUN_PARAMS]
 
@@ -70,9 +70,9 @@ def fit_params(args: argparse.Namespace) -> dict[str, Any]:
 def check_fit(args: argparse.Namespace) -> None:
     """What ``fit`` can refuse before a cluster starts: an existing model file, a model file or checkpoint that
     cannot be written, a path that is no store, and estimator parameters out of range."""
-    from .atomic import check_writable
-    from .estimators import RFMRegressor
-    from .jobs import is_zarr_store
+    from rfm_dask.files.atomic import check_writable
+    from rfm_dask.estimators import RFMRegressor
+    from rfm_dask.app.workflows import is_zarr_store
 
     _refuse_existing(args.model, args.overwrite, "model file")
     check_writable(args.model, "model file")
@@ -83,7 +83,7 @@ def check_fit(args: argparse.Namespace) -> None:
 
 
 def cmd_fit(args: argparse.Namespace, client: Any) -> None:
-    from .jobs import fit_store
+    from rfm_dask.app.workflows import fit_store
 
     checkpoint = Path(args.checkpoint or f"{args.model}.ckpt")
     if args.resume and not checkpoint.exists():
@@ -103,7 +103,7 @@ def cmd_fit(args: argparse.Namespace, client: Any) -> None:
 
 def check_predict(args: argparse.Namespace) -> None:
     """What ``predict`` can refuse before reading the model: an existing output, and a Zarr store as input."""
-    from .jobs import is_zarr_store
+    from rfm_dask.app.workflows import is_zarr_store
 
     _refuse_existing(args.out, args.overwrite, "output file")
     if is_zarr_store(args.data):
@@ -113,8 +113,8 @@ def check_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace, client: Any) -> None:
-    from . import load
-    from .jobs import predict_parquet
+    from rfm_dask import load
+    from rfm_dask.app.workflows import predict_parquet
 
     model = load(args.model)
     with row_progress("predict", args.quiet) as progress:
@@ -126,8 +126,8 @@ def cmd_predict(args: argparse.Namespace, client: Any) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace, client: Any) -> None:
-    from . import load
-    from .jobs import evaluate
+    from rfm_dask import load
+    from rfm_dask.app.workflows import evaluate
 
     model = load(args.model)
     print(json.dumps(evaluate(model, args.data, client=client, target=args.target, batch_rows=args.batch_rows),
@@ -135,9 +135,9 @@ def cmd_evaluate(args: argparse.Namespace, client: Any) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace, client: Any) -> None:
-    from . import load
-    from .inspection import inspect_model, plot_feature_matrix
-    from .tables import text_table
+    from rfm_dask import load
+    from rfm_dask.app.inspection import inspect_model, plot_feature_matrix
+    from rfm_dask.tables import text_table
 
     model = load(args.model)
     report = inspect_model(model, top=args.top)
