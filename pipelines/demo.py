@@ -25,9 +25,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from rfm_dask.files.atomic import atomic_path, write_text
 from rfm_dask.app.commands import fit_parameters
 from rfm_dask.app.param_flags import parameter_arguments
+from rfm_dask.files.atomic import atomic_path, write_text
 from rfm_dask.tables import markdown_table, text_table
 
 # settings of the default run; --full and --config override them. Any other key of a config is an estimator

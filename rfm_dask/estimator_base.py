@@ -15,15 +15,15 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from rfm_dask.files.atomic import check_writable
+from rfm_dask.files.model_file import write_model_file
+from rfm_dask.io.transformer import TableEncoder, is_pandas_frame
+from rfm_dask.model import KernelModel
+from rfm_dask.model_state import check_state, fitted_state, restore_fitted
 from rfm_dask.parallel.cluster import resolve_client
 from rfm_dask.parallel.cluster_engine import ClusterEngine
 from rfm_dask.parallel.inputs import check_dask_features, is_dask, to_host_targets
-from rfm_dask.io.transformer import TableEncoder, is_pandas_frame
-from rfm_dask.model import KernelModel
-from rfm_dask.files.model_file import write_model_file
-from rfm_dask.model_state import check_state, fitted_state, restore_fitted
-from rfm_dask.parameters import PARAMETER_CONSTRAINTS, RUN_PARAMS, rfm_settings
 from rfm_dask.parallel.placement import check_weights, fit_rows
+from rfm_dask.parameters import PARAMETER_CONSTRAINTS, RUN_PARAMS, rfm_settings
 from rfm_dask.rfm_loop import RFMSettings, run_rfm
 from rfm_dask.tree.fit import TreeFit, fit_tree
 from rfm_dask.tree.settings import TreeSettings, check_leaf_init, resolve_leaf_size

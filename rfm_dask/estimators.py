@@ -13,11 +13,11 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import column_or_1d
 
 from rfm_dask.core.metrics import classification_metrics, regression_metrics, scores_to_index, scores_to_proba
-from rfm_dask.estimator_base import _RFMBase
-from rfm_dask.parallel.inputs import check_finite_targets
-from rfm_dask.files.model_file import ModelFileError, read_model_file
-from rfm_dask.parameters import ATTRIBUTES_DOC, PARAMETERS_DOC
 from rfm_dask.core.targets import TargetScaling
+from rfm_dask.estimator_base import _RFMBase
+from rfm_dask.files.model_file import ModelFileError, read_model_file
+from rfm_dask.parallel.inputs import check_finite_targets
+from rfm_dask.parameters import ATTRIBUTES_DOC, PARAMETERS_DOC
 
 
 class RFMRegressor(RegressorMixin, _RFMBase):

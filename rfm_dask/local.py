@@ -13,14 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from rfm_dask.parallel import tasks as wt
 from rfm_dask.core.backend import like, namespace_of, to_host
-from rfm_dask.core.metrics import regression_metrics
 from rfm_dask.core.kernel_spec import KernelSpec
+from rfm_dask.core.metrics import regression_metrics
+from rfm_dask.core.targets import TargetScaling
 from rfm_dask.options import SolverOptions
+from rfm_dask.parallel import tasks as wt
 from rfm_dask.parallel.row_blocks import column_stats, mean_of_stats
 from rfm_dask.parallel.scheduling import block_digest
-from rfm_dask.core.targets import TargetScaling
 from rfm_dask.rfm_loop import FitResult, Metrics, RFMSettings, run_rfm
 
 

@@ -11,11 +11,11 @@ import numpy as np
 
 from rfm_dask import config
 from rfm_dask.core import kernels as kn
-from rfm_dask.parallel import tasks as wt
 from rfm_dask.core.backend import like, namespace_of
 from rfm_dask.core.blas_threads import single_blas_thread
 from rfm_dask.core.feature_matrix import matrix_sqrt
 from rfm_dask.core.targets import TargetScaling
+from rfm_dask.parallel import tasks as wt
 
 
 def _decision_block(X: Any, packed: dict, spec: kn.KernelSpec) -> np.ndarray:

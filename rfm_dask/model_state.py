@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 
 from rfm_dask.core.kernel_spec import KernelSpec
+from rfm_dask.core.targets import TargetScaling
 from rfm_dask.model import KernelModel
 from rfm_dask.parameters import RUN_PARAMS
-from rfm_dask.core.targets import TargetScaling
 from rfm_dask.rfm_loop import FitResult
 from rfm_dask.tree.fit import TreeFit
 from rfm_dask.tree.model import TreeModel

@@ -10,15 +10,15 @@ from typing import Callable
 
 import numpy as np
 
-from rfm_dask.files.checkpoint import fingerprint, load_checkpoint, save_checkpoint
-from rfm_dask.core.metrics import regression_metrics
 from rfm_dask.core.feature_matrix import agop_feature_matrix, fact_feature_matrix, matrix_sqrt
 from rfm_dask.core.kernel_spec import KernelSpec
-from rfm_dask.solvers.dispatch import Solution, check_weights_supported, choose_solver, solve_krr
+from rfm_dask.core.metrics import regression_metrics
+from rfm_dask.core.targets import TargetScaling
+from rfm_dask.files.checkpoint import fingerprint, load_checkpoint, save_checkpoint
 from rfm_dask.kernel_operator import Engine, KernelOperator, Rows
 from rfm_dask.options import SolverOptions
+from rfm_dask.solvers.dispatch import Solution, check_weights_supported, choose_solver, solve_krr
 from rfm_dask.tables import format_cell
-from rfm_dask.core.targets import TargetScaling
 from rfm_dask.tuning import search_hyperparameters
 
 logger = logging.getLogger("rfm_dask")

@@ -23,8 +23,8 @@ import numpy as np
 from scipy.spatial.distance import pdist
 
 from rfm_dask.core import kernels as kn
-from rfm_dask.solvers.dispatch import Solution
 from rfm_dask.kernel_operator import Engine, Rows
+from rfm_dask.solvers.dispatch import Solution
 
 #: bandwidth="auto": candidate L as multiples of the median pairwise distance under the current M.
 BANDWIDTH_FACTORS = (0.5, 1.0, 2.0, 4.0, 8.0)

@@ -54,8 +54,8 @@ from pipelines.benchmarks.scaling import (
     xrfm_settings,
 )
 from pipelines.toml_values import layered_config
-from rfm_dask.parallel import devices
 from rfm_dask.files.atomic import write_text
+from rfm_dask.parallel import devices
 
 FLOPS_CONVENTION = (
     "effective TFLOP/s = 2 b m d / seconds (the distance flops of a (b, m) tile at d features, as "

@@ -45,8 +45,8 @@ import psutil
 from pipelines.diagnostics import PeakWorkerMemory
 from pipelines.toml_values import layered_config
 from rfm_dask import tables
-from rfm_dask.files.atomic import atomic_path, write_text
 from rfm_dask.core.metrics import regression_report
+from rfm_dask.files.atomic import atomic_path, write_text
 
 FOREIGN_CPU_WARN = 0.05  # note fits during which other processes used more than this share of the CPUs
 MIB = 2**20

@@ -60,8 +60,8 @@ def _fit_options(fit: argparse.ArgumentParser) -> None:
     """The estimator's parameters as ``fit`` options (``param_flags``: names, defaults, help and parsing from the
     estimator; see ``fit_parameters``). Values are checked by the estimator, before a cluster starts (see
     ``check_fit``); ``--random-state`` defaults to 0, so the command line is reproducible by default."""
-    from rfm_dask.estimators import RFMRegressor
     from rfm_dask.app.param_flags import add_parameter_options
+    from rfm_dask.estimators import RFMRegressor
 
     add_parameter_options(fit, RFMRegressor, fit_parameters(), defaults={"random_state": 0})
 

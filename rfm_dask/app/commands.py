@@ -55,9 +55,9 @@ def cmd_ingest(args: argparse.Namespace, client: Any) -> None:
 def fit_parameters() -> list[str]:
     """The estimator parameters that are ``fit`` options (all but ``client``, ``checkpoint`` and ``resume``, which
     ``fit`` spells its own way), in signature order."""
+    from rfm_dask.app.param_flags import parameter_names
     from rfm_dask.estimators import RFMRegressor
     from rfm_dask.parameters import RUN_PARAMS
-    from rfm_dask.app.param_flags import parameter_names
 
     return [name for name in parameter_names(RFMRegressor) if name not in RUN_PARAMS]
 
@@ -70,9 +70,9 @@ def fit_params(args: argparse.Namespace) -> dict[str, Any]:
 def check_fit(args: argparse.Namespace) -> None:
     """What ``fit`` can refuse before a cluster starts: an existing model file, a model file or checkpoint that
     cannot be written, a path that is no store, and estimator parameters out of range."""
-    from rfm_dask.files.atomic import check_writable
-    from rfm_dask.estimators import RFMRegressor
     from rfm_dask.app.workflows import is_zarr_store
+    from rfm_dask.estimators import RFMRegressor
+    from rfm_dask.files.atomic import check_writable
 
     _refuse_existing(args.model, args.overwrite, "model file")
     check_writable(args.model, "model file")

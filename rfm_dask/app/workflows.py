@@ -15,16 +15,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from distributed import Client
 
-from rfm_dask.files.atomic import atomic_path
 from rfm_dask.core.backend import identity
-from rfm_dask.parallel.cluster import resolve_client
 from rfm_dask.core.metrics import classification_report, regression_report, scores_to_index
 from rfm_dask.estimators import RFMClassifier, RFMRegressor
-from rfm_dask.parallel.inputs import gather_rows
+from rfm_dask.files.atomic import atomic_path
+from rfm_dask.files.zarr_store import ZarrData, open_zarr
 from rfm_dask.io import FeatureBatch, Preprocessor, read_batches
 from rfm_dask.io.transformer import model_preprocessor
+from rfm_dask.parallel.cluster import resolve_client
+from rfm_dask.parallel.inputs import gather_rows
 from rfm_dask.parallel.scheduling import Submitter
-from rfm_dask.files.zarr_store import ZarrData, open_zarr
 
 TASKS = ("regression", "classification")
 Progress = Callable[[int, int], None]

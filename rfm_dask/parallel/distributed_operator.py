@@ -13,11 +13,11 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 from distributed import Client, Future
 
-from rfm_dask.parallel import tasks as wt
 from rfm_dask.core.backend import identity
 from rfm_dask.core.kernel_spec import KernelSpec
 from rfm_dask.core.kernels import DEFAULT_TILE
 from rfm_dask.options import SolverOptions
+from rfm_dask.parallel import tasks as wt
 from rfm_dask.parallel.row_blocks import RowBlocks, smallest_worker_memory
 from rfm_dask.parallel.scheduling import Submitter, tree_sum
 from rfm_dask.solvers.falkon import falkon_solve

@@ -13,9 +13,8 @@ from dask.utils import parse_bytes
 from distributed import Client, Future, futures_of
 
 from rfm_dask import config
-
-from rfm_dask.parallel import devices
 from rfm_dask.core.backend import identity, like, namespace_of, to_host
+from rfm_dask.parallel import devices
 from rfm_dask.parallel.inputs import row_chunks
 
 

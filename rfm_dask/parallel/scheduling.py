@@ -13,7 +13,14 @@ from distributed import Client, Future, wait
 from rfm_dask import config
 from rfm_dask.core.backend import to_host
 from rfm_dask.parallel.cluster import worker_threads
-from rfm_dask.parallel.row_blocks import RowBlocks, column_stats, materialise, mean_of_stats, merge_stats, worker_memory_limits
+from rfm_dask.parallel.row_blocks import (
+    RowBlocks,
+    column_stats,
+    materialise,
+    mean_of_stats,
+    merge_stats,
+    worker_memory_limits,
+)
 
 
 def _add(*parts: Any) -> Any:

@@ -12,8 +12,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from rfm_dask.files.checkpoint import save_checkpoint
 from rfm_dask.core.kernel_spec import KernelSpec
+from rfm_dask.files.checkpoint import save_checkpoint
 from rfm_dask.rfm_loop import FitResult
 from rfm_dask.tree.structure import Tree
 

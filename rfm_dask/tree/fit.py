@@ -24,15 +24,15 @@ import numpy as np
 from distributed import Client
 
 from rfm_dask.core.backend import identity
-from rfm_dask.parallel.cluster_engine import ClusterEngine
-from rfm_dask.files.checkpoint import fingerprint, load_checkpoint
-from rfm_dask.solvers.dispatch import DIRECT_BYTES_PER_ENTRY
-from rfm_dask.model import KernelModel
-from rfm_dask.parallel.scheduling import Submitter, rows_digest
-from rfm_dask.parallel.row_blocks import RowBlocks, fetch_rows, materialise, smallest_worker_memory, take_rows
-from rfm_dask.core.targets import TargetScaling
 from rfm_dask.core.metrics import regression_metrics
+from rfm_dask.core.targets import TargetScaling
+from rfm_dask.files.checkpoint import fingerprint, load_checkpoint
+from rfm_dask.model import KernelModel
+from rfm_dask.parallel.cluster_engine import ClusterEngine
+from rfm_dask.parallel.row_blocks import RowBlocks, fetch_rows, materialise, smallest_worker_memory, take_rows
+from rfm_dask.parallel.scheduling import Submitter, rows_digest
 from rfm_dask.rfm_loop import FitResult, Metrics, RFMSettings, run_rfm
+from rfm_dask.solvers.dispatch import DIRECT_BYTES_PER_ENTRY
 from rfm_dask.tree import tasks
 from rfm_dask.tree.checkpoint import restore_tree_checkpoint, save_tree_checkpoint
 from rfm_dask.tree.model import TreeModel

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 
 from rfm_dask.core.backend import to_host
-from rfm_dask.local import fit_local
 from rfm_dask.core.targets import TargetScaling
+from rfm_dask.local import fit_local
 from rfm_dask.rfm_loop import RFMSettings
 
 #: ``split_method`` values: the top eigenvector of the AGOP of a one-iteration RFM on the sample (xRFM's default),
