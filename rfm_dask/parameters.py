@@ -65,11 +65,12 @@ PARAMETERS_DOC = """
         Nystrom centres m (None: the ``rfm.nystrom-centres`` setting).
     random_state : int or None, default=None
         Seed of the validation split, the AGOP sample and the centres (and of a tree's split samples and leaves).
-    leaf_size : int, "auto" or None, default=None
+    leaf_size : int, "auto" or None, default="auto"
         None: one global RFM. An int: a tree of leaf RFMs (xRFM, ``rfm_dask.tree``), whose nodes with more training
         rows than this are split, each leaf an exact RFM on at most this many rows fitted in one task (validated on
-        the validation rows routed to it). "auto": a tree of leaves of ``tree.settings.AUTO_LEAF_SIZE`` rows when there
-        are at least ``tree.settings.AUTO_MIN_LEAVES`` times that many training rows, else the global RFM.
+        the validation rows routed to it). "auto": a tree of leaves of ``tree.settings.AUTO_LEAF_SIZE`` (4000) rows when
+        ``reg="auto"`` and there are at least ``tree.settings.AUTO_MIN_LEAVES`` (4) times that many training rows,
+        else the global RFM (the rule and its evidence: README, "Tree of leaf RFMs").
     split_samples : int, default=2000
         Rows of a node sampled (seeded) to fit its split model.
     split_method : {"agop", "pca"}, default="agop"

@@ -136,10 +136,22 @@ def test_leaf_size_none_is_the_global_model(client, data):
         np.testing.assert_array_equal(model.predict(X_test), today.predict(X_test))
 
 
+def test_leaf_size_auto_builds_a_tree_only_with_a_tuned_ridge(client, data, monkeypatch):
+    """The default leaf_size="auto" with the rule scaled down (leaves of 200 rows): a tree with reg="auto", the
+    global model with a fixed ridge."""
+    monkeypatch.setattr(tree_settings, "AUTO_LEAF_SIZE", 200)
+    X, y, _, _ = data
+    tuned = RFMRegressor(iters=1, reg="auto", random_state=0, client=client).fit(X, y)
+    fixed = RFMRegressor(iters=1, random_state=0, client=client).fit(X, y)
+    assert tuned.get_params()["leaf_size"] == "auto" and tuned.n_leaves_ > 1 and fixed.n_leaves_ == 1
+
+
 def test_leaf_size_auto_rule():
-    assert tree_settings.resolve_leaf_size("auto", 4 * tree_settings.AUTO_LEAF_SIZE) == tree_settings.AUTO_LEAF_SIZE
-    assert tree_settings.resolve_leaf_size("auto", 4 * tree_settings.AUTO_LEAF_SIZE - 1) is None
-    assert tree_settings.resolve_leaf_size(None, 10**6) is None and tree_settings.resolve_leaf_size(7, 3) == 7
+    auto = 4 * tree_settings.AUTO_LEAF_SIZE
+    assert tree_settings.resolve_leaf_size("auto", auto, tuned_reg=True) == tree_settings.AUTO_LEAF_SIZE
+    assert tree_settings.resolve_leaf_size("auto", auto - 1, tuned_reg=True) is None
+    assert tree_settings.resolve_leaf_size("auto", 10**6, tuned_reg=False) is None  # a fixed ridge: the global RFM
+    assert tree_settings.resolve_leaf_size(None, 10**6, True) is None and tree_settings.resolve_leaf_size(7, 3, False) == 7
 
 
 def test_parent_init_starts_leaves_from_the_split_model(client, data):

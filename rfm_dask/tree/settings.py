@@ -7,7 +7,9 @@ from dataclasses import dataclass
 #: ``leaf_init`` values: a leaf's RFM starts from M = I, or from the M of its parent node's split model.
 LEAF_INITS = ("identity", "parent")
 #: ``leaf_size="auto"``: leaves of this many training rows, when there are at least ``AUTO_MIN_LEAVES`` times as many
-#: (else the global model). Provisional: the rule is to be set from the measurements in BENCHMARKS.md.
+#: and the ridge is tuned (``reg="auto"``), else the global model. From BENCHMARKS.md ("Tree of leaf RFMs"): with
+#: its ridge tuned per leaf, the tree of 4000-row leaves beat the global RFM on every table it was measured on where
+#: n >= 4 x 4000; with the fixed default ridge (1e-3) it lost to the global RFM on 2 of 3 (small leaves overfit).
 AUTO_LEAF_SIZE = 4000
 AUTO_MIN_LEAVES = 4
 
@@ -37,9 +39,10 @@ def check_leaf_init(leaf_init: str, split_method: str) -> None:
                          f"split_method='agop' fits (got split_method={split_method!r})")
 
 
-def resolve_leaf_size(leaf_size: int | str | None, n: int) -> int | None:
+def resolve_leaf_size(leaf_size: int | str | None, n: int, tuned_reg: bool) -> int | None:
     """The leaf size a fit on n training rows uses: an int as given, None (the global model) as given, and "auto"
-    as ``AUTO_LEAF_SIZE`` when n >= ``AUTO_MIN_LEAVES * AUTO_LEAF_SIZE``, else None."""
+    as ``AUTO_LEAF_SIZE`` when the ridge is tuned (``tuned_reg``) and n >= ``AUTO_MIN_LEAVES * AUTO_LEAF_SIZE``,
+    else None."""
     if isinstance(leaf_size, str) and leaf_size == "auto":
-        return AUTO_LEAF_SIZE if n >= AUTO_MIN_LEAVES * AUTO_LEAF_SIZE else None
+        return AUTO_LEAF_SIZE if tuned_reg and n >= AUTO_MIN_LEAVES * AUTO_LEAF_SIZE else None
     return None if leaf_size is None else int(leaf_size)
