@@ -20,7 +20,7 @@ from distributed import Client
 
 from .backend import to_host
 from .model_file import ModelFileError, read_model_file, write_model_file
-from .passes import Submitter
+from .scheduling import Submitter
 from .row_blocks import RowBlocks, materialise
 
 KIND = "rfm_dask.checkpoint"
@@ -42,7 +42,7 @@ def fingerprint(settings: Any, meta: dict, arrays: list[np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-def _block_digest(block: Any) -> bytes:
+def block_digest(block: Any) -> bytes:
     """SHA-256 of one row block (b, d): its dtype, shape and bytes, on the host."""
     block = np.ascontiguousarray(to_host(materialise(block)))
     digest = hashlib.sha256(f"{block.dtype.str}{block.shape}".encode())
@@ -54,7 +54,7 @@ def rows_digest(client: Client, rows: RowBlocks) -> np.ndarray:
     """Per-block SHA-256 digests of all the rows, computed on the workers (one task per block, a bounded number in
     flight) and listed in block order: (n_blocks, 32) uint8. Any changed value, reordered rows or other block
     split changes it; it costs one read of the rows."""
-    calls = ((_block_digest, block) for block in rows.futures)
+    calls = ((block_digest, block) for block in rows.futures)
     digests = client.gather(list(Submitter(client).stream(calls, spread=rows.streamed)))
     return np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(len(digests), 32)
 

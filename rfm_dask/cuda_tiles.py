@@ -19,12 +19,11 @@ import functools
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from .kernels import KernelSpec
+from .kernel_spec import KernelSpec
 
 BX, BY = 16, 16  # threads per block along centres (one half-warp) and along rows
 TM, TN = 4, 8  # rows and centres per thread (TN as two groups of 4, BN / 2 apart, for conflict-free loads)

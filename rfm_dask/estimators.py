@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from numbers import Integral, Real
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +19,10 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_dat
 from . import config
 from .atomic import check_writable
 from .cluster import resolve_client
+from .cluster_engine import ClusterEngine
 from .inputs import check_dask_features, check_finite_targets, is_dask, to_host_targets
 from .io.transformer import TableEncoder, is_pandas_frame
-from .kernels import KERNELS, KernelSpec
+from .kernel_spec import KERNELS, KernelSpec
 from .krr import SOLVERS
 from .model import KernelModel
 from .model_file import ModelFileError, read_model_file, write_model_file
@@ -118,6 +119,9 @@ _ATTRIBUTES_DOC = """
     preprocessing_ : dict
         Only when fitted on an ingested store (``rfm_dask.jobs.fit_store``): its recorded preprocessing, with which
         ``predict`` reads a pandas DataFrame of raw columns (see ``rfm_dask.io.TableEncoder``).
+    solver_options_ : dict or None
+        The solver settings (``rfm.*`` in dask.config, see ``rfm_dask.options.SolverOptions``) the fit ran with;
+        saved in the model file. None for a model loaded from a file written before they were recorded.
 """
 
 
@@ -301,7 +305,7 @@ class _RFMBase(BaseEstimator):
         if weights is not None and not weights.sum() > 0:
             raise ValueError("sample_weight is zero on every training row")
         scaling = self._target_scaling(Y, weights)
-        result = run_rfm(client, train, Y, settings, rng, val, Y_val, metrics, self.checkpoint, bool(self.resume),
+        result = run_rfm(ClusterEngine(client, settings.options), train, Y, settings, rng, val, Y_val, metrics, self.checkpoint, bool(self.resume),
                          scaling, weights)
         self._set_model(
             KernelModel(result.centres, result.coef, result.feature_matrix, result.spec, result.shift, scaling),
@@ -309,6 +313,7 @@ class _RFMBase(BaseEstimator):
             result.best_iter,
             result.history,
         )
+        self.solver_options_ = asdict(settings.options)
 
     def _set_model(self, model: KernelModel, reg: float, best_iter: int, history: list[dict]) -> None:
         """Set the fitted attributes from the kept predictor and the ridge it was solved with."""
@@ -340,6 +345,7 @@ class _RFMBase(BaseEstimator):
             "reg": self.reg_,
             "history": self.history_,
             "preprocessing": getattr(self, "preprocessing_", None),
+            "solver_options": self.solver_options_,
             **self._target_state(),
         }
         model = self.model_
@@ -359,6 +365,8 @@ class _RFMBase(BaseEstimator):
         if state.get("preprocessing") is not None:
             estimator.preprocessing_ = state["preprocessing"]
         estimator._restore_target_state(state)
+        # the solver options the model was fitted with (rfm.* settings); files from before they were recorded: None
+        estimator.solver_options_ = state.get("solver_options")
         # files from before tuning existed hold no fitted bandwidth and reg: the parameters are the fitted values
         spec = replace(settings.spec, bandwidth=float(state.get("bandwidth", settings.spec.bandwidth)))
         model = KernelModel(arrays["centres"], arrays["coef"], arrays["feature_matrix"], spec, arrays["shift"],
@@ -527,6 +535,8 @@ def _check_state(state: dict, arrays: dict[str, np.ndarray], classifier: bool) -
         raise ValueError(f"preprocessing must be null or a dict, got {state['preprocessing']!r}")
     if not isinstance(state["history"], list):
         raise ValueError(f"history must be a list, got {state['history']!r}")
+    if state.get("solver_options") is not None and not isinstance(state["solver_options"], dict):
+        raise ValueError(f"solver_options must be null or a dict, got {state['solver_options']!r}")
     outputs = coef.shape[1] if coef.ndim == 2 else None
     if classifier:
         classes = state["classes"]

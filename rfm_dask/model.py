@@ -11,21 +11,20 @@ import numpy as np
 
 from . import config
 from . import kernels as kn
-from .backend import like, namespace_of, to_host
+from . import worker_tasks as wt
+from .backend import like, namespace_of
 from .blas_threads import single_blas_thread
 from .features import matrix_sqrt
 from .targets import TargetScaling
 
 
-@single_blas_thread
 def _decision_block(X: Any, packed: dict, spec: kn.KernelSpec) -> np.ndarray:
     """f on one (b, d) block, mapped back to the targets' scale: (b, c) float64 on the host, for NumPy or CuPy
-    blocks."""
+    blocks (the kernel product of ``worker_tasks.matvec``, as in the fit)."""
     xp = namespace_of(X)
-    X = X.astype(np.float32, copy=False)
-    Xt = kn.transform(xp, X, like(xp, packed["S"], X.dtype), like(xp, packed["shift"], X.dtype))
-    Ct, c_sq, coef = (like(xp, packed[k]) for k in ("Ct", "c_sq", "coef"))
-    F = to_host(kn.kernel_matvec(xp, Xt, Ct, c_sq, coef, spec, int(config.get("tile-elements"))))
+    centres = (like(xp, packed["Ct"]), like(xp, packed["c_sq"]))
+    F = wt.matvec(X.astype(np.float32, copy=False), (packed["S"], packed["shift"]), centres, packed["coef"], spec,
+                  packed["tile"])
     return packed["target"].inverse(F)
 
 
@@ -73,7 +72,7 @@ class KernelModel:
         shift = self.shift.astype(np.float32)
         Ct = single_blas_thread(kn.transform)(np, self.centres, S, shift)
         return {"S": S, "shift": shift, "Ct": Ct, "c_sq": kn.sq_norms(np, Ct), "coef": self.coef,
-                "target": self.target}
+                "target": self.target, "tile": int(config.get("tile-elements"))}
 
     @property
     def n_outputs(self) -> int:

@@ -8,142 +8,18 @@ grow with the number of CG iterations.
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
-from distributed import Client, Future, wait
+from distributed import Client, Future
 
-from . import config
 from . import worker_tasks as wt
-from .backend import identity, to_host
-from .kernels import KernelSpec
-from .row_blocks import RowBlocks, materialise, worker_memory_limits
-
-
-def _add(*parts: Any) -> Any:
-    """Sum of partial results: arrays, or tuples of arrays summed elementwise."""
-    if isinstance(parts[0], tuple):
-        return tuple(sum(items) for items in zip(*parts))
-    return sum(parts)
-
-
-class Submitter:
-    """Submits a pass's tasks in order with at most a few per worker unfinished at a time (its capacity).
-
-    Before a task is submitted past the cluster's capacity, one of the unfinished ones is waited for. So the workers
-    never hold more than that many of a pass's tasks (each with its arguments: a streamed block's recipe and row
-    selection, target slices) however many blocks there are, whatever the scheduler's queuing decides. The order of
-    the calls, and so of every sum over them, is unchanged.
-
-    A worker's capacity is ``rfm.tasks-per-thread`` per thread, but no more tasks than fit ``rfm.task-memory-fraction``
-    of its memory limit at ``task_bytes`` each (at least one): fewer tasks at a time when blocks are large.
-
-    Tasks on held blocks go where their block is. Tasks on streamed blocks have no such home, and the scheduler
-    would run them all where the pass's small shared keys happen to live: with ``spread`` each is sent to the worker
-    with the fewest unfinished tasks for its capacity (any other worker may still take it, e.g. if that one is lost).
-    """
-
-    def __init__(self, client: Client) -> None:
-        self.client = client
-        self.threads = dict(client.nthreads())
-        self.memory = worker_memory_limits(client)
-        self.per_thread = int(config.get("tasks-per-thread"))
-        self.fraction = float(config.get("task-memory-fraction"))
-
-    def capacity(self, task_bytes: int = 0) -> dict[str, int]:
-        """Tasks of ``task_bytes`` each (0: not known) that each worker may hold unfinished at a time."""
-        capacity = {}
-        for worker, threads in self.threads.items():
-            most = self.per_thread * max(threads, 1)
-            budget = int(self.fraction * self.memory.get(worker, 0))
-            capacity[worker] = min(most, max(1, budget // task_bytes)) if budget and task_bytes else most
-        return capacity
-
-    def limit(self, task_bytes: int = 0) -> int:
-        """Tasks of ``task_bytes`` each the cluster may hold unfinished at a time (at least one)."""
-        return max(1, sum(self.capacity(task_bytes).values()))
-
-    def stream(self, calls: Iterable[tuple], spread: bool = False, task_bytes: int = 0) -> Iterator[Future]:
-        """Futures of ``(fn, *args)`` calls of about ``task_bytes`` each, submitted in order as the iterator is
-        consumed."""
-        capacity, limit = self.capacity(task_bytes), self.limit(task_bytes)
-        pending: list[tuple[Future, str | None]] = []  # submitted, not known to be finished, and where they were sent
-        for fn, *args in calls:
-            if len(pending) >= limit:  # returns at once if one of them has finished already
-                with self.client.as_current():  # distributed.wait uses the current client
-                    wait([f for f, _ in pending], return_when="FIRST_COMPLETED")
-            pending = [(f, where) for f, where in pending if not f.done()]
-            where = None
-            if spread and capacity:
-                busy = Counter(where for _, where in pending)
-                where = min(sorted(capacity), key=lambda w: busy[w] / capacity[w])
-            placement = {"workers": [where], "allow_other_workers": True} if where else {}
-            future = self.client.submit(fn, *args, pure=False, **placement)
-            pending.append((future, where))
-            yield future
-
-
-def tree_sum(client: Client, futures: Iterable[Future], fan_in: int = 8, combine: Callable = _add) -> Any:
-    """Sum futures' results on the cluster in a fixed tree, as they are submitted, gathering only the last few.
-
-    Every ``fan_in`` consecutive futures of a level are folded by one reduction task as soon as they exist
-    (reductions outrank the leaves, so partial results do not pile up on the workers); the tree depends on the
-    number of futures only, so the total is the same bit for bit on any cluster. The at most ``fan_in`` partial
-    sums left at the end are gathered and added here, which saves a scheduling round trip per pass. ``combine``
-    (associative, any number of arguments) replaces the sum for other reductions.
-    """
-    levels: list[list[Future]] = [[]]
-    for future in futures:
-        levels[0].append(future)
-        k = 0
-        while len(levels[k]) == fan_in:
-            if k + 1 == len(levels):
-                levels.append([])
-            levels[k + 1].append(client.submit(combine, *levels[k], priority=1, pure=False))
-            levels[k] = []
-            k += 1
-    rest = [f for level in levels for f in level]
-    while len(rest) > fan_in:
-        rest = [client.submit(combine, *rest[i : i + fan_in], priority=1, pure=False)
-                for i in range(0, len(rest), fan_in)]
-    return combine(*client.gather(rest))
-
-
-def _column_stats(block: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Column sums (float64), minima and maxima of a row block: three (d,) arrays."""
-    block = materialise(block)
-    return tuple(to_host(a) for a in (block.sum(axis=0, dtype=np.float64), block.min(axis=0), block.max(axis=0)))
-
-
-def _merge_stats(*parts: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``_column_stats`` of several blocks merged: sums added, minima and maxima taken."""
-    sums, mins, maxs = zip(*parts)
-    return sum(sums), np.minimum.reduce(mins), np.maximum.reduce(maxs)
-
-
-#: The kernels' distances |x|^2 + |c|^2 - 2 x.c are taken in float32 on centred rows: the columns' ranges r must keep
-#: 2 sum_j r_j^2 (a bound on |x - shift|^2 + |c - shift|^2) below float32's largest value.
-MAX_SQUARED_SPREAD = float(np.finfo(np.float32).max) / 2
-
-
-def column_means(client: Client, rows: RowBlocks) -> np.ndarray:
-    """Mean of the rows (d,) float64, from one task per block; raises ValueError if X holds NaN or infinity, or
-    values so far apart that the kernels' float32 distances would overflow (``MAX_SQUARED_SPREAD``)."""
-    calls = ((_column_stats, f) for f in rows.futures)
-    futures = Submitter(client).stream(calls, spread=rows.streamed, task_bytes=rows.streamed_block_bytes)
-    total, lo, hi = tree_sum(client, futures, combine=_merge_stats)
-    if not np.all(np.isfinite(total)):
-        raise ValueError("Input X contains NaN or infinity")
-    spread = hi.astype(np.float64) - lo
-    if not np.sum(spread**2) < MAX_SQUARED_SPREAD:
-        wide = np.argsort(spread)[::-1][:3].tolist()
-        raise ValueError(
-            f"Input X is too large in magnitude: columns {wide} span up to {np.max(spread):.3g}, so squared distances "
-            f"between rows overflow float32 (the columns' squared ranges must sum to below {MAX_SQUARED_SPREAD:.3g}); "
-            "rescale the features"
-        )
-    return total / max(rows.n, 1)
+from .backend import identity
+from .kernels import DEFAULT_TILE, KernelSpec
+from .options import SolverOptions
+from .row_blocks import RowBlocks, smallest_worker_memory
+from .scheduling import Submitter, tree_sum
+from .solvers.falkon import falkon_solve
 
 
 def task_bytes(rows: RowBlocks | None, tile: int) -> int:
@@ -160,11 +36,15 @@ class KernelPasses:
     """Kernel products against a set of centres (row blocks on the cluster) under one feature map."""
 
     def __init__(
-        self, client: Client, centres: RowBlocks, S: np.ndarray, shift: np.ndarray, spec: KernelSpec
+        self, client: Client, centres: RowBlocks, S: np.ndarray, shift: np.ndarray, spec: KernelSpec,
+        tile: int = DEFAULT_TILE, cluster_memory: int = 0,
     ) -> None:
+        """``tile``: kernel entries per tile in the block tasks; ``cluster_memory``: the workers' total memory limit
+        in bytes (0: not known), which bounds the Nystrom solve's kernel cache."""
         self.client = client
         self.spec = spec
-        self.tile = int(config.get("tile-elements"))
+        self.tile = tile
+        self.cluster_memory = cluster_memory
         self.n_centres = centres.n
         self._submitter = Submitter(client)
         fmap = (S.astype(np.float32), shift.astype(np.float32))
@@ -297,3 +177,36 @@ class KernelPasses:
         return self.client.submit(
             wt.ridge_path, self._centres, Y, self.spec, tuple(regs), weights, pure=False
         ).result()
+
+    def _fits_kernel_cache(self, rows: RowBlocks, fraction: float) -> bool:
+        """Whether K_nm (n x m float32) fits ``fraction`` of the workers' total memory limit. Caching changes no
+        result (the cached products are the recomputed ones, bit for bit), only the time of a CG step. CPU workers
+        only: on GPU workers the fused tile recomputes K_nm faster than device memory would hold it."""
+        return rows.device == "cpu" and rows.n * self.n_centres * 4 <= fraction * self.cluster_memory
+
+    def _fits_one_worker(self, rows: RowBlocks, max_bytes: int) -> bool:
+        """Whether the one-task FALKON solve fits: K_nm (n x m float64) within ``max_bytes``, and K_nm with the rows
+        that task gathers within half the smallest worker's memory limit. Never for streamed rows."""
+        if rows.streamed or rows.n * self.n_centres * 8 > max_bytes:
+            return False
+        limit = smallest_worker_memory(self.client)
+        return not limit or rows.n * (12 * self.n_centres + 8 * rows.n_features) <= limit // 2
+
+    def nystrom_solve(
+        self, rows: RowBlocks, Y: np.ndarray, reg: float, tol: float, options: SolverOptions
+    ) -> tuple[np.ndarray, int, float]:
+        """FALKON, (K_nm^T K_nm + reg K_mm) beta = K_nm^T Y: (beta (m, c), CG iterations, relative residual).
+
+        When K_nm fits one worker (``options.one_worker_bytes``) the whole solve runs as one task there (no round
+        trip per CG step); else each CG step is a pass over the blocks, from kernel blocks cached on the workers
+        (float32) when K_nm fits ``options.kernel_cache_fraction`` of their memory.
+        """
+        cg = {"tol": tol, "max_iter": options.cg_max_iter, "refresh_every": options.cg_refresh_every}
+        if self._fits_one_worker(rows, options.one_worker_bytes):
+            return self.falkon_on_one_worker(rows, Y, reg, cg)
+        cache = self.kernel_cache(rows) if self._fits_kernel_cache(rows, options.kernel_cache_fraction) else None
+        result = falkon_solve(
+            (lambda W: self.cached_gram_matvec(cache, W)) if cache else (lambda W: self.gram_matvec(rows, W)),
+            self.centre_kernel(), self.rmatvec(rows, Y), rows.n, reg, **cg,
+        )
+        return result.x, result.iterations, result.residual

@@ -203,3 +203,37 @@ def take_rows(client: Client, rows: RowBlocks, index: np.ndarray) -> RowBlocks:
         for f, local in parts
     ]
     return RowBlocks(futures, [int(local.size) for _, local in parts], rows.n_features, rows.device)
+
+
+def column_stats(block: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Column sums (float64), minima and maxima of a row block (b, d): three (d,) arrays on the host."""
+    block = materialise(block)
+    return tuple(to_host(a) for a in (block.sum(axis=0, dtype=np.float64), block.min(axis=0), block.max(axis=0)))
+
+
+def merge_stats(*parts: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``column_stats`` of several blocks merged: sums added, minima and maxima taken."""
+    sums, mins, maxs = zip(*parts)
+    return sum(sums), np.minimum.reduce(mins), np.maximum.reduce(maxs)
+
+
+#: The kernels' distances |x|^2 + |c|^2 - 2 x.c are taken in float32 on centred rows: the columns' ranges r must keep
+#: 2 sum_j r_j^2 (a bound on |x - shift|^2 + |c - shift|^2) below float32's largest value.
+MAX_SQUARED_SPREAD = float(np.finfo(np.float32).max) / 2
+
+
+def mean_of_stats(stats: tuple[np.ndarray, np.ndarray, np.ndarray], n: int) -> np.ndarray:
+    """The mean of n rows (d,) float64 from their merged ``column_stats``; raises ValueError if X holds NaN or
+    infinity, or values so far apart that the kernels' float32 distances would overflow (``MAX_SQUARED_SPREAD``)."""
+    total, lo, hi = stats
+    if not np.all(np.isfinite(total)):
+        raise ValueError("Input X contains NaN or infinity")
+    spread = hi.astype(np.float64) - lo
+    if not np.sum(spread**2) < MAX_SQUARED_SPREAD:
+        wide = np.argsort(spread)[::-1][:3].tolist()
+        raise ValueError(
+            f"Input X is too large in magnitude: columns {wide} span up to {np.max(spread):.3g}, so squared distances "
+            f"between rows overflow float32 (the columns' squared ranges must sum to below {MAX_SQUARED_SPREAD:.3g}); "
+            "rescale the features"
+        )
+    return total / max(n, 1)

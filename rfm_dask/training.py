@@ -9,14 +9,13 @@ from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
-from distributed import Client
 
-from .checkpoint import fingerprint, load_checkpoint, rows_digest, save_checkpoint
+from .checkpoint import fingerprint, load_checkpoint, save_checkpoint
 from .features import agop_feature_matrix, fact_feature_matrix, matrix_sqrt
 from .kernels import KernelSpec
 from .krr import Solution, check_weights_supported, choose_solver, solve_krr
-from .passes import KernelPasses, column_means
-from .row_blocks import RowBlocks, fetch_rows, smallest_worker_memory, take_rows
+from .operator import Engine, KernelOperator, Rows
+from .options import SolverOptions
 from .tables import format_cell
 from .targets import TargetScaling
 from .tuning import search_hyperparameters
@@ -50,7 +49,8 @@ class RFMSettings:
     """Hyperparameters of one RFM fit (the estimator's parameters, validated).
 
     With ``tune_bandwidth`` (``tune_reg``) the bandwidth of ``spec`` (``reg``) is not used: each iteration chooses
-    it on the validation rows (see ``tuning``).
+    it on the validation rows (see ``tuning``). ``options``: how the solves run, read from dask.config when the
+    settings are made (on the client), so a loop running in a worker task uses the client's values.
     """
 
     spec: KernelSpec
@@ -67,13 +67,14 @@ class RFMSettings:
     feature_update: str = "agop"
     tune_bandwidth: bool = False
     tune_reg: bool = False
+    options: SolverOptions = field(default_factory=SolverOptions.from_config)
 
 
 FEATURE_UPDATES = ("agop", "fact")
 
 
 def _next_feature_matrix(
-    passes: KernelPasses, train: RowBlocks, Z: np.ndarray, sol: Solution, sample: np.ndarray, settings: RFMSettings,
+    passes: KernelOperator, train: Rows, Z: np.ndarray, sol: Solution, sample: np.ndarray, settings: RFMSettings,
     scale: np.ndarray,
 ) -> np.ndarray:
     """The next M from the fitted predictor, at the sorted sampled training rows ``sample``.
@@ -91,6 +92,15 @@ def _next_feature_matrix(
     residual = sol.solver == "nystrom"
     U = (Z[sample] if residual else sol.coef[sample]) * scale
     return fact_feature_matrix(passes.fact_sums(train, sample, U, residual, beta, settings.diag), sample.size)
+
+
+def _checked_initial_M(M: np.ndarray, d: int, settings: RFMSettings) -> np.ndarray:
+    """``initial_M`` as float64, (d,) with a diagonal M and (d, d) otherwise (ValueError on another shape)."""
+    M = np.asarray(M, dtype=np.float64)
+    shape = (d,) if settings.diag else (d, d)
+    if M.shape != shape or not np.all(np.isfinite(M)):
+        raise ValueError(f"initial_M must be a finite {shape} array for this fit, got {M.shape}")
+    return M
 
 
 @dataclass
@@ -125,27 +135,31 @@ def _checkpoint_state(
 
 
 def run_rfm(
-    client: Client,
-    train: RowBlocks,
+    engine: Engine,
+    train: Rows,
     Y: np.ndarray,
     settings: RFMSettings,
     rng: np.random.Generator,
-    val: RowBlocks | None = None,
+    val: Rows | None = None,
     Y_val: np.ndarray | None = None,
     metrics: Metrics = regression_metrics,
     checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
     scaling: TargetScaling | None = None,
     weights: np.ndarray | None = None,
+    initial_M: np.ndarray | None = None,
 ) -> FitResult:
-    """Fit an RFM on row blocks ``train`` with targets Y (n, c); select the best iteration on ``val`` if given.
+    """Fit an RFM on the rows ``train`` with targets Y (n, c); select the best iteration on ``val`` if given.
+
+    ``engine`` says where the rows live: ``cluster_engine.ClusterEngine`` (row blocks on Dask workers) or
+    ``local.LocalEngine`` (arrays in this process, e.g. one leaf of a tree in a worker task); the loop is the same.
 
     The solves see the targets scaled by ``scaling`` (none if None); the validation metrics compare predictions
     mapped back to the targets' scale with Y_val (n_val, c), and the feature updates are those of that predictor.
     ``weights`` (n,): sample weights of the training rows, for the weighted ridge (K + reg W^-1) alpha = Y (direct
     and cg solvers only); the validation metrics and the rows sampled for the feature update are unweighted.
 
-    Iteration 0 uses M = I (the lazy kernel); iteration t > 0 uses the M learned from iteration t - 1's predictor.
+    Iteration 0 uses M = I (the lazy kernel), or ``initial_M`` ((d, d), or (d,) with ``settings.diag``); iteration t > 0 uses the M learned from iteration t - 1's predictor.
     Without validation rows the last iteration is kept. The centres are the training rows (direct, cg) or
     ``n_centers`` rows sampled once per fit (nystrom); the feature update (AGOP or FACT) is taken at a fresh seeded
     sample of training rows each iteration.
@@ -155,18 +169,18 @@ def run_rfm(
     iteration and gives the model an uninterrupted fit gives.
     """
     d = train.n_features
-    solver = choose_solver(settings.solver, train.n, smallest_worker_memory(client))
+    solver = choose_solver(settings.solver, train.n, settings.options, engine.worker_memory())
     check_weights_supported(solver, weights)
     n_sample = min(train.n, settings.agop_samples)
-    shift = column_means(client, train)
+    shift = engine.column_means(train)
     scaling = TargetScaling.identity(Y.shape[1]) if scaling is None else scaling
     Z = scaling.transform(Y)
     key = None if checkpoint is None else fingerprint(
         settings, {"rng": rng.bit_generator.state, "n": train.n},
-        [Z, rows_digest(client, train)] + ([] if val is None else [rows_digest(client, val), Y_val])
+        [Z, engine.rows_digest(train)] + ([] if val is None else [engine.rows_digest(val), Y_val])
         + ([] if weights is None else [weights]))
     saved = load_checkpoint(checkpoint, key) if checkpoint is not None and resume else None
-    M = np.ones(d) if settings.diag else np.eye(d)
+    M = (np.ones(d) if settings.diag else np.eye(d)) if initial_M is None else _checked_initial_M(initial_M, d, settings)
     centre_rows = None
     if solver == "nystrom":
         centre_rows = np.sort(rng.choice(train.n, min(train.n, settings.n_centers), replace=False))
@@ -183,7 +197,7 @@ def run_rfm(
         rng.bit_generator.state = state["rng"]
         centre_rows = arrays.get("centre_rows")
         logger.info("resuming from %s at iteration %d", checkpoint, first)
-    centres = train if centre_rows is None else take_rows(client, train, centre_rows)
+    centres = train if centre_rows is None else engine.take_rows(train, centre_rows)
     tune = settings.tune_bandwidth or settings.tune_reg
     if tune and val is None:
         raise ValueError("bandwidth='auto' and reg='auto' are chosen on validation rows: pass X_val and y_val or "
@@ -193,14 +207,14 @@ def run_rfm(
         spec, reg, sol = settings.spec, settings.reg, None
         if tune:
             choice = search_hyperparameters(
-                client, train, Z, val, lambda F: _quality(metrics(scaling.inverse(F), Y_val)), matrix_sqrt(M),
+                engine, train, Z, val, lambda F: _quality(metrics(scaling.inverse(F), Y_val)), matrix_sqrt(M),
                 shift, settings.spec, None if settings.tune_reg else settings.reg, settings.tune_bandwidth, solver,
                 rng, weights,
             )
             spec, reg, sol = choice.spec, choice.reg, choice.solution
-        passes = KernelPasses(client, centres, matrix_sqrt(M), shift, spec)
+        passes = engine.operator(centres, matrix_sqrt(M), shift, spec)
         if sol is None:
-            sol = solve_krr(passes, train, Z, reg, solver, settings.tol, rng, weights)
+            sol = solve_krr(passes, train, Z, reg, solver, settings.tol, rng, settings.options, weights)
         record = {"iteration": t, "bandwidth": spec.bandwidth, "reg": reg, "solver": sol.solver,
                   "cg_iterations": sol.iterations, "residual": sol.residual}
         if val is not None:
@@ -228,5 +242,5 @@ def run_rfm(
                                                                  centre_rows))
     assert best is not None
     best.history = history
-    best.centres = fetch_rows(client, centres)
+    best.centres = engine.fetch_rows(centres)
     return best

@@ -3,7 +3,7 @@
 Grids (documented in the README, chosen from measurements on real tables):
 
 - bandwidth: ``BANDWIDTH_FACTORS`` times a data-driven scale, the median pairwise distance ||x - z||_M of a seeded
-  sample of ``rfm.tune.scale-rows`` training rows under the current M;
+  sample of ``rfm.tune.scale-rows`` (``SolverOptions.tune_scale_rows``) training rows under the current M;
 - ridge: ``REG_GRID``, in the units of the scaled targets (see ``targets``) and of a kernel with k(x, x) = 1.
 
 Cheap path: for each bandwidth, the exact kernel matrix on the search rows is computed once for every ridge value
@@ -20,14 +20,11 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
-from distributed import Client
 from scipy.spatial.distance import pdist
 
-from . import config
 from . import kernels as kn
 from .krr import Solution
-from .passes import KernelPasses
-from .row_blocks import RowBlocks, fetch_rows, take_rows
+from .operator import Engine, Rows
 
 #: bandwidth="auto": candidate L as multiples of the median pairwise distance under the current M.
 BANDWIDTH_FACTORS = (0.5, 1.0, 2.0, 4.0, 8.0)
@@ -49,22 +46,22 @@ class Choice:
 
 
 def median_distance(
-    client: Client, rows: RowBlocks, S: np.ndarray, shift: np.ndarray, rng: np.random.Generator, sample: int
+    engine: Engine, rows: Rows, S: np.ndarray, shift: np.ndarray, rng: np.random.Generator, sample: int
 ) -> float:
     """Median of the pairwise distances ||x - z||_M = ||S (x - z)|| among ``sample`` seeded rows (float64); 1 when
     they are all equal. S is M^(1/2), (d, d) or (d,)."""
     index = np.sort(rng.choice(rows.n, min(rows.n, sample), replace=False))
-    Xs = fetch_rows(client, take_rows(client, rows, index)).astype(np.float64)
+    Xs = engine.fetch_rows(engine.take_rows(rows, index)).astype(np.float64)
     distances = pdist(kn.transform(np, Xs, S, shift))
     median = float(np.median(distances)) if distances.size else 0.0
     return median if median > 0 else 1.0
 
 
 def search_hyperparameters(
-    client: Client,
-    train: RowBlocks,
+    engine: Engine,
+    train: Rows,
     Z: np.ndarray,
-    val: RowBlocks,
+    val: Rows,
     score: Score,
     S: np.ndarray,
     shift: np.ndarray,
@@ -84,21 +81,21 @@ def search_hyperparameters(
     """
     regs = REG_GRID if reg is None else (reg,)
     if tune_bandwidth:
-        scale = median_distance(client, train, S, shift, rng, int(config.get("tune.scale-rows")))
+        scale = median_distance(engine, train, S, shift, rng, engine.options.tune_scale_rows)
         specs = [replace(spec, bandwidth=factor * scale) for factor in BANDWIDTH_FACTORS]
     else:
         specs = [spec]
-    limit = int(config.get("tune.rows"))
+    limit = engine.options.tune_rows
     full = solver == "direct" and train.n <= limit
     if full:
         rows, Zs, ws = train, Z, weights
     else:
         index = np.sort(rng.choice(train.n, min(train.n, limit), replace=False))
-        rows, Zs, ws = take_rows(client, train, index), Z[index], None if weights is None else weights[index]
+        rows, Zs, ws = engine.take_rows(train, index), Z[index], None if weights is None else weights[index]
     n, c = Zs.shape
     best: tuple | None = None
     for candidate in specs:
-        passes = KernelPasses(client, rows, S, shift, candidate)
+        passes = engine.operator(rows, S, shift, candidate)
         alphas, residuals = passes.ridge_path(Zs, regs, ws)
         F = passes.matvec(val, alphas.transpose(1, 0, 2).reshape(n, len(regs) * c))
         for k, r in enumerate(regs):

@@ -14,6 +14,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 from distributed import get_worker
 
+from . import gradients as gr
 from . import kernels as kn
 from .backend import like, namespace_of, to_host
 from .blas_threads import single_blas_thread
@@ -189,8 +190,8 @@ def agop_sums(
 ) -> tuple[np.ndarray, np.ndarray]:
     """AGOP partial sums at the sampled ``rows`` of one block: ((d, d) or (d,), (c, d)), float64 on the host."""
     xp, Xs, S, shift = _sampled_rows(X, rows, fmap)
-    G = kn.predictor_gradients(xp, Xs, S, *centres, like(xp, beta), spec, tile, shift=shift)
-    outer, gsum = kn.agop_partial(xp, G, diag)
+    G = gr.predictor_gradients(xp, Xs, S, *centres, like(xp, beta), spec, tile, shift=shift)
+    outer, gsum = gr.agop_partial(xp, G, diag)
     return to_host(outer), to_host(gsum)
 
 
@@ -217,8 +218,8 @@ def fact_sums(
     U = like(xp, U, xp.float64)
     if subtract_prediction:
         U = U - kn.kernel_matvec(xp, kn.transform(xp, Xs, S, shift), *centres, beta, spec, tile)
-    G = kn.predictor_gradients(xp, Xs, S, *centres, beta, spec, tile, shift=shift)
-    return to_host(kn.fact_partial(xp, G, U, Xs - shift, diag))
+    G = gr.predictor_gradients(xp, Xs, S, *centres, beta, spec, tile, shift=shift)
+    return to_host(gr.fact_partial(xp, G, U, Xs - shift, diag))
 
 
 def weighted_ridge_solve(

@@ -18,8 +18,6 @@ Written independently of ``rfm_dask`` (nothing here imports it) so the tests com
 
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 
 FD_STEP = 1e-5

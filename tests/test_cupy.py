@@ -10,6 +10,7 @@ import pytest
 
 import reference as ref
 from rfm_dask import cuda_tiles, devices
+from rfm_dask import gradients as gr
 from rfm_dask import kernels as kn
 from rfm_dask import worker_tasks as wt
 from rfm_dask.features import matrix_sqrt
@@ -62,7 +63,7 @@ def test_kernel_functions_match_numpy(spec):
 
     def gradients(xp, X, C, S, shift, beta):
         Ct = kn.transform(xp, C, S, shift)
-        return kn.predictor_gradients(xp, X, S, Ct, kn.sq_norms(xp, Ct), beta, spec, tile, shift=shift)
+        return gr.predictor_gradients(xp, X, S, Ct, kn.sq_norms(xp, Ct), beta, spec, tile, shift=shift)
 
     for fn, args in ((matvec, (X, C, S, shift, beta)), (gram, (X, C, S, shift, beta)),
                      (rmatvec, (X, C, S, shift, Y)), (gradients, (X, C, S, shift, beta))):
@@ -86,7 +87,7 @@ def test_l1_kernel_functions_on_cupy(q):
         return (kn.kernel_matvec(xp, Xt, Ct, c_sq, beta, spec, tile),
                 kn.kernel_gram_matvec(xp, Xt, Ct, c_sq, beta, spec, tile),
                 kn.kernel_rmatvec(xp, Xt, Ct, c_sq, Y, spec, tile),
-                kn.predictor_gradients(xp, X, S, Ct, c_sq, beta, spec, tile, shift=shift), kn.l1_distances(xp, Xt, Xt))
+                gr.predictor_gradients(xp, X, S, Ct, c_sq, beta, spec, tile, shift=shift), kn.l1_distances(xp, Xt, Xt))
 
     expected, got = _both(products, X, C, S, shift, beta, Y)
     for e, g in zip(expected[:4], got[:4]):
@@ -107,10 +108,10 @@ def test_self_terms_are_exact_on_the_gpu():
 def test_agop_and_fact_partials_match_numpy(diag):
     X, C, S, shift, beta, Y = _data()
     G = np.random.default_rng(1).normal(size=(50, 3, 16))
-    expected, got = _both(kn.agop_partial, G, diag=diag)
+    expected, got = _both(gr.agop_partial, G, diag=diag)
     for e, g in zip(expected, got):
         np.testing.assert_allclose(g, e, rtol=1e-10)
-    expected, got = _both(kn.fact_partial, G, Y[:50], X[:50].astype(np.float64), diag=diag)
+    expected, got = _both(gr.fact_partial, G, Y[:50], X[:50].astype(np.float64), diag=diag)
     np.testing.assert_allclose(got, expected, rtol=1e-10)
 
 

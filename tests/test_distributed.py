@@ -13,7 +13,9 @@ from rfm_dask import RFMRegressor
 from rfm_dask import kernels as kn
 from rfm_dask.datasets import low_rank_golden
 from rfm_dask.features import matrix_sqrt
+from rfm_dask.cluster_engine import ClusterEngine
 from rfm_dask.krr import choose_solver, solve_krr
+from rfm_dask.options import SolverOptions
 from rfm_dask.passes import KernelPasses
 from rfm_dask.row_blocks import put_rows, take_rows
 
@@ -40,12 +42,13 @@ def test_distributed_cg_matches_dense_solve(client):
     reg = 1e-2
     rows = put_rows(client, X, rows_per_block=70)
     passes = KernelPasses(client, rows, matrix_sqrt(M), X.mean(axis=0), spec)
-    sol = solve_krr(passes, rows, Y, reg, "cg", tol=1e-10, rng=np.random.default_rng(0))
+    options = SolverOptions.from_config()
+    sol = solve_krr(passes, rows, Y, reg, "cg", tol=1e-10, rng=np.random.default_rng(0), options=options)
     K = _dense_kernel(X, M, spec)
     expected = np.linalg.solve(K + reg * np.eye(len(X)), Y)
     assert sol.iterations > 0 and sol.residual < 1e-9
     np.testing.assert_allclose(sol.coef, expected, rtol=1e-6, atol=1e-6 * np.abs(expected).max())
-    direct = solve_krr(passes, rows, Y, reg, "direct", tol=0, rng=np.random.default_rng(0))
+    direct = solve_krr(passes, rows, Y, reg, "direct", tol=0, rng=np.random.default_rng(0), options=options)
     np.testing.assert_allclose(direct.coef, expected, rtol=1e-6, atol=1e-6 * np.abs(expected).max())
 
 
@@ -95,7 +98,8 @@ def test_task_graph_does_not_grow_with_cg_iterations(client):
 
     passes.matvec = counting_matvec
     with dask.config.set({"rfm.cg.preconditioner-rank": 5}):  # a weak preconditioner: many CG steps
-        sol = solve_krr(passes, rows, Y[:, :1], 1e-6, "cg", tol=1e-14, rng=np.random.default_rng(0))
+        options = SolverOptions.from_config()
+    sol = solve_krr(passes, rows, Y[:, :1], 1e-6, "cg", tol=1e-14, rng=np.random.default_rng(0), options=options)
     assert sol.iterations >= 30, "the test needs a long CG run"
     n_blocks = len(rows.futures)
     # Held: the data blocks, S, the centres, and at most one pass's tasks still being released.
@@ -142,10 +146,11 @@ def test_distributed_nystrom_matches_dense_falkon_system(client, path):
     rows = put_rows(client, X, rows_per_block=90)
     index = np.sort(np.random.default_rng(1).choice(len(X), 120, replace=False))
     centres = take_rows(client, rows, index)
-    passes = KernelPasses(client, centres, matrix_sqrt(M), X.mean(axis=0), spec)
     settings = {"rfm.one-worker-bytes": one_worker_bytes, "rfm.kernel-cache-fraction": cache_fraction}
     with dask.config.set(settings):
-        sol = solve_krr(passes, rows, Y, reg, "nystrom", tol=1e-11, rng=np.random.default_rng(0))
+        options = SolverOptions.from_config()
+    passes = ClusterEngine(client, options).operator(centres, matrix_sqrt(M), X.mean(axis=0), spec)
+    sol = solve_krr(passes, rows, Y, reg, "nystrom", tol=1e-11, rng=np.random.default_rng(0), options=options)
     K = _dense_kernel(X, M, spec)
     K_nm, K_mm = K[:, index], K[np.ix_(index, index)]
     expected = np.linalg.solve(K_nm.T @ K_nm + reg * K_mm, K_nm.T @ Y)
@@ -177,18 +182,19 @@ def test_nystrom_estimator_keeps_m_centres(client):
 
 
 def test_auto_solver_picks_by_size():
-    assert choose_solver("auto", 100) == "direct"
-    assert choose_solver("auto", 8000) == "direct"
-    assert choose_solver("auto", 8001) == "nystrom"
-    assert choose_solver("auto", 50000) == "nystrom"
+    options = SolverOptions.from_config()
+    assert choose_solver("auto", 100, options) == "direct"
+    assert choose_solver("auto", 8000, options) == "direct"
+    assert choose_solver("auto", 8001, options) == "nystrom"
+    assert choose_solver("auto", 50000, options) == "nystrom"
     with dask.config.set({"rfm.cg-max-rows": 12000}):
-        assert choose_solver("auto", 10000) == "cg"
-    assert choose_solver("nystrom", 100) == "nystrom"
+        assert choose_solver("auto", 10000, SolverOptions.from_config()) == "cg"
+    assert choose_solver("nystrom", 100, options) == "nystrom"
     # the dense solve (about 24 n^2 bytes) only where it fits half the smallest worker's memory limit
-    assert choose_solver("auto", 8000, worker_memory=4 * 2**30) == "direct"
-    assert choose_solver("auto", 8000, worker_memory=400 * 2**20) == "cg"
-    assert choose_solver("auto", 2000, worker_memory=400 * 2**20) == "direct"
-    assert choose_solver("auto", 6000, worker_memory=400 * 2**20) == "cg"
+    assert choose_solver("auto", 8000, options, worker_memory=4 * 2**30) == "direct"
+    assert choose_solver("auto", 8000, options, worker_memory=400 * 2**20) == "cg"
+    assert choose_solver("auto", 2000, options, worker_memory=400 * 2**20) == "direct"
+    assert choose_solver("auto", 6000, options, worker_memory=400 * 2**20) == "cg"
 
 
 def _busy_tasks(seconds: float) -> tuple[str, int]:
@@ -247,21 +253,19 @@ def test_one_worker_nystrom_only_where_it_fits_the_smallest_worker(process_clien
     smallest worker's memory limit (and ``rfm.one-worker-bytes``), never for streamed rows."""
     from types import SimpleNamespace
 
-    from rfm_dask.krr import _fits_one_worker
     from rfm_dask.row_blocks import LazyBlock, RowBlocks, smallest_worker_memory
 
     limit = smallest_worker_memory(process_client)
     assert limit > 0
     passes = SimpleNamespace(client=process_client, n_centres=100)
+    fits_one_worker = KernelPasses._fits_one_worker.__get__(passes)
     per_row = 12 * 100 + 8 * 4
     fits, too_big = limit // 2 // per_row, limit // 2 // per_row + 1
-    with dask.config.set({"rfm.one-worker-bytes": 2**62}):
-        assert _fits_one_worker(passes, RowBlocks([None], [fits], 4))
-        assert not _fits_one_worker(passes, RowBlocks([None], [too_big], 4))
-        lazy = LazyBlock(da.zeros((10, 4), chunks=(10, 4)))
-        assert not _fits_one_worker(passes, RowBlocks([lazy], [10], 4))
-    with dask.config.set({"rfm.one-worker-bytes": 8 * 100 * 10 - 1}):
-        assert not _fits_one_worker(passes, RowBlocks([None], [10], 4))
+    assert fits_one_worker(RowBlocks([None], [fits], 4), 2**62)
+    assert not fits_one_worker(RowBlocks([None], [too_big], 4), 2**62)
+    lazy = LazyBlock(da.zeros((10, 4), chunks=(10, 4)))
+    assert not fits_one_worker(RowBlocks([lazy], [10], 4), 2**62)
+    assert not fits_one_worker(RowBlocks([None], [10], 4), 8 * 100 * 10 - 1)
 
 
 def test_gather_rows_joins_blocks_on_the_client_not_on_a_worker(process_client):

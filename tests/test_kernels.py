@@ -9,16 +9,15 @@ import pytest
 
 import reference as ref
 from seeds import seeds
+from rfm_dask.gradients import agop_partial, predictor_gradients
+from rfm_dask.kernel_spec import KernelSpec
 from rfm_dask.kernels import (
-    KernelSpec,
-    agop_partial,
     kernel_gram_matvec,
     kernel_matvec,
     kernel_rmatvec,
     kernel_tile,
     kernel_tiles,
     l1_distances,
-    predictor_gradients,
     sq_distances,
     sq_norms,
     tiles_gram_matvec,

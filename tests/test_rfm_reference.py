@@ -21,6 +21,8 @@ from rfm_dask.kernels import KernelSpec
 from rfm_dask.model import KernelModel
 from rfm_dask.row_blocks import put_rows
 from rfm_dask.training import RFMSettings, run_rfm
+from rfm_dask.cluster_engine import ClusterEngine
+from rfm_dask.local import fit_local
 
 import reference as ref
 from seeds import seeds
@@ -98,19 +100,53 @@ def _check_model(p, M_got, coef_got, predict, X_test, M, coef, C, tol) -> None:
     assert np.all(np.abs(got - expected) <= bound), np.max(np.abs(got - expected) / bound)
 
 
+def _run(engine: str, client, X: np.ndarray, Y: np.ndarray, p: dict, seed: int, **kwargs):
+    """run_rfm on the cluster (row blocks of 16 rows) or locally (one array in this process)."""
+    settings, rng = _settings(p), np.random.default_rng(seed)
+    if engine == "local":
+        return fit_local(X, Y, settings, rng, **kwargs)
+    return run_rfm(ClusterEngine(client, settings.options), put_rows(client, X, 16), Y, settings, rng, **kwargs)
+
+
 @pytest.mark.parametrize("seed", seeds(1))
+@pytest.mark.parametrize("engine", ["cluster", "local"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_run_rfm_matches_reference(client, case, seed):
-    """run_rfm without validation rows: the kept model is iteration 2's (M_2, coef_2)."""
+def test_run_rfm_matches_reference(client, case, engine, seed):
+    """run_rfm without validation rows, over the distributed and the local operator: the kept model is iteration
+    2's (M_2, coef_2)."""
     p = _params(case)
     X, Y, X_test = _data(seed)
-    result = run_rfm(client, put_rows(client, X, 16), Y, _settings(p), np.random.default_rng(seed))
+    result = _run(engine, client, X, Y, p, seed)
     assert result.best_iter == ITERS and len(result.history) == ITERS + 1
     assert {h["solver"] for h in result.history} == {p["solver"]}
     M, coef, C, tol = _reference(p, X, Y, _centre_rows(p, seed, N))
     np.testing.assert_array_equal(result.centres, C)
     model = KernelModel(result.centres, result.coef, result.feature_matrix, _settings(p).spec, result.shift)
     _check_model(p, result.feature_matrix, result.coef, model.decision, X_test, M, coef, C, tol)
+
+
+@pytest.mark.parametrize("case", ["laplace", "cg", "nystrom_fact"])
+def test_one_loop_on_both_operators(client, case):
+    """The same fit, with validation rows and early stopping, on the distributed and on the local operator: the same
+    iterations and the same model within the float32 rounding that the reference bound allows (the two only add the
+    blocks' partial sums in another order)."""
+    p = {**_params(case), "iters": 3, "patience": 1}
+    X, Y, X_test = _data(5, n=60)
+    X_val, Y_val = X_test, np.column_stack([X_test[:, 0] * X_test[:, 1] + np.sin(2 * X_test[:, 2]),
+                                            X_test[:, 3] ** 2 - X_test[:, 0]])
+    fits = {}
+    for engine in ("cluster", "local"):
+        val = put_rows(client, X_val, 16) if engine == "cluster" else X_val
+        key = "val" if engine == "cluster" else "X_val"
+        fits[engine] = _run(engine, client, X, Y, p, 5, **{key: val, "Y_val": Y_val})
+    cluster, local = fits["cluster"], fits["local"]
+    assert [h["solver"] for h in cluster.history] == [h["solver"] for h in local.history]
+    assert cluster.best_iter == local.best_iter and len(cluster.history) == len(local.history)
+    np.testing.assert_array_equal(cluster.centres, local.centres)
+    M, coef, C, tol = _reference({**p, "iters": cluster.best_iter}, X, Y, _centre_rows(p, 5, 60))
+    for result in (cluster, local):
+        model = KernelModel(result.centres, result.coef, result.feature_matrix, _settings(p).spec, result.shift)
+        _check_model(p, result.feature_matrix, result.coef, model.decision, X_test, M, coef, C, tol)
 
 
 @pytest.mark.parametrize("case", ["laplace", "gaussian", "centre_agop_diag_sqrt", "fact", "nystrom"])

@@ -12,6 +12,8 @@ from rfm_dask.kernels import KernelSpec
 from rfm_dask.passes import KernelPasses
 from rfm_dask.row_blocks import put_rows
 from rfm_dask.tuning import BANDWIDTH_FACTORS, REG_GRID, median_distance
+from rfm_dask.cluster_engine import ClusterEngine
+from rfm_dask.options import SolverOptions
 
 import reference as ref
 from interrupt import fit_crashing_in_iteration_2
@@ -48,10 +50,11 @@ def test_median_distance_is_that_of_the_seeded_sample(client):
     S = np.array([1.0, 0.0, 0.5, 2.0])  # a diagonal M^(1/2)
     rows = put_rows(client, X, rows_per_block=16)
     expected = np.median(pdist(X.astype(np.float32).astype(np.float64) * S))
-    got = median_distance(client, rows, S, X.mean(axis=0), np.random.default_rng(0), sample=100)
+    engine = ClusterEngine(client, SolverOptions.from_config())
+    got = median_distance(engine, rows, S, X.mean(axis=0), np.random.default_rng(0), sample=100)
     assert got == pytest.approx(expected, rel=1e-6)
     index = np.sort(np.random.default_rng(1).choice(70, 20, replace=False))
-    sampled = median_distance(client, rows, S, X.mean(axis=0), np.random.default_rng(1), sample=20)
+    sampled = median_distance(engine, rows, S, X.mean(axis=0), np.random.default_rng(1), sample=20)
     assert sampled == pytest.approx(np.median(pdist(X[index] * S)), rel=1e-6)
 
 
