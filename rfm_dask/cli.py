@@ -313,6 +313,17 @@ def cmd_inspect(args: argparse.Namespace, client: Any) -> None:
     for k, direction in enumerate(report.get("eigen_directions", [])):
         loadings = ", ".join(f"{item['feature']} {item['weight']:+.2f}" for item in direction["loadings"][:6])
         print(f"\neigen-direction {k + 1} (eigenvalue {direction['eigenvalue']:.4g}): {loadings}")
+    if "tree" in report:
+        tree = report["tree"]
+        print(f"\ntree of {tree['n_leaves']} leaves (importances above: the leaf-size-weighted mean); splits "
+              "(rows with direction . x <= threshold go left):")
+        for split in tree["splits"]:
+            direction = ", ".join(f"{item['feature']} {item['weight']:+.2f}" for item in split["direction"])
+            print(f"  node {split['node']}: {direction} <= {split['threshold']:.4g} -> {split['left']} | "
+                  f"{split['right']}")
+        for leaf in tree["leaves"]:
+            top = ", ".join(f"{item['feature']} {item['importance']:.2f}" for item in leaf["importances"])
+            print(f"  leaf {leaf['leaf']}: {leaf['rows']} rows, best iteration {leaf['best_iter']}, top features {top}")
     if args.plot:
         print(f"\nwrote {report['plot']}")
 

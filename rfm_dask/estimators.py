@@ -28,7 +28,12 @@ from .model import KernelModel
 from .model_file import ModelFileError, read_model_file, write_model_file
 from .row_blocks import RowBlocks, block_rows, place_rows, put_rows, take_rows
 from .targets import TargetScaling
-from .training import FEATURE_UPDATES, RFMSettings, classification_metrics, regression_metrics, run_rfm
+from .training import FEATURE_UPDATES, FitResult, RFMSettings, classification_metrics, regression_metrics, run_rfm
+from .tree.fit import TreeFit, fit_tree
+from .tree.settings import LEAF_INITS, TreeSettings, check_leaf_init, resolve_leaf_size
+from .tree.model import TreeModel
+from .tree.split import SPLIT_METHODS
+from .tree.structure import Tree
 
 
 def _place(client: Client, X: Any) -> RowBlocks:
@@ -91,7 +96,22 @@ _PARAMETERS_DOC = """
     n_centers : int or None, default=None
         Nystrom centres m (None: ``rfm.nystrom-centres``).
     random_state : int or None, default=None
-        Seed of the validation split, the AGOP sample and the centres.
+        Seed of the validation split, the AGOP sample and the centres (and of a tree's split samples and leaves).
+    leaf_size : int, "auto" or None, default=None
+        None: one global RFM. An int: a tree of leaf RFMs (xRFM, ``rfm_dask.tree``), whose nodes with more training
+        rows than this are split, each leaf an exact RFM on at most this many rows fitted in one task (validated on
+        the validation rows routed to it). "auto": a tree of leaves of ``tree.settings.AUTO_LEAF_SIZE`` rows when there
+        are at least ``tree.settings.AUTO_MIN_LEAVES`` times that many training rows, else the global RFM.
+    split_samples : int, default=2000
+        Rows of a node sampled (seeded) to fit its split model.
+    split_method : {"agop", "pca"}, default="agop"
+        A node's split direction: the top eigenvector of the AGOP of a one-iteration RFM on its sampled rows, or
+        their top principal component. The threshold is the median of the node's projections.
+    split_temperature : float or None, default=None
+        None: every row is predicted by the leaf it is routed to. A float T > 0: soft routing, a mixture of the
+        leaves by path probability, sigmoid((v.x - t) / (T * IQR)) per split (xRFM's rule).
+    leaf_init : {"identity", "parent"}, default="identity"
+        A leaf's RFM starts from M = I, or from the M of its parent's split model (``split_method="agop"`` only).
     checkpoint : path or None, default=None
         File to save the fit's state to after every iteration.
     resume : bool, default=False
@@ -107,7 +127,9 @@ _ATTRIBUTES_DOC = """
     feature_importances_ : ndarray of shape (d,)
         The diagonal of M divided by its sum.
     best_iter_ : int
-        The iteration kept (0 = lazy kernel).
+        The iteration kept (0 = lazy kernel). For a tree, the scalar attributes ``best_iter_``, ``bandwidth_``,
+        ``reg_`` and ``history_`` are those of its largest leaf; ``leaf_best_iters_``, ``leaf_bandwidths_``,
+        ``leaf_regs_`` and ``leaf_histories_`` hold every leaf's.
     bandwidth_ : float
         The bandwidth of the kept iteration (the parameter, or the tuned value).
     reg_ : float
@@ -116,6 +138,16 @@ _ATTRIBUTES_DOC = """
         One record per iteration: validation metrics, solver, CG iterations, residual, seconds.
     n_features_in_ : int
         The number of input features d.
+    n_leaves_ : int
+        The leaves of the tree (1: the global model).
+    tree_ : rfm_dask.tree.structure.Tree
+        The split directions (k, d), thresholds (k,), soft-routing scales (k,) and children (k, 2) of the tree
+        (no split for the global model).
+    leaf_sizes_ : ndarray of shape (n_leaves_,)
+        A tree's training rows per leaf (trees only, as the other ``leaf_*`` attributes).
+    leaf_feature_matrices_ : ndarray of shape (n_leaves_, d, d), or (n_leaves_, d) when ``diag``
+        Each leaf's M; ``feature_matrix_`` is their mean weighted by ``leaf_sizes_``, and ``feature_importances_``
+        the weighted mean of their importances (``leaf_feature_importances_``).
     preprocessing_ : dict
         Only when fitted on an ingested store (``rfm_dask.jobs.fit_store``): its recorded preprocessing, with which
         ``predict`` reads a pandas DataFrame of raw columns (see ``rfm_dask.io.TableEncoder``).
@@ -157,6 +189,11 @@ class _RFMBase(BaseEstimator):
         "agop_samples": [Range(Integral, 1, None, closed="left"), None],
         "n_centers": [Range(Integral, 1, None, closed="left"), None],
         "random_state": [Range(Integral, 0, None, closed="left"), None],
+        "leaf_size": [Range(Integral, 2, None, closed="left"), StrOptions({"auto"}), None],
+        "split_samples": [Range(Integral, 2, None, closed="left")],
+        "split_method": [StrOptions(set(SPLIT_METHODS))],
+        "split_temperature": [Range(Real, 0, None, closed="neither"), None],
+        "leaf_init": [StrOptions(set(LEAF_INITS))],
         "checkpoint": [str, os.PathLike, None],
         "resume": ["boolean"],
         "client": [Client, None],
@@ -180,6 +217,11 @@ class _RFMBase(BaseEstimator):
         agop_samples: int | None = None,
         n_centers: int | None = None,
         random_state: int | None = None,
+        leaf_size: int | str | None = None,
+        split_samples: int = 2000,
+        split_method: str = "agop",
+        split_temperature: float | None = None,
+        leaf_init: str = "identity",
         checkpoint: str | os.PathLike | None = None,
         resume: bool = False,
         client: Client | None = None,
@@ -200,6 +242,11 @@ class _RFMBase(BaseEstimator):
         self.agop_samples = agop_samples
         self.n_centers = n_centers
         self.random_state = random_state
+        self.leaf_size = leaf_size
+        self.split_samples = split_samples
+        self.split_method = split_method
+        self.split_temperature = split_temperature
+        self.leaf_init = leaf_init
         self.checkpoint = checkpoint
         self.resume = resume
         self.client = client
@@ -227,6 +274,7 @@ class _RFMBase(BaseEstimator):
         """The validated settings (``_parameter_constraints``); None for agop_samples and n_centers means the
         ``rfm.agop-sample`` and ``rfm.nystrom-centres`` defaults, which are held to the same constraints."""
         self._validate_params()
+        check_leaf_init(self.leaf_init, self.split_method)
         samples = self.agop_samples if self.agop_samples is not None else config.get("agop-sample")
         centres = self.n_centers if self.n_centers is not None else config.get("nystrom-centres")
         validate_parameter_constraints(
@@ -304,6 +352,14 @@ class _RFMBase(BaseEstimator):
             weights = None if weights is None else weights[~is_val]
         if weights is not None and not weights.sum() > 0:
             raise ValueError("sample_weight is zero on every training row")
+        leaf_size = resolve_leaf_size(self.leaf_size, Y.shape[0])
+        if leaf_size is not None:
+            tree_settings = TreeSettings(leaf_size, int(self.split_samples), self.split_method, self.leaf_init,
+                                         None if self.split_temperature is None else float(self.split_temperature))
+            self._set_tree(fit_tree(client, train, Y, settings, tree_settings, rng, self._target_scaling, val, Y_val,
+                                    metrics, weights, self.checkpoint, bool(self.resume)))
+            self.solver_options_ = asdict(settings.options)
+            return
         scaling = self._target_scaling(Y, weights)
         result = run_rfm(ClusterEngine(client, settings.options), train, Y, settings, rng, val, Y_val, metrics, self.checkpoint, bool(self.resume),
                          scaling, weights)
@@ -321,10 +377,28 @@ class _RFMBase(BaseEstimator):
         self.bandwidth_ = float(model.spec.bandwidth)
         self.reg_ = float(reg)
         self.feature_matrix_ = model.feature_matrix
-        diag = model.feature_matrix if model.feature_matrix.ndim == 1 else np.diag(model.feature_matrix)
-        self.feature_importances_ = diag / diag.sum() if diag.sum() > 0 else np.full_like(diag, 1.0 / diag.size)
+        self.feature_importances_ = _importances(model.feature_matrix)
         self.best_iter_ = best_iter
         self.history_ = history
+        self.n_leaves_ = 1
+        self.tree_ = Tree.single_leaf(model.centres.shape[1])
+
+    def _set_tree(self, fit: TreeFit) -> None:
+        """Set the fitted attributes of a tree from its fit: the scalar ones from its largest leaf (see the class
+        docstring), per-leaf ones, and the leaf-size-weighted mean M and importances."""
+        sizes, leaves, results = fit.leaf_sizes, fit.model.leaves, fit.results
+        largest = int(np.argmax(sizes))
+        self._set_model(leaves[largest], results[largest].reg, results[largest].best_iter, results[largest].history)
+        self.model_, self.tree_, self.n_leaves_, self.leaf_sizes_ = fit.model, fit.model.tree, len(leaves), sizes
+        self.leaf_bandwidths_ = np.array([leaf.spec.bandwidth for leaf in leaves])
+        self.leaf_regs_ = np.array([r.reg for r in results], dtype=np.float64)
+        self.leaf_best_iters_ = np.array([r.best_iter for r in results], dtype=np.int64)
+        self.leaf_histories_ = [r.history for r in results]
+        self.leaf_feature_matrices_ = np.stack([leaf.feature_matrix for leaf in leaves])
+        self.leaf_feature_importances_ = np.stack([_importances(leaf.feature_matrix) for leaf in leaves])
+        share = sizes / sizes.sum()
+        self.feature_matrix_ = np.tensordot(share, self.leaf_feature_matrices_, axes=1)
+        self.feature_importances_ = share @ self.leaf_feature_importances_
 
     # -- model files ----------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -349,8 +423,17 @@ class _RFMBase(BaseEstimator):
             **self._target_state(),
         }
         model = self.model_
-        arrays = {"centres": model.centres, "coef": model.coef, "feature_matrix": model.feature_matrix,
-                  "shift": model.shift, "target_offset": model.target.offset, "target_scale": model.target.scale}
+        if isinstance(model, TreeModel):
+            state["tree"] = {"leaf_sizes": self.leaf_sizes_.tolist(), "leaves": [
+                {"best_iter": int(i), "bandwidth": float(b), "reg": float(r), "history": h} for i, b, r, h in zip(
+                    self.leaf_best_iters_, self.leaf_bandwidths_, self.leaf_regs_, self.leaf_histories_)]}
+            tree = model.tree
+            arrays = {"tree_directions": tree.directions, "tree_thresholds": tree.thresholds,
+                      "tree_scales": tree.scales, "tree_children": tree.children}
+            for j, leaf in enumerate(model.leaves):
+                arrays.update(_model_arrays(leaf, f"leaf{j}_"))
+        else:
+            arrays = _model_arrays(model)
         return write_model_file(path, type(self).__name__, state, arrays, overwrite=overwrite)
 
     @classmethod
@@ -367,12 +450,13 @@ class _RFMBase(BaseEstimator):
         estimator._restore_target_state(state)
         # the solver options the model was fitted with (rfm.* settings); files from before they were recorded: None
         estimator.solver_options_ = state.get("solver_options")
+        if "tree" in state:
+            estimator._set_tree(_saved_tree(state["tree"], arrays, settings.spec, estimator.split_temperature))
+            return estimator
         # files from before tuning existed hold no fitted bandwidth and reg: the parameters are the fitted values
         spec = replace(settings.spec, bandwidth=float(state.get("bandwidth", settings.spec.bandwidth)))
-        model = KernelModel(arrays["centres"], arrays["coef"], arrays["feature_matrix"], spec, arrays["shift"],
-                            _saved_target_scaling(arrays))
-        estimator._set_model(model, float(state.get("reg", settings.reg)), int(state["best_iter"]),
-                             list(state["history"]))
+        estimator._set_model(_saved_model(arrays, "", spec), float(state.get("reg", settings.reg)),
+                             int(state["best_iter"]), list(state["history"]))
         return estimator
 
     def _raw_columns_to_features(self, X: Any) -> Any:
@@ -524,9 +608,17 @@ class RFMClassifier(ClassifierMixin, _RFMBase):
 
 def _check_state(state: dict, arrays: dict[str, np.ndarray], classifier: bool) -> None:
     """Raise ``ValueError`` unless a model file's state fits its arrays (``load`` reports it as ``ModelFileError``)."""
-    d, centres, coef = state["n_features_in"], arrays["centres"], arrays["coef"]
-    if isinstance(d, bool) or not isinstance(d, int) or centres.ndim != 2 or centres.shape[1] != d:
-        raise ValueError(f"n_features_in {d!r} does not match the centres' shape {centres.shape}")
+    tree = state.get("tree")
+    if tree is not None and not (isinstance(tree, dict) and isinstance(tree.get("leaves"), list)
+                                 and isinstance(tree.get("leaf_sizes"), list)
+                                 and len(tree["leaves"]) == len(tree["leaf_sizes"]) >= 1):
+        raise ValueError(f"tree must be a dict of equally long lists 'leaves' and 'leaf_sizes', got {tree!r}")
+    prefixes = [""] if tree is None else [f"leaf{j}_" for j in range(len(tree["leaves"]))]
+    d = state["n_features_in"]
+    for prefix in prefixes:
+        centres, coef = arrays[prefix + "centres"], arrays[prefix + "coef"]
+        if isinstance(d, bool) or not isinstance(d, int) or centres.ndim != 2 or centres.shape[1] != d:
+            raise ValueError(f"n_features_in {d!r} does not match the centres' shape {centres.shape}")
     names = state.get("feature_names_in")
     if names is not None and not (isinstance(names, list) and len(names) == d
                                   and all(isinstance(n, str) for n in names)):
@@ -558,15 +650,49 @@ def _check_weights(sample_weight: Any, n: int) -> np.ndarray:
     return weights
 
 
+def _importances(M: np.ndarray) -> np.ndarray:
+    """The diagonal of M ((d, d), or (d,) diagonal) divided by its sum (uniform when it is 0): (d,)."""
+    diag = M if M.ndim == 1 else np.diag(M)
+    return diag / diag.sum() if diag.sum() > 0 else np.full_like(diag, 1.0 / diag.size)
+
+
 def _is_auto(value: Any) -> bool:
     return isinstance(value, str) and value == "auto"
 
 
-def _saved_target_scaling(arrays: dict[str, np.ndarray]) -> TargetScaling | None:
-    """The target scaling of a model file; None (the identity) for files saved before targets were scaled."""
-    if "target_offset" not in arrays and "target_scale" not in arrays:
-        return None
-    return TargetScaling(arrays["target_offset"], arrays["target_scale"])
+def _model_arrays(model: KernelModel, prefix: str = "") -> dict[str, np.ndarray]:
+    """A predictor's arrays for a model file, named with ``prefix`` (a tree's leaf j: ``leaf<j>_``)."""
+    arrays = {"centres": model.centres, "coef": model.coef, "feature_matrix": model.feature_matrix,
+              "shift": model.shift, "target_offset": model.target.offset, "target_scale": model.target.scale}
+    return {prefix + name: a for name, a in arrays.items()}
+
+
+def _saved_model(arrays: dict[str, np.ndarray], prefix: str, spec: KernelSpec) -> KernelModel:
+    """The predictor of a model file's arrays named with ``prefix`` (see ``_model_arrays``); files saved before
+    targets were scaled have no target arrays (the identity)."""
+    scaling = None
+    if prefix + "target_offset" in arrays or prefix + "target_scale" in arrays:
+        scaling = TargetScaling(arrays[prefix + "target_offset"], arrays[prefix + "target_scale"])
+    return KernelModel(arrays[prefix + "centres"], arrays[prefix + "coef"], arrays[prefix + "feature_matrix"], spec,
+                       arrays[prefix + "shift"], scaling)
+
+
+def _saved_tree(info: dict, arrays: dict[str, np.ndarray], spec: KernelSpec, temperature: float | None) -> TreeFit:
+    """A tree's fit from a model file: its ``state["tree"]`` (per-leaf sizes, iterations, kernels, histories) and
+    its arrays (``tree_*`` and ``leaf<j>_*``)."""
+    tree = Tree(arrays["tree_directions"], arrays["tree_thresholds"], arrays["tree_scales"],
+                arrays["tree_children"])
+    leaves, results = [], []
+    for j, leaf in enumerate(info["leaves"]):
+        leaf_spec = replace(spec, bandwidth=float(leaf["bandwidth"]))
+        model = _saved_model(arrays, f"leaf{j}_", leaf_spec)
+        leaves.append(model)
+        results.append(FitResult(model.feature_matrix, model.coef, model.shift, int(leaf["best_iter"]), leaf_spec,
+                                 float(leaf["reg"]), model.centres, list(leaf["history"])))
+    sizes = np.asarray(info["leaf_sizes"], dtype=np.int64)
+    if np.any(sizes < 1):
+        raise ValueError(f"leaf sizes must be positive, got {info['leaf_sizes']!r}")
+    return TreeFit(TreeModel(tree, leaves, None if temperature is None else float(temperature)), sizes, results)
 
 
 def _scores_to_index(F: np.ndarray) -> np.ndarray:

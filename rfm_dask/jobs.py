@@ -279,7 +279,31 @@ def inspect_model(model: Any, top: int = 10, directions: int = 3) -> dict:
             }
             for k in np.argsort(vals)[::-1][:directions]
         ]
+    if getattr(model, "n_leaves_", 1) > 1:
+        report["tree"] = inspect_tree(model, names)
     return report
+
+
+def inspect_tree(model: Any, names: list[str], top: int = 3) -> dict:
+    """A tree's splits (each direction's ``top`` loadings by name, its threshold and children) and its leaves (rows,
+    kept iteration, ``top`` importances by name)."""
+    tree = model.tree_
+
+    def child(c: int) -> str:
+        return f"leaf {-c - 1}" if c < 0 else f"node {c}"
+
+    splits = [
+        {"node": i, "threshold": float(tree.thresholds[i]), "left": child(int(left)), "right": child(int(right)),
+         "direction": [{"feature": names[f], "weight": float(tree.directions[i, f])}
+                       for f in np.argsort(-np.abs(tree.directions[i]))[:top]]}
+        for i, (left, right) in enumerate(tree.children)
+    ]
+    leaves = [
+        {"leaf": j, "rows": int(model.leaf_sizes_[j]), "best_iter": int(model.leaf_best_iters_[j]),
+         "importances": [{"feature": names[f], "importance": float(imp[f])} for f in np.argsort(imp)[::-1][:top]]}
+        for j, imp in enumerate(model.leaf_feature_importances_)
+    ]
+    return {"n_leaves": int(model.n_leaves_), "splits": splits, "leaves": leaves}
 
 
 HISTORY_METRICS = {"val_accuracy": "validation accuracy", "val_mse": "validation MSE"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, Callable
 
 import dask.array as da
 import numpy as np
@@ -80,24 +80,34 @@ class KernelModel:
 
     def decision(self, X: np.ndarray) -> np.ndarray:
         """f(X) on the targets' scale for a NumPy (n, d) array, computed here in row chunks: (n, c) float64."""
-        step = int(config.get("predict-chunk-rows"))
-        parts = [_decision_block(X[s : s + step], self._packed, self.spec) for s in range(0, X.shape[0], step)]
-        return np.concatenate(parts, axis=0) if parts else np.zeros((0, self.n_outputs))
+        return in_row_chunks(_decision_block, X, self.n_outputs, self._packed, self.spec)
 
     def decision_dask(self, X: da.Array) -> da.Array:
         """f(X) on the targets' scale for a dask (n, d) array, lazily: (n, c) float64 with X's row chunks. The model
         enters the graph once."""
-        X = X.rechunk({1: -1})
-        c = self.n_outputs
-        # the packed model as a 0-d object array of one chunk, broadcast to every block (index ""): one key that
-        # all tasks share, in both of dask's array modes (delayed arguments break the array-expression mode)
-        holder = np.empty((), dtype=object)
-        holder[()] = self._packed
-        model = da.from_array(holder, chunks=())
-        return da.blockwise(
-            _decision_block_of, "ij", X, "ij", model, "",
-            spec=self.spec,
-            adjust_chunks={"j": (c,)},
-            dtype=np.float64,
-            meta=np.empty((0, c), dtype=np.float64),
-        )
+        return map_row_blocks(_decision_block_of, X, self.n_outputs, self._packed, spec=self.spec)
+
+
+def in_row_chunks(fn: Callable[..., np.ndarray], X: np.ndarray, c: int, *args: Any) -> np.ndarray:
+    """``fn(chunk, *args)`` (b, c) over the ``rfm.predict-chunk-rows`` row chunks of a NumPy (n, d) array, here:
+    (n, c) float64."""
+    step = int(config.get("predict-chunk-rows"))
+    parts = [fn(X[s : s + step], *args) for s in range(0, X.shape[0], step)]
+    return np.concatenate(parts, axis=0) if parts else np.zeros((0, c))
+
+
+def map_row_blocks(fn: Callable[..., np.ndarray], X: da.Array, c: int, model: Any, **kwargs: Any) -> da.Array:
+    """``fn(block, holder, **kwargs)`` (b, c) float64 on every row block of a dask (n, d) array, lazily, where
+    ``holder.item()`` is ``model``: (n, c) with X's row chunks. The model enters the graph once."""
+    X = X.rechunk({1: -1})
+    # the model as a 0-d object array of one chunk, broadcast to every block (index ""): one key that all tasks
+    # share, in both of dask's array modes (delayed arguments break the array-expression mode)
+    holder = np.empty((), dtype=object)
+    holder[()] = model
+    return da.blockwise(
+        fn, "ij", X, "ij", da.from_array(holder, chunks=()), "",
+        adjust_chunks={"j": (c,)},
+        dtype=np.float64,
+        meta=np.empty((0, c), dtype=np.float64),
+        **kwargs,
+    )

@@ -2,7 +2,7 @@
 
 Layout of the archive::
 
-    metadata.json        {"format": "rfm_dask.model", "format_version": 1, "rfm_dask_version": ..., "estimator": ...,
+    metadata.json        {"format": "rfm_dask.model", "format_version": 2, "rfm_dask_version": ..., "estimator": ...,
                           "state": {...}, "arrays": {name: {"shape", "dtype", "sha256"}}}
     arrays/<name>.npy    one .npy file per array, read with allow_pickle=False
 
@@ -32,7 +32,9 @@ from . import config
 from .atomic import atomic_path
 
 FORMAT = "rfm_dask.model"
-FORMAT_VERSION = 1
+#: 1: one global model. 2: also trees of leaf models (an estimator's state "tree", arrays ``tree_*`` and
+#: ``leaf<j>_*``). Files of every version up to this one are read.
+FORMAT_VERSION = 2
 _METADATA = "metadata.json"
 _PIECE = 1 << 20  # bytes read from a member at a time
 _ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)  # what write_model_file uses

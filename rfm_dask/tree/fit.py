@@ -1,0 +1,276 @@
+"""Fitting a tree of leaf RFMs on the cluster (DESIGN section 8): the orchestration of splits, routing and leaves.
+
+Level by level, every node with more than ``leaf_size`` rows is split: its split model (``split.split_direction``)
+runs as one task on a seeded sample of its rows, all the level's split models concurrently; then one pass over the
+training row blocks returns, for each row, its projection on its node's direction (small vectors back), from which
+the client takes each node's threshold (the median) and children. A node whose rows all project to one side stays a
+leaf. Each leaf's rows (and the validation rows routed to it) are gathered into one task, which fits the leaf with
+``local.fit_local`` (exact direct solve, on the worker's device), a bounded number in flight; a leaf too large for a
+worker's memory is fitted on the distributed operator instead.
+
+Every random draw is seeded from (the fit's seed, the node's position in the tree), never from the order in which
+tasks finish, and every reduction is in row order on the client: the tree is the same on any number of workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass, replace
+from typing import Callable
+
+import numpy as np
+from distributed import Client
+
+from ..backend import identity
+from ..cluster_engine import ClusterEngine
+from ..checkpoint import fingerprint, load_checkpoint, rows_digest
+from ..krr import DIRECT_BYTES_PER_ENTRY
+from ..model import KernelModel
+from ..scheduling import Submitter
+from ..row_blocks import RowBlocks, fetch_rows, materialise, smallest_worker_memory, take_rows
+from ..targets import TargetScaling
+from ..training import FitResult, Metrics, RFMSettings, regression_metrics, run_rfm
+from . import tasks
+from .checkpoint import restore_tree_checkpoint, save_tree_checkpoint
+from .model import TreeModel
+from .settings import TreeSettings
+from .split import threshold_and_scale, untuned
+from .store import rows_by_leaf, scratch_directory
+from .structure import Tree
+
+logger = logging.getLogger("rfm_dask")
+
+#: Seed streams of ``_node_rng``: a node's split sample and split model, and a leaf's fit.
+_SPLIT, _LEAF = 0, 1
+
+
+@dataclass
+class TreeFit:
+    """A fitted tree: its model, each leaf's training rows (L,) int64 and each leaf's ``FitResult`` (best iteration,
+    kernel, ridge, history)."""
+
+    model: TreeModel
+    leaf_sizes: np.ndarray
+    results: list[FitResult]
+
+
+@dataclass
+class _Node:
+    """A node being grown: its heap position (root 1, children 2h and 2h + 1: its seed), its training rows (sorted
+    global indices) and the M of its parent's split model (None at the root or without one)."""
+
+    heap: int
+    rows: np.ndarray
+    parent_M: np.ndarray | None = None
+
+
+def _node_rng(seed: int, stream: int, heap: int) -> np.random.Generator:
+    """The generator of one node's draws: from the fit's seed, the stream (split or leaf) and the node's position."""
+    return np.random.default_rng([seed, stream, heap])
+
+
+def _route_rows(client: Client, rows: RowBlocks, tree: Tree) -> np.ndarray:
+    """The leaf of every row of ``rows``: one task per block, (n,) int64 in row order."""
+    calls = ((tasks.route_task, block, tree) for block in rows.futures)
+    futures = list(Submitter(client).stream(calls, spread=rows.streamed, task_bytes=rows.streamed_block_bytes))
+    return np.concatenate(client.gather(futures) or [np.zeros(0, dtype=np.int64)])
+
+
+def _projections(client: Client, train: RowBlocks, splitting: list[_Node], directions: np.ndarray) -> np.ndarray:
+    """One pass over the training blocks: each row's projection on the direction of its node among ``splitting``
+    (NaN for rows of no such node), (n,) float64 in row order."""
+    node = np.full(train.n, -1, dtype=np.int64)
+    for i, item in enumerate(splitting):
+        node[item.rows] = i
+    shared = client.submit(identity, directions, pure=False)
+    offsets = train.offsets
+    calls = ((tasks.project_task, block, node[lo:hi], shared)
+             for block, lo, hi in zip(train.futures, offsets[:-1], offsets[1:]) if np.any(node[lo:hi] >= 0))
+    futures = list(Submitter(client).stream(calls, spread=train.streamed, task_bytes=train.streamed_block_bytes))
+    out = np.full(train.n, np.nan)
+    parts = iter(client.gather(futures))
+    for lo, hi in zip(offsets[:-1], offsets[1:]):
+        if np.any(node[lo:hi] >= 0):
+            out[lo:hi] = next(parts)
+    return out
+
+
+def _held_rows(client: Client, rows: RowBlocks) -> RowBlocks:
+    """``rows`` held in worker memory: streamed blocks (selections of blocks on disk) are read once, a bounded
+    number at a time; held blocks are returned as they are."""
+    if not rows.streamed:
+        return rows
+    calls = ((materialise, block) for block in rows.futures)
+    futures = list(Submitter(client).stream(calls, spread=True, task_bytes=rows.streamed_block_bytes))
+    return RowBlocks(futures, rows.sizes, rows.n_features, rows.device)
+
+
+def _grow(
+    client: Client, train: RowBlocks, Y: np.ndarray, settings: RFMSettings, tree_settings: TreeSettings, seed: int,
+    target_scaling: Callable[[np.ndarray, np.ndarray | None], TargetScaling], weights: np.ndarray | None,
+) -> tuple[Tree, list[_Node]]:
+    """Split level by level until every node has at most ``leaf_size`` rows: (the tree, its leaves in leaf order)."""
+    level, leaves = [_Node(1, np.arange(train.n))], []
+    splits: list[tuple[int, np.ndarray, float, float]] = []  # (heap, direction, threshold, scale) in node order
+    sample_rows = min(tree_settings.split_samples, train.n)
+    submitter = Submitter(client)
+    while level:
+        splitting = [node for node in level if node.rows.size > tree_settings.leaf_size]
+        leaves += [node for node in level if node.rows.size <= tree_settings.leaf_size]
+        if not splitting:
+            break
+        rngs = [_node_rng(seed, _SPLIT, node.heap) for node in splitting]
+        samples = [np.sort(rng.choice(node.rows, min(sample_rows, node.rows.size), replace=False))
+                   for rng, node in zip(rngs, splitting)]
+        pool = np.unique(np.concatenate(samples))
+        held = _held_rows(client, take_rows(client, train, pool))  # one read of the level's sampled rows
+        calls = []
+        for rng, sample in zip(rngs, samples):
+            w = None if weights is None else weights[sample]
+            calls.append((tasks.split_task, tree_settings.split_method, settings, Y[sample], w,
+                          target_scaling(Y[sample], w), rng,
+                          *take_rows(client, held, np.searchsorted(pool, sample)).futures))
+        futures = list(submitter.stream(calls, task_bytes=DIRECT_BYTES_PER_ENTRY * sample_rows**2))
+        models = client.gather(futures)
+        projections = _projections(client, train, splitting, np.stack([v for v, _ in models]))
+        level = []
+        for node, (direction, M) in zip(splitting, models):
+            p = projections[node.rows]
+            threshold, scale = threshold_and_scale(p)
+            left, right = node.rows[p <= threshold], node.rows[p > threshold]
+            if not (left.size and right.size):  # all rows project to one value: nothing to split on
+                leaves.append(node)
+                continue
+            splits.append((node.heap, direction, threshold, scale))
+            level += [_Node(2 * node.heap, left, M), _Node(2 * node.heap + 1, right, M)]
+        logger.info("tree level: %d nodes split, %d leaves so far", len(level) // 2, len(leaves))
+    return _tree_of(splits, [leaf.heap for leaf in leaves], train.n_features), leaves
+
+
+def _tree_of(splits: list[tuple[int, np.ndarray, float, float]], leaf_heaps: list[int], d: int) -> Tree:
+    """The ``Tree`` of split nodes (in creation order, so parents come first) and leaves (in ``leaf_heaps`` order),
+    linked by their heap positions."""
+    if not splits:
+        return Tree.single_leaf(d)
+    index = {heap: i for i, (heap, *_) in enumerate(splits)}
+    index.update({heap: -(j + 1) for j, heap in enumerate(leaf_heaps)})
+    children = np.array([[index[2 * heap], index[2 * heap + 1]] for heap, *_ in splits], dtype=np.int64)
+    return Tree(np.stack([s[1] for s in splits]), np.array([s[2] for s in splits]),
+                np.array([s[3] for s in splits]), children)
+
+
+def fits_one_worker(client: Client, n_rows: int) -> bool:
+    """Whether a leaf of ``n_rows`` rows may be fitted in one task: its dense solve (``DIRECT_BYTES_PER_ENTRY`` per
+    kernel entry) within half the smallest worker's memory limit (always, when no limit is known)."""
+    limit = smallest_worker_memory(client)
+    return not limit or DIRECT_BYTES_PER_ENTRY * n_rows**2 <= limit // 2
+
+
+def fit_tree(
+    client: Client,
+    train: RowBlocks,
+    Y: np.ndarray,
+    settings: RFMSettings,
+    tree_settings: TreeSettings,
+    rng: np.random.Generator,
+    target_scaling: Callable[[np.ndarray, np.ndarray | None], TargetScaling],
+    val: RowBlocks | None = None,
+    Y_val: np.ndarray | None = None,
+    metrics: Metrics = regression_metrics,
+    weights: np.ndarray | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = False,
+) -> TreeFit:
+    """Grow a tree on row blocks ``train`` with targets Y (n, c) and fit an RFM in each leaf.
+
+    Parameters
+    ----------
+    client : the cluster.
+    train : RowBlocks of n rows (d features); Y : (n, c) float64 targets; weights : (n,) sample weights or None.
+    settings : the leaves' RFM settings (a leaf fitted in one task uses the direct solver).
+    tree_settings : leaf size, split samples and method, leaf initialisation and routing temperature.
+    rng : the fit's generator; one seed is drawn from it, from which every node's draws are seeded.
+    target_scaling : maps (Y (m, c), weights (m,) or None) of a node's or leaf's rows to its ``TargetScaling``.
+    val, Y_val : validation rows and targets (n_val, c); each leaf picks its best iteration on those routed to it,
+        and keeps its last iteration if none is. A leaf whose settings tune the bandwidth or ridge but that gets no
+        validation rows uses ``split.UNTUNED_BANDWIDTH`` and ``split.UNTUNED_REG``.
+    metrics : the validation metrics (see ``training.run_rfm``).
+    checkpoint, resume : with ``checkpoint`` (a file path) the fit's state is written there atomically after the
+        tree is grown and after each leaf (see ``tree.checkpoint``); with ``resume`` as well, a checkpoint of this
+        same fit (settings, data, seed) continues with its finished leaves kept, and gives the model an
+        uninterrupted fit gives.
+
+    Returns
+    -------
+    TreeFit
+    """
+    key = None if checkpoint is None else fingerprint(
+        settings, {"tree": asdict(tree_settings), "rng": rng.bit_generator.state, "n": train.n},
+        [Y, rows_digest(client, train)] + ([] if val is None else [rows_digest(client, val), Y_val])
+        + ([] if weights is None else [weights]))
+    saved = load_checkpoint(checkpoint, key) if checkpoint is not None and resume else None
+    seed = int(rng.integers(2**63))
+    if saved is None:
+        tree, leaves = _grow(client, train, Y, settings, tree_settings, seed, target_scaling, weights)
+        done: dict[int, FitResult] = {}
+    else:
+        seed, tree, heaps, leaf_of_row, parent_Ms, done = restore_tree_checkpoint(*saved, settings.spec)
+        leaves = [_Node(h, np.flatnonzero(leaf_of_row == j), M) for j, (h, M) in enumerate(zip(heaps, parent_Ms))]
+        for j in done:  # a finished leaf's centres are its training rows
+            done[j].centres = fetch_rows(client, take_rows(client, train, leaves[j].rows))
+        logger.info("resuming a tree from %s with %d of %d leaves fitted", checkpoint, len(done), len(leaves))
+
+    def save(done: dict[int, FitResult]) -> None:
+        if checkpoint is not None:
+            leaf_of_row = np.zeros(train.n, dtype=np.int64)
+            for j, leaf in enumerate(leaves):
+                leaf_of_row[leaf.rows] = j
+            save_tree_checkpoint(checkpoint, key, seed, tree, [leaf.heap for leaf in leaves], leaf_of_row,
+                                 [leaf.parent_M for leaf in leaves], done)
+
+    if saved is None:
+        save(done)
+    logger.info("tree: %d leaves of %s rows", tree.n_leaves, [leaf.rows.size for leaf in leaves])
+    scalings = [target_scaling(Y[leaf.rows], None if weights is None else weights[leaf.rows]) for leaf in leaves]
+    todo = [j for j in range(len(leaves)) if j not in done]
+    val_leaf = _route_rows(client, val, tree) if val is not None and todo else None
+    val_groups = {} if val_leaf is None else {j: np.flatnonzero(val_leaf == j) for j in todo}
+    with tempfile.TemporaryDirectory(dir=scratch_directory()) as directory:  # leaf-ordered stores of streamed rows
+        leaf_train = rows_by_leaf(client, train, {j: leaves[j].rows for j in todo}, directory)
+        leaf_val = {} if val is None else rows_by_leaf(client, val, val_groups, directory)
+        calls, on_cluster = [], {}
+        for j in todo:
+            leaf, rows_val = leaves[j], leaf_val.get(j)
+            leaf_settings = settings if rows_val is not None else untuned(settings)
+            args = (np.ascontiguousarray(Y[leaf.rows]), None if rows_val is None else Y_val[val_groups[j]], metrics,
+                    scalings[j], None if weights is None else weights[leaf.rows],
+                    leaf.parent_M if tree_settings.leaf_init == "parent" else None)
+            rng_leaf = _node_rng(seed, _LEAF, leaf.heap)
+            if fits_one_worker(client, leaf.rows.size):
+                blocks = leaf_train[j].futures + ([] if rows_val is None else rows_val.futures)
+                calls.append((tasks.leaf_task, replace(leaf_settings, solver="direct"), rng_leaf, *args,
+                              len(leaf_train[j].futures), *blocks))
+            else:
+                on_cluster[j] = (leaf_train[j], leaf_settings, rng_leaf, rows_val, args)
+        largest = max((leaves[j].rows.size for j in todo), default=0)
+        futures = iter(list(Submitter(client).stream(calls, task_bytes=DIRECT_BYTES_PER_ENTRY * largest**2)))
+        for j in todo:  # in leaf order, whatever order they finish in
+            done[j] = _fit_on_cluster(client, *on_cluster[j]) if j in on_cluster else next(futures).result()
+            save(done)
+    results = [done[j] for j in range(len(leaves))]
+    models = [KernelModel(r.centres, r.coef, r.feature_matrix, r.spec, r.shift, scaling)
+              for r, scaling in zip(results, scalings)]
+    return TreeFit(TreeModel(tree, models, tree_settings.temperature),
+                   np.array([leaf.rows.size for leaf in leaves], dtype=np.int64), results)
+
+
+def _fit_on_cluster(
+    client: Client, train: RowBlocks, settings: RFMSettings, rng: np.random.Generator, val: RowBlocks | None,
+    args: tuple,
+) -> FitResult:
+    """A leaf too large for one worker: the RFM loop on the distributed operator (``training.run_rfm``)."""
+    Y, Y_val, metrics, scaling, weights, initial_M = args
+    return run_rfm(ClusterEngine(client, settings.options), train, Y, settings, rng, val, Y_val, metrics, scaling=scaling, weights=weights,
+                   initial_M=initial_M)

@@ -1,0 +1,45 @@
+"""The parameters of a tree of leaf RFMs: how it is grown and routed, and the ``leaf_size="auto"`` rule."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: ``leaf_init`` values: a leaf's RFM starts from M = I, or from the M of its parent node's split model.
+LEAF_INITS = ("identity", "parent")
+#: ``leaf_size="auto"``: leaves of this many training rows, when there are at least ``AUTO_MIN_LEAVES`` times as many
+#: (else the global model). Provisional: the rule is to be set from the measurements in BENCHMARKS.md.
+AUTO_LEAF_SIZE = 4000
+AUTO_MIN_LEAVES = 4
+
+
+@dataclass(frozen=True)
+class TreeSettings:
+    """How the tree is grown: at most ``leaf_size`` training rows per leaf, split models on ``split_samples`` rows
+    of their node by ``split_method`` (see ``split.SPLIT_METHODS``), leaves started from ``leaf_init`` (see
+    ``LEAF_INITS``), predictions routed hard (``temperature`` None) or soft."""
+
+    leaf_size: int
+    split_samples: int = 2000
+    split_method: str = "agop"
+    leaf_init: str = "identity"
+    temperature: float | None = None
+
+    def __post_init__(self) -> None:
+        check_leaf_init(self.leaf_init, self.split_method)
+
+
+def check_leaf_init(leaf_init: str, split_method: str) -> None:
+    """Raise ValueError for a ``leaf_init`` that is not one of ``LEAF_INITS`` or that ``split_method`` cannot serve."""
+    if leaf_init not in LEAF_INITS:
+        raise ValueError(f"leaf_init must be one of {LEAF_INITS}, got {leaf_init!r}")
+    if leaf_init == "parent" and split_method != "agop":
+        raise ValueError("leaf_init='parent' starts each leaf from its parent's split model's M, which only "
+                         f"split_method='agop' fits (got split_method={split_method!r})")
+
+
+def resolve_leaf_size(leaf_size: int | str | None, n: int) -> int | None:
+    """The leaf size a fit on n training rows uses: an int as given, None (the global model) as given, and "auto"
+    as ``AUTO_LEAF_SIZE`` when n >= ``AUTO_MIN_LEAVES * AUTO_LEAF_SIZE``, else None."""
+    if isinstance(leaf_size, str) and leaf_size == "auto":
+        return AUTO_LEAF_SIZE if n >= AUTO_MIN_LEAVES * AUTO_LEAF_SIZE else None
+    return None if leaf_size is None else int(leaf_size)
