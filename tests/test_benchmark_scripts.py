@@ -78,6 +78,11 @@ def test_real_tables_benchmark_runs_every_model_on_the_same_rows(tmp_path):
             assert again[key]["kept_from"] == results["date"] and again[key]["score"] == row["score"]
         else:
             assert again[key]["status"] == row["status"] and "kept_from" not in again[key]
+    # a run of one table and one model keeps the other finished fits of the directory as they are
+    assert real_tables.main([*argv[:5], "flights_late", "--models", "rfm_dask", *argv[-4:], "--keep"]) == 0
+    last = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert {(r["table"], r["model"]) for r in last["rows"]} == {k for k, r in rows.items() if r["status"] == "ok"}
+    assert [c["table"] for c in last["cases"]] == ["flights_late", "flights_arr_delay"]
 
 
 def test_real_tables_section6_task_compares_rfm_dask_with_xrfm(tmp_path):

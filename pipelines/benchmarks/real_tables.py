@@ -533,26 +533,32 @@ def tree_summary(cases: list[dict], results: list[dict]) -> list[dict]:
     return summary
 
 
-def kept_rows(out_dir: Path, config: dict) -> tuple[dict[str, dict], dict[tuple[str, str], dict]]:
-    """The prepared cases (without data) and the finished fits of an earlier run in ``out_dir`` that this run may
-    reuse: the same table settings and split settings, the same model kind and parameters."""
+def kept_rows(out_dir: Path, config: dict) -> tuple[dict[str, dict], dict[tuple[str, str], dict], list[dict]]:
+    """What this run keeps of an earlier run's results in ``out_dir`` made with the same split settings: its prepared
+    cases (without data), by table; the finished fits this run may reuse (same table settings, model kind and
+    parameters), by (table, model); and the finished fits of tables or models this run does not select, carried
+    over as they are."""
     path = out_dir / "results.json"
     if not path.exists():
-        return {}, {}
+        return {}, {}, []
     old = json.loads(path.read_text())
     split_keys = ("seed", "test_fraction", "validation_fraction", "max_rows", "max_categories")
     if old.get("task") != "tables" or any(old["config"]["run"].get(k) != config["run"].get(k) for k in split_keys):
-        return {}, {}
-    cases = {c["table"]: c for c in old["cases"]
-             if old["config"]["tables"].get(c["table"]) == config["tables"].get(c["table"])}
-    rows = {}
+        return {}, {}, []
+    cases = {c["table"]: c for c in old["cases"] if c["table"] not in config["tables"]
+             or old["config"]["tables"].get(c["table"]) == config["tables"][c["table"]]}
+    reused, carried = {}, []
     for r in old["rows"]:
+        if r["status"] != "ok" or r["table"] not in cases:
+            continue
+        fit = {k: v for k, v in r.items() if not k.startswith(("time_vs_", "score_minus_"))}
+        fit["kept_from"] = r.get("kept_from", old["date"])
         model = config["models"].get(r["model"])
-        if (r["status"] == "ok" and r["table"] in cases and model is not None and model["kind"] == r["kind"]
-                and dict(model.get("params", {})) == r["params"]):
-            fit = {k: v for k, v in r.items() if not k.startswith(("time_vs_", "score_minus_"))}
-            rows[r["table"], r["model"]] = {**fit, "kept_from": r.get("kept_from", old["date"])}
-    return cases, rows
+        if r["table"] not in config["tables"] or model is None:
+            carried.append(fit)
+        elif model["kind"] == r["kind"] and dict(model.get("params", {})) == r["params"]:
+            reused[r["table"], r["model"]] = fit
+    return cases, reused, carried
 
 
 # -- reporting ----------------------------------------------------------------------------------------------------
@@ -597,7 +603,8 @@ def _header(results: dict, title: str) -> list[str]:
 def results_markdown(results: dict) -> str:
     config = results["config"]
     lines = _header(results, "Real tables: rfm_dask vs LightGBM vs xRFM")
-    lines += [f"- model `{name}` ({m['kind']}): `{m.get('params', {})}`" for name, m in config["models"].items()]
+    models = {r["model"]: (r["kind"], r["params"]) for r in results["rows"]}
+    lines += [f"- model `{name}` ({kind}): `{params}`" for name, (kind, params) in models.items()]
     lines += [f"- table `{c['table']}`: {c['source']}, target `{c['target']}` ({c['task']}), "
               f"{c['n_rows_with_target']} rows with a target, {c['n_train'] + c['n_test']} used"
               for c in results["cases"]]
@@ -660,7 +667,7 @@ def run_tables(config: dict, client: Any, results: dict, out_dir: Path, keep: bo
     """``--task tables``: every model on every table, results written after each fit; with ``keep``, the finished
     fits of an earlier run in ``out_dir`` on the same rows (see ``kept_rows``) are reused instead of fitted again."""
     budgets = Budgets(config)
-    old_cases, old_rows = kept_rows(out_dir, config) if keep else ({}, {})
+    old_cases, old_rows, carried = kept_rows(out_dir, config) if keep else ({}, {}, [])
     for name, spec in config["tables"].items():
         if all((name, m) in old_rows for m in config["models"]):
             case = old_cases[name]
@@ -681,6 +688,13 @@ def run_tables(config: dict, client: Any, results: dict, out_dir: Path, keep: bo
             results["rows"].append(kept or run_model(case, model_name, model, client, config, budgets))
             add_ratios(results["rows"], config["run"]["global_model"])
             write_outputs(results, out_dir)
+    if carried:
+        tables = dict.fromkeys(r["table"] for r in carried)
+        results["cases"] += [old_cases[t] for t in tables if t not in config["tables"]]
+        order = {c["table"]: i for i, c in enumerate(results["cases"])}
+        results["rows"] = sorted(results["rows"] + carried, key=lambda r: order[r["table"]])
+        add_ratios(results["rows"], config["run"]["global_model"])
+        write_outputs(results, out_dir)
 
 
 def section6_config(config: dict, params: dict) -> dict:
