@@ -668,6 +668,9 @@ def run_tables(config: dict, client: Any, results: dict, out_dir: Path, keep: bo
     fits of an earlier run in ``out_dir`` on the same rows (see ``kept_rows``) are reused instead of fitted again."""
     budgets = Budgets(config)
     old_cases, old_rows, carried = kept_rows(out_dir, config) if keep else ({}, {}, [])
+    # carried fits are part of every write, so an interrupted run loses none of them
+    results["cases"] += [old_cases[t] for t in dict.fromkeys(r["table"] for r in carried)]
+    results["rows"] += carried
     for name, spec in config["tables"].items():
         if all((name, m) in old_rows for m in config["models"]):
             case = old_cases[name]
@@ -680,21 +683,16 @@ def run_tables(config: dict, client: Any, results: dict, out_dir: Path, keep: bo
             shape = ("n_fit", "n_val", "n_test", "d")
             if name in old_cases and any(old_cases[name][k] != case[k] for k in shape):
                 old_rows = {key: row for key, row in old_rows.items() if key[0] != name}
-        results["cases"].append(case)
+        results["cases"] = [c for c in results["cases"] if c["table"] != name] + [case]
         for model_name, model in config["models"].items():
             kept = old_rows.get((name, model_name))
             if kept is not None:
                 _log(f"  {model_name}: kept ({kept['fit_seconds']:.1f} s, test score {kept['score']:.4f})")
             results["rows"].append(kept or run_model(case, model_name, model, client, config, budgets))
+            order = {c["table"]: i for i, c in enumerate(results["cases"])}
+            results["rows"].sort(key=lambda r: order[r["table"]])  # by table, stable within one
             add_ratios(results["rows"], config["run"]["global_model"])
             write_outputs(results, out_dir)
-    if carried:
-        tables = dict.fromkeys(r["table"] for r in carried)
-        results["cases"] += [old_cases[t] for t in tables if t not in config["tables"]]
-        order = {c["table"]: i for i, c in enumerate(results["cases"])}
-        results["rows"] = sorted(results["rows"] + carried, key=lambda r: order[r["table"]])
-        add_ratios(results["rows"], config["run"]["global_model"])
-        write_outputs(results, out_dir)
 
 
 def section6_config(config: dict, params: dict) -> dict:
