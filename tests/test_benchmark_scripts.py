@@ -71,6 +71,18 @@ def test_real_tables_benchmark_runs_every_model_on_the_same_rows(tmp_path):
     (tmp_path / "out" / "results.md").unlink()
     assert real_tables.main([*argv, "--render"]) == 0
     assert "| flights_late |" in (tmp_path / "out" / "results.md").read_text()
+    assert real_tables.main([*argv, "--keep"]) == 0  # every finished fit is reused, none is run again
+    again = {(r["table"], r["model"]): r for r in json.loads((tmp_path / "out" / "results.json").read_text())["rows"]}
+    for key, row in rows.items():
+        if row["status"] == "ok":
+            assert again[key]["kept_from"] == results["date"] and again[key]["score"] == row["score"]
+        else:
+            assert again[key]["status"] == row["status"] and "kept_from" not in again[key]
+    # a run of one table and one model keeps the other finished fits of the directory as they are
+    assert real_tables.main([*argv[:5], "flights_late", "--models", "rfm_dask", *argv[-4:], "--keep"]) == 0
+    last = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert {(r["table"], r["model"]) for r in last["rows"]} == {k for k, r in rows.items() if r["status"] == "ok"}
+    assert sorted(c["table"] for c in last["cases"]) == ["flights_arr_delay", "flights_late"]
 
 
 def test_real_tables_section6_task_compares_rfm_dask_with_xrfm(tmp_path):
@@ -86,3 +98,29 @@ def test_real_tables_section6_task_compares_rfm_dask_with_xrfm(tmp_path):
     assert rows["xrfm"]["status"] == "ok" or "not installed" in rows["xrfm"]["reason"]
     if rows["xrfm"]["status"] == "ok":
         assert rows["rfm_dask"]["speedup_vs_xrfm"] > 0
+
+
+def _row(table: str, model: str, kind: str, score: float, seconds: float, **params) -> dict:
+    return {"table": table, "model": model, "kind": kind, "params": params, "status": "ok", "score": score,
+            "fit_seconds": seconds}
+
+
+def test_real_tables_compares_tree_variants_with_the_global_model_lightgbm_and_xrfm():
+    """Ratios against the named global model; the tree summary counts wins over the global model only on tables with
+    at least 4 x leaf_size fit rows."""
+    cases = [{"table": "big", "n_fit": 40000}, {"table": "small", "n_fit": 10000}]
+    rows = []
+    for table, tree_score in (("big", 0.92), ("small", 0.85)):
+        rows += [_row(table, "rfm_dask", "rfm_dask", 0.90, 100.0, random_state=0),
+                 _row(table, "lightgbm", "lightgbm", 0.91, 5.0),
+                 _row(table, "xrfm", "xrfm", 0.88, 400.0, max_leaf_size=4000),
+                 _row(table, "tree", "rfm_dask", tree_score, 20.0, leaf_size=4000)]
+    real_tables.add_ratios(rows, "rfm_dask")
+    tree_big = rows[3]
+    assert tree_big["time_vs_global"] == pytest.approx(0.2) and tree_big["score_minus_global"] == pytest.approx(0.02)
+    assert tree_big["time_vs_xrfm"] == pytest.approx(0.05) and tree_big["score_minus_lightgbm"] == pytest.approx(0.01)
+    (summary,) = real_tables.tree_summary(cases, rows)
+    assert (summary["beats_global"], summary["tables_vs_global"]) == (1, 1)  # "small" has 10000 < 4 x 4000 rows
+    assert (summary["beats_lightgbm"], summary["tables_vs_lightgbm"]) == (1, 2)
+    assert summary["speedup_vs_xrfm_min"] == pytest.approx(20.0) and summary["at_least_xrfm_score"] == 1
+    assert "| tree | 2 | 1/1 | 1/2 | 20.00-20.00 | 1/2 |" in real_tables.summary_table([summary])

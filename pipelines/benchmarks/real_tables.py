@@ -25,8 +25,13 @@ does not accept, or a value it refuses, skips that variant with the reason in th
 the budget is skipped).
 
 Scores on the test rows: R^2 for regression, accuracy and ROC AUC for classification; fit times; ratios against the
-first LightGBM and the first xRFM model of the run. ``--task section6`` fits the DESIGN section 6 synthetic task
-(8000 rows) with every rfm_dask variant and with xRFM's plain RFM (``xrfm.RFM``, as in ``scaling.py``).
+first LightGBM and the first xRFM model of the run and against ``[run] global_model`` (the global RFM), and for
+the rfm_dask tree variants (a ``leaf_size``) issue 12's summary: wins over the global model where the fit rows are at
+least four times the leaf size, wins over LightGBM, speed-up over xRFM. ``--keep`` reuses the finished fits of an
+earlier run in the same output directory, so models may be run at different times into one table.
+
+``--task section6`` fits the DESIGN section 6 synthetic task (8000 rows) with every rfm_dask variant and with xRFM's
+plain RFM (``xrfm.RFM``, as in ``scaling.py``).
 
 Writes ``results.json`` and ``results.md`` to the output directory (atomically, after every fit) and prints the table.
 """
@@ -74,6 +79,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         # OpenMP threads that sleep rather than spin while waiting: on a machine shared with other work, spinning
         # threads of LightGBM (and torch) slowed a 500-tree fit 15-20x here; None leaves the environment as it is
         "omp_wait_policy": "passive",
+        "global_model": None,  # the [models.<name>] every model is also compared with (the global RFM), or None
     },
     "cluster": {
         "n_workers": 2,
@@ -129,6 +135,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--models", nargs="+", help="run only these [models.<name>] of the config")
     parser.add_argument("--max-rows", type=scaling._size, help="cap every table at this many rows (before the split)")
     parser.add_argument("--out", type=Path, help="output directory (default [run] out_dir)")
+    parser.add_argument("--keep", action="store_true",
+                        help="reuse the finished fits of the output directory's results.json (same tables, split "
+                             "settings, model kinds and parameters) instead of fitting them again")
     parser.add_argument("--render", action="store_true",
                         help="fit nothing: rewrite results.md from the output directory's results.json")
     return parser.parse_args(argv)
@@ -475,24 +484,89 @@ def run_model(case: dict, name: str, model: dict, client: Any, config: dict, bud
     return {**out, "status": "ok", **result}
 
 
-def add_ratios(results: list[dict]) -> None:
-    """Per table, each model's fit time and score against the first LightGBM and the first xRFM model that ran."""
+def add_ratios(results: list[dict], global_model: str | None = None) -> None:
+    """Per table, each model's fit time and score against the first LightGBM and the first xRFM model that ran
+    (``time_vs_lightgbm``, ``score_minus_xrfm``, ...) and against the model named ``global_model`` (``*_global``)."""
     for table in dict.fromkeys(r["table"] for r in results):
-        rows = [r for r in results if r["table"] == table]
-        for kind in ("lightgbm", "xrfm"):
-            ref = next((r for r in rows if r["kind"] == kind and r["status"] == "ok"), None)
-            for r in rows:
-                if ref is None or r["status"] != "ok":
-                    continue
-                r[f"time_vs_{kind}"] = r["fit_seconds"] / ref["fit_seconds"]
-                r[f"score_minus_{kind}"] = r["score"] - ref["score"]
+        rows = [r for r in results if r["table"] == table and r["status"] == "ok"]
+        refs = {kind: next((r for r in rows if r["kind"] == kind), None) for kind in ("lightgbm", "xrfm")}
+        refs["global"] = next((r for r in rows if r["model"] == global_model), None)
+        for label, ref in refs.items():
+            for r in rows if ref is not None else []:
+                r[f"time_vs_{label}"] = r["fit_seconds"] / ref["fit_seconds"]
+                r[f"score_minus_{label}"] = r["score"] - ref["score"]
+
+
+def _leaf_size(row: dict) -> int | None:
+    """The int ``leaf_size`` of an rfm_dask tree variant's parameters, else None."""
+    size = row["params"].get("leaf_size") if row["kind"] == "rfm_dask" else None
+    return size if isinstance(size, int) else None
+
+
+def tree_summary(cases: list[dict], results: list[dict]) -> list[dict]:
+    """Issue 12's figures per rfm_dask tree variant (a ``leaf_size`` in its parameters) over the tables it fitted:
+    wins over the global model where the fit rows are at least four times the leaf size, wins over LightGBM, and
+    the fit-time speed-up over xRFM with the tables where its score is at least xRFM's."""
+    n_fit = {c["table"]: c["n_fit"] for c in cases}
+    summary = []
+    for model in dict.fromkeys(r["model"] for r in results if "leaf_size" in r["params"] and r["kind"] == "rfm_dask"):
+        rows = [r for r in results if r["model"] == model and r["status"] == "ok"]
+        if not rows:
+            continue
+        size = _leaf_size(rows[0])
+        large = [r for r in rows if "score_minus_global" in r and (size is None or n_fit[r["table"]] >= 4 * size)]
+        vs_lgbm = [r for r in rows if "score_minus_lightgbm" in r]
+        vs_xrfm = [r for r in rows if "time_vs_xrfm" in r]
+        speedups = [1 / r["time_vs_xrfm"] for r in vs_xrfm]
+        summary.append({
+            "model": model,
+            "tables": len(rows),
+            "beats_global": sum(r["score_minus_global"] > 0 for r in large),
+            "tables_vs_global": len(large),
+            "beats_lightgbm": sum(r["score_minus_lightgbm"] > 0 for r in vs_lgbm),
+            "tables_vs_lightgbm": len(vs_lgbm),
+            "speedup_vs_xrfm_min": min(speedups, default=None),
+            "speedup_vs_xrfm_max": max(speedups, default=None),
+            "at_least_xrfm_score": sum(r["score_minus_xrfm"] >= 0 for r in vs_xrfm),
+            "tables_vs_xrfm": len(vs_xrfm),
+        })
+    return summary
+
+
+def kept_rows(out_dir: Path, config: dict) -> tuple[dict[str, dict], dict[tuple[str, str], dict], list[dict]]:
+    """What this run keeps of an earlier run's results in ``out_dir`` made with the same split settings: its prepared
+    cases (without data), by table; the finished fits this run may reuse (same table settings, model kind and
+    parameters), by (table, model); and the finished fits of tables or models this run does not select, carried
+    over as they are."""
+    path = out_dir / "results.json"
+    if not path.exists():
+        return {}, {}, []
+    old = json.loads(path.read_text())
+    split_keys = ("seed", "test_fraction", "validation_fraction", "max_rows", "max_categories")
+    if old.get("task") != "tables" or any(old["config"]["run"].get(k) != config["run"].get(k) for k in split_keys):
+        return {}, {}, []
+    cases = {c["table"]: c for c in old["cases"] if c["table"] not in config["tables"]
+             or old["config"]["tables"].get(c["table"]) == config["tables"][c["table"]]}
+    reused, carried = {}, []
+    for r in old["rows"]:
+        if r["status"] != "ok" or r["table"] not in cases:
+            continue
+        fit = {k: v for k, v in r.items() if not k.startswith(("time_vs_", "score_minus_"))}
+        fit["kept_from"] = r.get("kept_from", old["date"])
+        model = config["models"].get(r["model"])
+        if r["table"] not in config["tables"] or model is None:
+            carried.append(fit)
+        elif model["kind"] == r["kind"] and dict(model.get("params", {})) == r["params"]:
+            reused[r["table"], r["model"]] = fit
+    return cases, reused, carried
 
 
 # -- reporting ----------------------------------------------------------------------------------------------------
 def markdown_table(cases: list[dict], results: list[dict]) -> str:
     """One row per (table, model): scores, fit time, ratios against LightGBM and xRFM, skip or error reasons."""
     header = ["table", "rows fit/val/test x d", "model", "test score", "ROC AUC", "fit s", "fit s / LightGBM s",
-              "xRFM s / fit s", "score - LightGBM", "score - xRFM", "CPU used by others"]
+              "xRFM s / fit s", "fit s / global s", "score - LightGBM", "score - xRFM", "score - global",
+              "CPU used by others"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 3)) + "|"]
     shape = {c["table"]: f"{c['n_fit']}/{c['n_val']}/{c['n_test']} x {c['d']}" for c in cases}
     metric = {c["table"]: "R^2" if c["task"] == "regression" else "accuracy" for c in cases}
@@ -501,10 +575,11 @@ def markdown_table(cases: list[dict], results: list[dict]) -> str:
             t_x = r.get("time_vs_xrfm")
             cells = [f"{_fmt(r['score'], '.4f')} ({metric[r['table']]})", _fmt(r.get("roc_auc"), ".4f"),
                      _fmt(r["fit_seconds"], ".1f"), _fmt(r.get("time_vs_lightgbm"), ".2f"),
-                     _fmt(1 / t_x if t_x else None, ".2f"), _fmt(r.get("score_minus_lightgbm"), "+.4f"),
-                     _fmt(r.get("score_minus_xrfm"), "+.4f"), _fmt(r.get("foreign_cpu_share"), ".0%")]
+                     _fmt(1 / t_x if t_x else None, ".2f"), _fmt(r.get("time_vs_global"), ".2f"),
+                     _fmt(r.get("score_minus_lightgbm"), "+.4f"), _fmt(r.get("score_minus_xrfm"), "+.4f"),
+                     _fmt(r.get("score_minus_global"), "+.4f"), _fmt(r.get("foreign_cpu_share"), ".0%")]
         else:
-            cells = [r["reason"].replace("|", "\\|")[:160]] + ["—"] * 7
+            cells = [r["reason"].replace("|", "\\|")[:160]] + ["—"] * 9
         lines.append("| " + " | ".join([r["table"], shape.get(r["table"], ""), r["model"], *cells]) + " |")
     return "\n".join(lines)
 
@@ -528,11 +603,35 @@ def _header(results: dict, title: str) -> list[str]:
 def results_markdown(results: dict) -> str:
     config = results["config"]
     lines = _header(results, "Real tables: rfm_dask vs LightGBM vs xRFM")
-    lines += [f"- model `{name}` ({m['kind']}): `{m.get('params', {})}`" for name, m in config["models"].items()]
+    models = {r["model"]: (r["kind"], r["params"]) for r in results["rows"]}
+    lines += [f"- model `{name}` ({kind}): `{params}`" for name, (kind, params) in models.items()]
     lines += [f"- table `{c['table']}`: {c['source']}, target `{c['target']}` ({c['task']}), "
               f"{c['n_rows_with_target']} rows with a target, {c['n_train'] + c['n_test']} used"
               for c in results["cases"]]
+    if config["run"].get("global_model"):
+        lines.append(f"- global model (the `global` columns): `{config['run']['global_model']}`")
+    kept = sorted({r["kept_from"] for r in results["rows"] if "kept_from" in r})
+    if kept:
+        lines.append(f"- fits kept from earlier runs in this directory (--keep), from the runs of {', '.join(kept)}")
     lines += ["", markdown_table(results["cases"], results["rows"]), ""]
+    summary = tree_summary(results["cases"], results["rows"])
+    if summary:
+        lines += ["Tree variants (issue 12): wins over the global model on the tables with at least 4 x leaf_size fit "
+                  "rows; wins over LightGBM; xRFM's fit time over the tree's, and the tables where the tree's score "
+                  "is at least xRFM's.", "", summary_table(summary), ""]
+    return "\n".join(lines)
+
+
+def summary_table(summary: list[dict]) -> str:
+    """The rows of ``tree_summary`` as a markdown table."""
+    lines = ["| model | tables | beats global (n_fit >= 4 x leaf) | beats LightGBM | xRFM s / fit s | "
+             "score >= xRFM |", "|---|---:|---:|---:|---:|---:|"]
+    for s in summary:
+        speed = (f"{_fmt(s['speedup_vs_xrfm_min'], '.2f')}-{_fmt(s['speedup_vs_xrfm_max'], '.2f')}"
+                 if s["tables_vs_xrfm"] else "—")
+        lines.append(f"| {s['model']} | {s['tables']} | {s['beats_global']}/{s['tables_vs_global']} | "
+                     f"{s['beats_lightgbm']}/{s['tables_vs_lightgbm']} | {speed} | "
+                     f"{s['at_least_xrfm_score']}/{s['tables_vs_xrfm']} |")
     return "\n".join(lines)
 
 
@@ -555,6 +654,8 @@ def write_outputs(results: dict, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     public = {k: v for k, v in results.items() if k != "cases"}
     public["cases"] = [{k: v for k, v in c.items() if k != "data"} for c in results.get("cases", [])]
+    if results["task"] == "tables":
+        public["tree_summary"] = tree_summary(public["cases"], public["rows"])
     write_text(out_dir / "results.json", json.dumps(public, indent=2, default=_json_default))
     render = section6_markdown if results["task"] == "section6" else results_markdown
     write_text(out_dir / "results.md", render(public))
@@ -562,18 +663,35 @@ def write_outputs(results: dict, out_dir: Path) -> list[Path]:
 
 
 # -- the two tasks ------------------------------------------------------------------------------------------------
-def run_tables(config: dict, client: Any, results: dict, out_dir: Path) -> None:
-    """``--task tables``: every model on every table, results written after each fit."""
+def run_tables(config: dict, client: Any, results: dict, out_dir: Path, keep: bool = False) -> None:
+    """``--task tables``: every model on every table, results written after each fit; with ``keep``, the finished
+    fits of an earlier run in ``out_dir`` on the same rows (see ``kept_rows``) are reused instead of fitted again."""
     budgets = Budgets(config)
+    old_cases, old_rows, carried = kept_rows(out_dir, config) if keep else ({}, {}, [])
+    # carried fits are part of every write, so an interrupted run loses none of them
+    results["cases"] += [old_cases[t] for t in dict.fromkeys(r["table"] for r in carried)]
+    results["rows"] += carried
     for name, spec in config["tables"].items():
-        _log(f"preparing table {name} ({spec['source']}) ...")
-        case = prepare_table(name, spec, config["run"], out_dir / "data")
-        _log(f"  {case['n_train']} training rows ({case['n_val']} for validation), {case['n_test']} test rows, "
-             f"{case['d']} features, {case['task']}, {case['prepare_seconds']:.1f} s")
-        results["cases"].append(case)
+        if all((name, m) in old_rows for m in config["models"]):
+            case = old_cases[name]
+            _log(f"table {name}: every model kept from the earlier run")
+        else:
+            _log(f"preparing table {name} ({spec['source']}) ...")
+            case = prepare_table(name, spec, config["run"], out_dir / "data")
+            _log(f"  {case['n_train']} training rows ({case['n_val']} for validation), {case['n_test']} test rows, "
+                 f"{case['d']} features, {case['task']}, {case['prepare_seconds']:.1f} s")
+            shape = ("n_fit", "n_val", "n_test", "d")
+            if name in old_cases and any(old_cases[name][k] != case[k] for k in shape):
+                old_rows = {key: row for key, row in old_rows.items() if key[0] != name}
+        results["cases"] = [c for c in results["cases"] if c["table"] != name] + [case]
         for model_name, model in config["models"].items():
-            results["rows"].append(run_model(case, model_name, model, client, config, budgets))
-            add_ratios(results["rows"])
+            kept = old_rows.get((name, model_name))
+            if kept is not None:
+                _log(f"  {model_name}: kept ({kept['fit_seconds']:.1f} s, test score {kept['score']:.4f})")
+            results["rows"].append(kept or run_model(case, model_name, model, client, config, budgets))
+            order = {c["table"]: i for i, c in enumerate(results["cases"])}
+            results["rows"].sort(key=lambda r: order[r["table"]])  # by table, stable within one
+            add_ratios(results["rows"], config["run"]["global_model"])
             write_outputs(results, out_dir)
 
 
@@ -638,6 +756,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.render:
         out_dir = Path(config["run"]["out_dir"])
         results = json.loads((out_dir / "results.json").read_text())
+        if results["task"] == "tables":
+            add_ratios(results["rows"], results["config"]["run"].get("global_model"))
         render = section6_markdown if results["task"] == "section6" else results_markdown
         write_text(out_dir / "results.md", render(results))
         print(render(results))
@@ -677,7 +797,10 @@ def main(argv: list[str] | None = None) -> int:
         n_workers=int(cl["n_workers"]), threads_per_worker=int(cl["threads_per_worker"]), processes=True,
         memory_limit=cl["memory_limit"], scheduler_kwargs={"dashboard": False, "dashboard_address": ":0"},
     ) as cluster, Client(cluster) as client:
-        (run_section6 if args.task == "section6" else run_tables)(config, client, results, out_dir)
+        if args.task == "section6":
+            run_section6(config, client, results, out_dir)
+        else:
+            run_tables(config, client, results, out_dir, keep=args.keep)
     results["loadavg_after"] = scaling._loadavg()
     written = write_outputs(results, out_dir)
     print()
