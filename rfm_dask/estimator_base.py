@@ -164,17 +164,16 @@ class _RFMBase(BaseEstimator):
                                          None if self.split_temperature is None else float(self.split_temperature))
             self._set_tree(fit_tree(client, train, Y, settings, tree_settings, rng, self._target_scaling, val, Y_val,
                                     metrics, weights, self.checkpoint, bool(self.resume)))
-            self.solver_options_ = asdict(settings.options)
-            return
-        scaling = self._target_scaling(Y, weights)
-        result = run_rfm(ClusterEngine(client, settings.options), train, Y, settings, rng, val, Y_val, metrics,
-                         self.checkpoint, bool(self.resume), scaling, weights)
-        self._set_model(
-            KernelModel(result.centres, result.coef, result.feature_matrix, result.spec, result.shift, scaling),
-            result.reg,
-            result.best_iter,
-            result.history,
-        )
+        else:
+            scaling = self._target_scaling(Y, weights)
+            result = run_rfm(ClusterEngine(client, settings.options), train, Y, settings, rng, val, Y_val, metrics,
+                             self.checkpoint, bool(self.resume), scaling, weights)
+            self._set_model(
+                KernelModel(result.centres, result.coef, result.feature_matrix, result.spec, result.shift, scaling),
+                result.reg,
+                result.best_iter,
+                result.history,
+            )
         self.solver_options_ = asdict(settings.options)
 
     def _set_model(self, model: KernelModel, reg: float, best_iter: int, history: list[dict]) -> None:

@@ -30,6 +30,12 @@ class Solution:
     residual: float
 
 
+def dense_solve_fits(n: int, worker_memory: int) -> bool:
+    """Whether the dense solve of n rows (its n x n matrices, ``DIRECT_BYTES_PER_ENTRY`` per entry) fits half of
+    ``worker_memory`` bytes (always, when it is 0: no limit known)."""
+    return not worker_memory or DIRECT_BYTES_PER_ENTRY * n * n <= worker_memory // 2
+
+
 def choose_solver(solver: str, n: int, options: SolverOptions, worker_memory: int = 0) -> str:
     """Resolve ``solver="auto"`` by the number of training rows: direct up to ``options.direct_max_rows``, then
     exact CG up to ``options.cg_max_rows``, then Nystrom (FALKON).
@@ -41,8 +47,7 @@ def choose_solver(solver: str, n: int, options: SolverOptions, worker_memory: in
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
     if solver != "auto":
         return solver
-    fits = not worker_memory or DIRECT_BYTES_PER_ENTRY * n * n <= worker_memory // 2
-    if n <= options.direct_max_rows and fits:
+    if n <= options.direct_max_rows and dense_solve_fits(n, worker_memory):
         return "direct"
     return "cg" if n <= options.cg_max_rows else "nystrom"
 

@@ -32,7 +32,7 @@ from rfm_dask.parallel.cluster_engine import ClusterEngine
 from rfm_dask.parallel.row_blocks import RowBlocks, fetch_rows, materialise, smallest_worker_memory, take_rows
 from rfm_dask.parallel.scheduling import Submitter, rows_digest
 from rfm_dask.rfm_loop import FitResult, Metrics, RFMSettings, run_rfm
-from rfm_dask.solvers.dispatch import DIRECT_BYTES_PER_ENTRY
+from rfm_dask.solvers.dispatch import DIRECT_BYTES_PER_ENTRY, dense_solve_fits
 from rfm_dask.tree import tasks
 from rfm_dask.tree.checkpoint import restore_tree_checkpoint, save_tree_checkpoint
 from rfm_dask.tree.model import TreeModel
@@ -165,8 +165,7 @@ def _tree_of(splits: list[tuple[int, np.ndarray, float, float]], leaf_heaps: lis
 def fits_one_worker(client: Client, n_rows: int) -> bool:
     """Whether a leaf of ``n_rows`` rows may be fitted in one task: its dense solve (``DIRECT_BYTES_PER_ENTRY`` per
     kernel entry) within half the smallest worker's memory limit (always, when no limit is known)."""
-    limit = smallest_worker_memory(client)
-    return not limit or DIRECT_BYTES_PER_ENTRY * n_rows**2 <= limit // 2
+    return dense_solve_fits(n_rows, smallest_worker_memory(client))
 
 
 def fit_tree(
