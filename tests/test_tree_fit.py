@@ -202,23 +202,28 @@ def test_resumed_tree_equals_uninterrupted(client, data, tree_model, tmp_path, m
     fitted again) and ends with the uninterrupted fit's model, bit for bit."""
     from rfm_dask.tree import tasks
 
+    from rfm_dask.tree.structure import route
+
     X, y, X_test, _ = data
     fit_local, calls, kill = tasks.fit_local, [], [True]
+    last = tree_model.n_leaves_ - 1
 
-    def killed_at_third_leaf(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3 and kill:
+    def killed_at_last_leaf(rows, *args, **kwargs):
+        leaf = int(np.bincount(route(np, np.asarray(rows, dtype=np.float64), tree_model.tree_)).argmax())
+        calls.append(leaf)
+        if leaf == last and kill:  # the leaves are collected in order: all others are finished by now
             raise Killed
-        return fit_local(*args, **kwargs)
+        return fit_local(rows, *args, **kwargs)
 
     path = tmp_path / "tree.ckpt"
-    monkeypatch.setattr(tasks, "fit_local", killed_at_third_leaf)  # the leaves' fits (not the split models')
+    monkeypatch.setattr(tasks, "fit_local", killed_at_last_leaf)  # the leaves' fits (not the split models')
     with pytest.raises(Killed):
         RFMRegressor(bandwidth=3.0, iters=2, client=client, checkpoint=path, **TREE).fit(X, y)
+    assert sorted(calls) == list(range(tree_model.n_leaves_))
     calls.clear()
     kill.clear()
     resumed = RFMRegressor(bandwidth=3.0, iters=2, client=client, checkpoint=path, resume=True, **TREE).fit(X, y)
-    assert 1 <= len(calls) < 4  # the leaves finished before the kill were kept
+    assert calls == [last]  # the leaves finished before the kill were kept
     np.testing.assert_array_equal(resumed.predict(X_test), tree_model.predict(X_test))
     def without_times(histories):
         return [[{k: v for k, v in record.items() if k != "seconds"} for record in h] for h in histories]

@@ -255,10 +255,15 @@ def fit_tree(
             else:
                 on_cluster[j] = (leaf_train[j], leaf_settings, rng_leaf, rows_val, args)
         largest = max((leaves[j].rows.size for j in todo), default=0)
-        futures = iter(list(Submitter(client).stream(calls, task_bytes=DIRECT_BYTES_PER_ENTRY * largest**2)))
-        for j in todo:  # in leaf order, whatever order they finish in
-            done[j] = _fit_on_cluster(client, *on_cluster[j]) if j in on_cluster else next(futures).result()
-            save(done)
+        submitted = list(Submitter(client).stream(calls, task_bytes=DIRECT_BYTES_PER_ENTRY * largest**2))
+        futures = iter(submitted)
+        try:
+            for j in todo:  # in leaf order, whatever order they finish in
+                done[j] = _fit_on_cluster(client, *on_cluster[j]) if j in on_cluster else next(futures).result()
+                save(done)
+        except BaseException:
+            client.cancel(submitted)  # a failed fit leaves no leaf running on the cluster
+            raise
     results = [done[j] for j in range(len(leaves))]
     models = [KernelModel(r.centres, r.coef, r.feature_matrix, r.spec, r.shift, scaling)
               for r, scaling in zip(results, scalings)]
