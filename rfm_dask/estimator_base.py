@@ -14,6 +14,7 @@ from distributed import Client
 from sklearn.base import BaseEstimator, clone
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from rfm_dask.core.backend import identity
 from rfm_dask.files.atomic import check_writable
 from rfm_dask.files.model_file import write_model_file
 from rfm_dask.io.transformer import TableEncoder, is_pandas_frame
@@ -23,6 +24,8 @@ from rfm_dask.parallel.cluster import resolve_client
 from rfm_dask.parallel.cluster_engine import ClusterEngine
 from rfm_dask.parallel.inputs import check_dask_features, is_dask, to_host_targets
 from rfm_dask.parallel.placement import check_weights, fit_rows
+from rfm_dask.parallel.row_blocks import RowBlocks, materialise
+from rfm_dask.parallel.scheduling import Submitter
 from rfm_dask.parameters import PARAMETER_CONSTRAINTS, RUN_PARAMS, rfm_settings
 from rfm_dask.rfm_loop import RFMSettings, run_rfm
 from rfm_dask.tree.fit import TreeFit, fit_tree
@@ -36,6 +39,8 @@ class _RFMBase(BaseEstimator):
     #: Allowed values of every constructor parameter, checked by ``_settings`` before a fit and on ``load``
     #: (scikit-learn's declarative validation: a list of alternatives per parameter, None meaning None itself).
     _parameter_constraints: dict = PARAMETER_CONSTRAINTS
+    #: The ``scoring`` values of this estimator (None is its default, the first of them).
+    _scorings: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -51,6 +56,7 @@ class _RFMBase(BaseEstimator):
         solver: str = "auto",
         tol: float = 1e-6,
         validation_fraction: float = 0.1,
+        scoring: str | None = None,
         patience: int | None = 2,
         agop_samples: int | None = None,
         n_centers: int | None = None,
@@ -76,6 +82,7 @@ class _RFMBase(BaseEstimator):
         self.solver = solver
         self.tol = tol
         self.validation_fraction = validation_fraction
+        self.scoring = scoring
         self.patience = patience
         self.agop_samples = agop_samples
         self.n_centers = n_centers
@@ -111,6 +118,9 @@ class _RFMBase(BaseEstimator):
     def _settings(self) -> RFMSettings:
         """The validated settings of a fit (see ``parameters.rfm_settings``)."""
         self._validate_params()
+        if self.scoring is not None and self.scoring not in self._scorings:
+            raise ValueError(f"The 'scoring' parameter of {type(self).__name__} must be one of {self._scorings} or "
+                             f"None, got {self.scoring!r}")
         check_leaf_init(self.leaf_init, self.split_method)
         return rfm_settings(self)
 
@@ -175,6 +185,11 @@ class _RFMBase(BaseEstimator):
                 result.history,
             )
         self.solver_options_ = asdict(settings.options)
+        self._calibrate(client, val, Y_val)
+
+    def _calibrate(self, client: Client, val: RowBlocks | None, Y_val: np.ndarray | None) -> None:
+        """After the model is fitted: fit what maps its outputs to the estimator's answers on the validation rows
+        ``val`` with targets Y_val (n_val, c) (None: none). A regressor has nothing to calibrate."""
 
     def _set_model(self, model: KernelModel, reg: float, best_iter: int, history: list[dict]) -> None:
         """Set the fitted attributes from the kept predictor and the ridge it was solved with."""
@@ -242,6 +257,20 @@ class _RFMBase(BaseEstimator):
         if isinstance(X, da.Array):
             return self.model_.decision_dask(X)
         return self.model_.decision(X)
+
+
+def _decision_task(model: Any, block: Any) -> np.ndarray:
+    """A fitted model's outputs (b, c) float64 on one row block (held or streamed)."""
+    return model.decision(materialise(block))
+
+
+def scores_on_rows(client: Client, model: Any, rows: RowBlocks) -> np.ndarray:
+    """The outputs of a fitted model (``KernelModel`` or ``TreeModel``) on rows held on the cluster: one task per
+    block, gathered here as (n, c) float64 in row order."""
+    shared = client.submit(identity, model, pure=False)
+    calls = ((_decision_task, shared, block) for block in rows.futures)
+    futures = list(Submitter(client).stream(calls, spread=rows.streamed, task_bytes=rows.streamed_block_bytes))
+    return np.concatenate(client.gather(futures) or [np.zeros((0, model.n_outputs))])
 
 
 def _importances(M: np.ndarray) -> np.ndarray:

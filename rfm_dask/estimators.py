@@ -4,19 +4,31 @@
 from __future__ import annotations
 
 import os
+from functools import partial
 from typing import Any
 
 import dask.array as da
 import numpy as np
+from distributed import Client
 from sklearn.base import ClassifierMixin, RegressorMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import column_or_1d
 
-from rfm_dask.core.metrics import classification_metrics, regression_metrics, scores_to_index, scores_to_proba
+from rfm_dask.core.metrics import (
+    CLASSIFICATION_SCORINGS,
+    REGRESSION_SCORINGS,
+    calibrated_proba,
+    classification_metrics,
+    fit_temperature,
+    regression_metrics,
+    scores_to_index,
+    scores_to_proba,
+)
 from rfm_dask.core.targets import TargetScaling
-from rfm_dask.estimator_base import _RFMBase
+from rfm_dask.estimator_base import _RFMBase, scores_on_rows
 from rfm_dask.files.model_file import ModelFileError, read_model_file
 from rfm_dask.parallel.inputs import check_finite_targets
+from rfm_dask.parallel.row_blocks import RowBlocks
 from rfm_dask.parameters import ATTRIBUTES_DOC, PARAMETERS_DOC
 
 
@@ -35,6 +47,7 @@ class RFMRegressor(RegressorMixin, _RFMBase):
 """ + PARAMETERS_DOC + ATTRIBUTES_DOC
 
     _y_numeric = True
+    _scorings = REGRESSION_SCORINGS
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -82,12 +95,23 @@ class RFMClassifier(ClassifierMixin, _RFMBase):
     The 0/1 indicators are centred by the class frequencies of the training rows before the solve and the scores
     mapped back (the frequencies added), so far from the training rows the scores fall to the class frequencies,
     not to 0.
-    ``predict_proba`` clips the regression scores to be non-negative and normalises them (not calibrated).
+    ``predict_proba`` is calibrated on the validation rows by temperature scaling: softmax(S / T) of the class
+    scores S (for two classes, the scores 1 - s and s of the second class's score s: Platt's sigmoid
+    p = sigmoid((2 s - 1) / T) with its threshold fixed at s = 1/2), T fitted after the best iteration is chosen to
+    minimise the validation log-loss of the chosen model. T > 0 keeps the order of the scores, so ``predict`` (the
+    largest score; s > 1/2 for two classes) is unchanged and equals the argmax of ``predict_proba``. A tree is
+    calibrated once, on the whole model's validation scores. Without validation rows (``validation_fraction=0``
+    leaving none, and no ``X_val``) the probabilities are not calibrated: the scores clipped to be non-negative and
+    normalised (``core.metrics.scores_to_proba``), as are those of models saved before calibration existed.
 """ + PARAMETERS_DOC + ATTRIBUTES_DOC + """    classes_ : ndarray of shape (n_classes,)
         The class labels, sorted.
+    calibration_ : float or None
+        The temperature T of ``predict_proba`` (see above), fitted on the validation rows; None when there were none
+        (uncalibrated probabilities). Saved in the model file.
 """
 
     _y_numeric = False
+    _scorings = CLASSIFICATION_SCORINGS
 
     def _encode(self, y: np.ndarray, fitting: bool) -> np.ndarray:
         y = column_or_1d(y, warn=True)
@@ -116,10 +140,16 @@ class RFMClassifier(ClassifierMixin, _RFMBase):
         classes = self.classes_
         if classes.dtype.hasobject:
             classes = classes.astype(str)
-        return {"classes": classes.tolist(), "classes_dtype": classes.dtype.str}
+        return {"classes": classes.tolist(), "classes_dtype": classes.dtype.str, "calibration": self.calibration_}
 
     def _restore_target_state(self, state: dict) -> None:
         self.classes_ = np.asarray(state["classes"], dtype=np.dtype(state["classes_dtype"]))
+        # files from before calibration existed: uncalibrated probabilities, as they had
+        self.calibration_ = state.get("calibration")
+
+    def _calibrate(self, client: Client, val: RowBlocks | None, Y_val: np.ndarray | None) -> None:
+        """``calibration_``: the temperature fitted on the model's scores on the validation rows (None without)."""
+        self.calibration_ = None if val is None else fit_temperature(scores_on_rows(client, self.model_, val), Y_val)
 
     def fit(
         self, X: Any, y: Any, X_val: Any = None, y_val: Any = None, sample_weight: Any = None
@@ -133,15 +163,19 @@ class RFMClassifier(ClassifierMixin, _RFMBase):
         return self
 
     def predict_proba(self, X: Any) -> Any:
-        """Class scores turned into probabilities (n, n_classes); lazy for dask input."""
+        """Class probabilities (n, n_classes): the scores calibrated by the temperature ``calibration_``, or clipped
+        and normalised when it is None (see the class docstring); lazy for dask input."""
         F = self._decision(X)
+        to_proba = scores_to_proba if self.calibration_ is None else partial(calibrated_proba,
+                                                                              temperature=self.calibration_)
         if isinstance(F, da.Array):
             k = len(self.classes_)
-            return F.map_blocks(scores_to_proba, chunks=(F.chunks[0], (k,)), meta=np.empty((0, k)))
-        return scores_to_proba(F)
+            return F.map_blocks(to_proba, chunks=(F.chunks[0], (k,)), meta=np.empty((0, k)))
+        return to_proba(F)
 
     def predict(self, X: Any) -> Any:
-        """Predicted labels (n,); lazy for dask input."""
+        """Predicted labels (n,): the class of the largest score, the argmax of ``predict_proba`` too; lazy for dask
+        input."""
         F = self._decision(X)
         if isinstance(F, da.Array):
             return F.map_blocks(

@@ -49,6 +49,10 @@ def check_state(state: dict, arrays: dict[str, np.ndarray], classifier: bool) ->
             raise ValueError(f"classes must be a list of at least 2 distinct labels, got {classes!r}")
         if outputs != (1 if len(classes) == 2 else len(classes)):
             raise ValueError(f"{len(classes)} classes do not fit coefficients of shape {coef.shape}")
+        temperature = state.get("calibration")
+        if temperature is not None and not (isinstance(temperature, float) and np.isfinite(temperature)
+                                            and temperature > 0):
+            raise ValueError(f"calibration must be null or a finite temperature > 0, got {temperature!r}")
     elif state["single_output"] is True and outputs != 1:
         raise ValueError(f"a single-output model has coefficients of shape {coef.shape}")
 

@@ -14,6 +14,7 @@ from sklearn.utils._param_validation import Interval, StrOptions, validate_param
 
 from rfm_dask import config
 from rfm_dask.core.kernel_spec import KERNELS, KernelSpec
+from rfm_dask.core.metrics import CLASSIFICATION_SCORINGS, REGRESSION_SCORINGS
 from rfm_dask.options import SolverOptions
 from rfm_dask.rfm_loop import FEATURE_UPDATES, RFMSettings
 from rfm_dask.solvers.dispatch import SOLVERS
@@ -57,6 +58,11 @@ PARAMETERS_DOC = """
         Relative residual at which CG stops.
     validation_fraction : float, default=0.1
         Share of the rows split off (seeded) to pick the best iteration when no ``X_val`` is given.
+    scoring : {"accuracy", "balanced_accuracy", "roc_auc", "log_loss", "mse", "r2", "mae"} or None, default=None
+        The validation metric that picks the best iteration, bandwidth/reg="auto" and each tree leaf's iteration
+        (ties: the lower MSE), recorded as ``val_<scoring>`` in ``history_``. A classifier takes "accuracy" (None),
+        "balanced_accuracy", "roc_auc" (one-vs-rest macro average for more than two classes), "log_loss" (of the
+        probabilities calibrated on the validation rows) or "mse"; a regressor "mse" (None), "r2" or "mae".
     patience : int or None, default=2
         Stop after this many iterations without improvement; None runs all ``iters``.
     agop_samples : int or None, default=None
@@ -152,6 +158,7 @@ PARAMETER_CONSTRAINTS: dict = {
     "solver": [StrOptions(set(SOLVERS))],
     "tol": [Range(Real, 0, 1, closed="neither")],
     "validation_fraction": [Range(Real, 0, 1, closed="left")],
+    "scoring": [StrOptions(set(CLASSIFICATION_SCORINGS + REGRESSION_SCORINGS)), None],
     "patience": [Range(Integral, 0, None, closed="left"), None],
     "agop_samples": [Range(Integral, 1, None, closed="left"), None],
     "n_centers": [Range(Integral, 1, None, closed="left"), None],
@@ -202,5 +209,6 @@ def rfm_settings(est: Any) -> RFMSettings:
         feature_update=est.feature_update,
         tune_bandwidth=tune_bandwidth,
         tune_reg=tune_reg,
+        scoring=est.scoring,
         options=options,
     )

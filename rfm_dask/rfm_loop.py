@@ -12,7 +12,7 @@ import numpy as np
 
 from rfm_dask.core.feature_matrix import agop_feature_matrix, fact_feature_matrix, matrix_sqrt
 from rfm_dask.core.kernel_spec import KernelSpec
-from rfm_dask.core.metrics import regression_metrics
+from rfm_dask.core.metrics import regression_metrics, validation_quality
 from rfm_dask.core.targets import TargetScaling
 from rfm_dask.files.checkpoint import fingerprint, load_checkpoint, save_checkpoint
 from rfm_dask.kernel_operator import Engine, KernelOperator, Rows
@@ -23,12 +23,9 @@ from rfm_dask.tuning import search_hyperparameters
 
 logger = logging.getLogger("rfm_dask")
 
-Metrics = Callable[[np.ndarray, np.ndarray], dict]
-
-
-def _quality(metrics: dict) -> tuple:
-    """Sort key, larger is better: accuracy first where there is one, then lower MSE."""
-    return (metrics.get("val_accuracy", 0.0), -metrics["val_mse"])
+#: Validation metrics of predictions (n, c) against targets (n, c) for a ``scoring`` (None: the task's default), as
+#: ``core.metrics.classification_metrics`` and ``regression_metrics``.
+Metrics = Callable[[np.ndarray, np.ndarray, "str | None"], dict]
 
 
 @dataclass(frozen=True)
@@ -36,8 +33,10 @@ class RFMSettings:
     """Hyperparameters of one RFM fit (the estimator's parameters, validated).
 
     With ``tune_bandwidth`` (``tune_reg``) the bandwidth of ``spec`` (``reg``) is not used: each iteration chooses
-    it on the validation rows (see ``tuning``). ``options``: how the solves run, read from dask.config when the
-    settings are made (on the client), so a loop running in a worker task uses the client's values.
+    it on the validation rows (see ``tuning``). ``scoring``: the validation metric that ranks iterations and tuning
+    candidates (``core.metrics.validation_quality``; None: accuracy for a classifier, MSE for a regressor).
+    ``options``: how the solves run, read from dask.config when the settings are made (on the client), so a loop
+    running in a worker task uses the client's values.
     """
 
     spec: KernelSpec
@@ -54,6 +53,7 @@ class RFMSettings:
     feature_update: str = "agop"
     tune_bandwidth: bool = False
     tune_reg: bool = False
+    scoring: str | None = None
     options: SolverOptions = field(default_factory=SolverOptions.from_config)
 
 
@@ -189,12 +189,17 @@ def run_rfm(
     if tune and val is None:
         raise ValueError("bandwidth='auto' and reg='auto' are chosen on validation rows: pass X_val and y_val or "
                          "a validation_fraction that leaves at least one row")
+
+    def validation_quality_of(F: np.ndarray) -> tuple:
+        """``validation_quality`` of scaled predictions F (n_val, c) on the validation rows (tuning's score)."""
+        return validation_quality(metrics(scaling.inverse(F), Y_val, settings.scoring), settings.scoring)
+
     for t in range(first, settings.iters + 1):
         start = time.perf_counter()
         spec, reg, sol = settings.spec, settings.reg, None
         if tune:
             choice = search_hyperparameters(
-                engine, train, Z, val, lambda F: _quality(metrics(scaling.inverse(F), Y_val)), matrix_sqrt(M),
+                engine, train, Z, val, validation_quality_of, matrix_sqrt(M),
                 shift, settings.spec, None if settings.tune_reg else settings.reg, settings.tune_bandwidth, solver,
                 rng, weights,
             )
@@ -205,8 +210,8 @@ def run_rfm(
         record = {"iteration": t, "bandwidth": spec.bandwidth, "reg": reg, "solver": sol.solver,
                   "cg_iterations": sol.iterations, "residual": sol.residual}
         if val is not None:
-            record.update(metrics(scaling.inverse(passes.matvec(val, sol.coef)), Y_val))
-            quality = _quality(record)
+            record.update(metrics(scaling.inverse(passes.matvec(val, sol.coef)), Y_val, settings.scoring))
+            quality = validation_quality(record, settings.scoring)
             improved = best_quality is None or quality > best_quality
         else:
             improved, quality = True, None

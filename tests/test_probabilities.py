@@ -45,15 +45,29 @@ def test_multiclass_scores_to_probabilities():
     assert np.all(F[0] == [0.2, 0.5, 0.3])  # the input is not modified
 
 
+def _expected_calibrated_proba(F: np.ndarray, T: float) -> np.ndarray:
+    """Written out: binary p = 1 / (1 + exp(-(2 s - 1) / T)) for the second class; multiclass exp(F / T) / sum."""
+    if F.shape[1] == 1:
+        p = 1.0 / (1.0 + np.exp(-(2 * F[:, 0] - 1) / T))
+        return np.column_stack([1 - p, p])
+    E = np.exp((F - F.max(axis=1, keepdims=True)) / T)
+    return E / E.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("calibrated", [False, True])
 @pytest.mark.parametrize("n_classes", [2, 3])
-def test_classifier_proba_is_the_map_of_its_scores(client, n_classes):
+def test_classifier_proba_is_the_map_of_its_scores(client, n_classes, calibrated):
+    """Without validation rows the clip-and-normalise map of the scores; with them, the temperature-scaled one."""
     rng = np.random.default_rng(n_classes)
     X = rng.normal(size=(200, 4)).astype(np.float32)
     score = X[:, 0] + 0.5 * X[:, 1] + 0.5 * rng.normal(size=200)
     y = np.digitize(score, np.quantile(score, np.linspace(0, 1, n_classes + 1)[1:-1]))
-    model = RFMClassifier(iters=1, reg=0.1, bandwidth=3.0, random_state=0, client=client).fit(X, y)
+    model = RFMClassifier(iters=1, reg=0.1, bandwidth=3.0, random_state=0, validation_fraction=0.1 * calibrated,
+                          client=client).fit(X, y)
     X_test = rng.normal(size=(100, 4)).astype(np.float32)
-    expected = _expected_proba(model.model_.decision(X_test))
+    F = model.model_.decision(X_test)
+    assert (model.calibration_ is not None) == calibrated
+    expected = _expected_calibrated_proba(F, model.calibration_) if calibrated else _expected_proba(F)
     proba = model.predict_proba(X_test)
     np.testing.assert_allclose(proba, expected, rtol=0, atol=1e-12)
     # soft probabilities, not hard labels: for most test rows no class is (nearly) certain
