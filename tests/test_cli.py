@@ -173,3 +173,19 @@ def test_command_line_overrides_config_for_every_kind_of_option(tmp_path):
     assert (args.bandwidth, args.solver, args.diag, args.centre_agop, args.agop_power, args.random_state) == (
         7.0, "direct", False, False, 1.0, 0)
     assert (args.iters, args.reg, args.kernel) == (4, 0.01, "gaussian")  # not given: still the config's
+
+
+def test_the_scoring_option(files, capsys, tmp_path):
+    """``--scoring`` (derived from the estimator) picks the validation metric; the model file keeps it and the
+    calibrated probabilities; a scoring of the other task is a one-line error."""
+    parser, commands = build_parser()
+    help_text = " ".join(commands["fit"].format_help().split())
+    assert "--scoring {accuracy,balanced_accuracy,log_loss,mae,mse,r2,roc_auc,none}" in help_text
+    store = tmp_path / "cls.zarr"
+    assert _run(capsys, "ingest", files / "train.parquet", store, "--target", "label", "--exclude", "y")[0] == 0
+    status, out, _ = _run(capsys, "fit", store, tmp_path / "a.rfm", "--iters", "1", "--solver", "direct",
+                          "--scoring", "roc_auc")
+    assert status == 0 and all("val_roc_auc" in record for record in json.loads(out)["history"])
+    model = rfm_dask.load(tmp_path / "a.rfm")
+    assert model.scoring == "roc_auc" and model.calibration_ > 0
+    _one_line_error(capsys, "fit", store, tmp_path / "b.rfm", "--scoring", "r2", match="scoring")

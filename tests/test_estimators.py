@@ -61,11 +61,14 @@ def test_predictions_invariant_to_batches(client, data):
         print(type(model).__name__, "rounding bound relative to the scores' scale:",
               bound.max() / np.abs(model.model_.decision(X_test)).max())
         methods = [model.predict] if isinstance(model, RFMRegressor) else [model.predict_proba]
+        # predict_proba is Lipschitz in a binary score s: 1-Lipschitz uncalibrated (the clip), (1 / (2 T))-Lipschitz
+        # calibrated (p = sigmoid((2 s - 1) / T)), so the score's bound times that holds for it
+        T = getattr(model, "calibration_", None)
+        bound = bound * (1.0 if T is None else max(1.0, 0.5 / T))
         for method in methods:
             whole = method(X_test).reshape(len(X_test), -1)
             for size in (1, 7, 64):
                 parts = np.concatenate([method(X_test[s : s + size]) for s in range(0, len(X_test), size)])
-                # predict_proba is 1-Lipschitz in a binary score, so the score's bound holds for it too
                 assert np.all(np.abs(parts.reshape(whole.shape) - whole) <= bound), size
             lazy = method(da.from_array(X_test, chunks=(37, -1))).compute().reshape(whole.shape)
             assert np.all(np.abs(lazy - whole) <= bound)

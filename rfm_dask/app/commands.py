@@ -69,9 +69,8 @@ def fit_params(args: argparse.Namespace) -> dict[str, Any]:
 
 def check_fit(args: argparse.Namespace) -> None:
     """What ``fit`` can refuse before a cluster starts: an existing model file, a model file or checkpoint that
-    cannot be written, a path that is no store, and estimator parameters out of range."""
-    from rfm_dask.app.workflows import is_zarr_store
-    from rfm_dask.estimators import RFMRegressor
+    cannot be written, a path that is no store, and estimator parameters out of range (for the store's task)."""
+    from rfm_dask.app.workflows import is_zarr_store, store_estimator
     from rfm_dask.files.atomic import check_writable
 
     _refuse_existing(args.model, args.overwrite, "model file")
@@ -79,7 +78,7 @@ def check_fit(args: argparse.Namespace) -> None:
     check_writable(args.checkpoint or f"{args.model}.ckpt", "checkpoint")
     if not is_zarr_store(args.store):
         raise ValueError(f"{args.store} is not a readable Zarr store of X and y (write one with `rfm-dask ingest`)")
-    RFMRegressor(**fit_params(args))._settings()
+    store_estimator(args.store, args.task)(**fit_params(args))._settings()
 
 
 def cmd_fit(args: argparse.Namespace, client: Any) -> None:

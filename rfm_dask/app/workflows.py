@@ -54,6 +54,19 @@ def _open_store(store: str | os.PathLike) -> ZarrData:
                          f"{exc}") from None
 
 
+def _fit_task(attrs: dict, task: str | None) -> str:
+    """The task of a fit: ``task``, else the one recorded at ingest in the store's ``attrs``, else regression."""
+    task = task or attrs.get("task") or "regression"
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    return task
+
+
+def store_estimator(store: str | os.PathLike, task: str | None = None) -> type[RFMRegressor | RFMClassifier]:
+    """The estimator class a fit on ``store`` uses (see ``fit_store``), without reading its arrays."""
+    return RFMClassifier if _fit_task(_open_store(store).attrs, task) == "classification" else RFMRegressor
+
+
 def fit_store(
     store: str | os.PathLike, *, task: str | None = None, client: Client | None = None, **params: Any
 ) -> RFMRegressor | RFMClassifier:
@@ -61,9 +74,7 @@ def fit_store(
     parameters. The task defaults to the one recorded at ingest. The store's preprocessing travels with the model
     (``preprocessing_``), so the model can predict from raw Parquet."""
     data = _open_store(store)
-    task = task or data.attrs.get("task") or "regression"
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    task = _fit_task(data.attrs, task)
     y = _store_targets(data.y, data.attrs, task)
     estimator = (RFMClassifier if task == "classification" else RFMRegressor)(client=client, **params)
     estimator.fit(data.X, y)
