@@ -11,6 +11,7 @@ from scipy.optimize import brentq
 from sklearn.linear_model import LogisticRegression
 from sklearn.utils._param_validation import InvalidParameterError
 from test_model_file import _rewrite, _set
+from test_probabilities import ordered_classes
 
 import rfm_dask
 from rfm_dask import RFMClassifier, RFMRegressor
@@ -199,10 +200,7 @@ def test_bad_scorings_are_refused(client):
 
 @pytest.mark.parametrize("n_classes", [2, 3])
 def test_calibration_lowers_the_validation_log_loss_and_round_trips(client, tmp_path, n_classes):
-    rng = np.random.default_rng(n_classes)
-    X = rng.normal(size=(500, 5)).astype(np.float32)
-    score = X[:, 0] + 0.7 * X[:, 1] + 0.8 * rng.normal(size=500)
-    y = np.digitize(score, np.quantile(score, np.linspace(0, 1, n_classes + 1)[1:-1]))
+    X, y = ordered_classes(np.random.default_rng(n_classes), 500, 5, n_classes, weight=0.7, noise=0.8)
     X_val, y_val, X, y = X[:120], y[:120], X[120:], y[120:]
     model = RFMClassifier(client=client, **FAST).fit(X, y, X_val=X_val, y_val=y_val)
     F = model.model_.decision(X_val)

@@ -45,6 +45,16 @@ def test_multiclass_scores_to_probabilities():
     assert np.all(F[0] == [0.2, 0.5, 0.3])  # the input is not modified
 
 
+def ordered_classes(
+    rng: np.random.Generator, n: int, d: int, n_classes: int, weight: float, noise: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Features X (n, d) float32 and labels y (n,) in 0..n_classes-1: the quantile class of the noisy score
+    x_0 + weight * x_1 + noise * e (equally frequent classes)."""
+    X = rng.normal(size=(n, d)).astype(np.float32)
+    score = X[:, 0] + weight * X[:, 1] + noise * rng.normal(size=n)
+    return X, np.digitize(score, np.quantile(score, np.linspace(0, 1, n_classes + 1)[1:-1]))
+
+
 def _expected_calibrated_proba(F: np.ndarray, T: float) -> np.ndarray:
     """Written out: binary p = 1 / (1 + exp(-(2 s - 1) / T)) for the second class; multiclass exp(F / T) / sum."""
     if F.shape[1] == 1:
@@ -59,9 +69,7 @@ def _expected_calibrated_proba(F: np.ndarray, T: float) -> np.ndarray:
 def test_classifier_proba_is_the_map_of_its_scores(client, n_classes, calibrated):
     """Without validation rows the clip-and-normalise map of the scores; with them, the temperature-scaled one."""
     rng = np.random.default_rng(n_classes)
-    X = rng.normal(size=(200, 4)).astype(np.float32)
-    score = X[:, 0] + 0.5 * X[:, 1] + 0.5 * rng.normal(size=200)
-    y = np.digitize(score, np.quantile(score, np.linspace(0, 1, n_classes + 1)[1:-1]))
+    X, y = ordered_classes(rng, 200, 4, n_classes, weight=0.5, noise=0.5)
     model = RFMClassifier(iters=1, reg=0.1, bandwidth=3.0, random_state=0, validation_fraction=0.1 * calibrated,
                           client=client).fit(X, y)
     X_test = rng.normal(size=(100, 4)).astype(np.float32)
