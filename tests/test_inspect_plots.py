@@ -79,6 +79,11 @@ def test_history_has_integer_ticks_and_marks_the_kept_iteration(model):
     draw_history(empty, [{"iteration": 0, "solver": "direct"}], 0)
     assert "no validation rows" in empty.texts[0].get_text()
 
+    # a non-default scoring's metric is the one drawn
+    scored = Figure().subplots()
+    draw_history(scored, [{"iteration": 0, "val_accuracy": 0.8, "val_mse": 0.1, "val_roc_auc": 0.9}], 0)
+    assert scored.get_ylabel() == "validation ROC AUC"
+
 
 def test_plot_feature_matrix_writes_a_png(model, tmp_path):
     path = plot_feature_matrix(model, tmp_path / "M.png")

@@ -76,7 +76,11 @@ def inspect_tree(model: Any, names: list[str], top: int = 3) -> dict:
     return {"n_leaves": int(model.n_leaves_), "splits": splits, "leaves": leaves}
 
 
-HISTORY_METRICS = {"val_accuracy": "validation accuracy", "val_mse": "validation MSE"}
+#: The metric drawn by iteration: the first one the history records (a ``scoring`` other than the default records its
+#: own, which comes first).
+HISTORY_METRICS = {"val_balanced_accuracy": "validation balanced accuracy", "val_roc_auc": "validation ROC AUC",
+                   "val_log_loss": "validation log-loss (calibrated)", "val_r2": "validation R\u00b2",
+                   "val_mae": "validation MAE", "val_accuracy": "validation accuracy", "val_mse": "validation MSE"}
 MAX_LABEL = 28  # characters of a feature name shown on an axis
 
 
