@@ -15,6 +15,7 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from rfm_dask.core.backend import identity
+from rfm_dask.core.blas_threads import single_blas_thread
 from rfm_dask.files.atomic import check_writable
 from rfm_dask.files.model_file import write_model_file
 from rfm_dask.io.transformer import TableEncoder, is_pandas_frame
@@ -259,8 +260,10 @@ class _RFMBase(BaseEstimator):
         return self.model_.decision(X)
 
 
+@single_blas_thread
 def _decision_task(model: Any, block: Any) -> np.ndarray:
-    """A fitted model's outputs (b, c) float64 on one row block (held or streamed)."""
+    """A fitted model's outputs (b, c) float64 on one row block (held or streamed); single-threaded BLAS, so they do
+    not depend on the worker."""
     return model.decision(materialise(block))
 
 
