@@ -62,7 +62,8 @@ PARAMETERS_DOC = """
         The validation metric that picks the best iteration, bandwidth/reg="auto" and each tree leaf's iteration
         (ties: the lower MSE), recorded as ``val_<scoring>`` in ``history_``. A classifier takes "accuracy" (None),
         "balanced_accuracy", "roc_auc" (one-vs-rest macro average for more than two classes), "log_loss" (of the
-        probabilities calibrated on the validation rows) or "mse"; a regressor "mse" (None), "r2" or "mae".
+        probabilities calibrated on the validation rows) or "mse"; a regressor "mse" (None), "r2" (averaged over
+        outputs: for one output it ranks iterations as "mse" does) or "mae".
     patience : int or None, default=2
         Stop after this many iterations without improvement; None runs all ``iters``.
     agop_samples : int or None, default=None
