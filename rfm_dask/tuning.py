@@ -18,7 +18,8 @@ or the value given where only the other one is tuned) are always a candidate, an
 best candidate beats them on the whole validation set and on each of ``CONSISTENCY_FOLDS`` interleaved parts of it
 (rows i, i + k, i + 2k, ...; each part scored with the untuned predictions on the other rows, through the same
 ``score``): a gain that is not consistent across the validation rows is taken as noise. The chosen pair therefore
-scores at least as well as the untuned pair on the validation rows, under the same M.
+scores at least as well as the untuned pair on the validation rows under the same M, both solved on the search rows
+(which are the fit's solutions when the search runs on all training rows).
 """
 
 from __future__ import annotations
