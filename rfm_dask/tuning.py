@@ -12,6 +12,14 @@ Cheap path: for each bandwidth, the exact kernel matrix on the search rows is co
 are all training rows when the fit uses the direct solver on at most ``rfm.tune.rows`` rows (the chosen solution is
 then the fit's solution); otherwise a seeded sample of ``rfm.tune.rows`` training rows, and the fit solves once with
 the chosen values.
+
+Never worse than not tuning: the untuned values (the estimators' defaults ``UNTUNED_BANDWIDTH`` and ``UNTUNED_REG``,
+or the value given where only the other one is tuned) are always a candidate, and the search keeps them unless the
+best candidate beats them on the whole validation set and on each of ``CONSISTENCY_FOLDS`` interleaved parts of it
+(rows i, i + k, i + 2k, ...; each part scored with the untuned predictions on the other rows, through the same
+``score``): a gain that is not consistent across the validation rows is taken as noise. The chosen pair therefore
+scores at least as well as the untuned pair on the validation rows under the same M, both solved on the search rows
+(which are the fit's solutions when the search runs on all training rows).
 """
 
 from __future__ import annotations
@@ -30,6 +38,12 @@ from rfm_dask.solvers.dispatch import Solution
 BANDWIDTH_FACTORS = (0.5, 1.0, 2.0, 4.0, 8.0)
 #: reg="auto": candidate ridge values (targets scaled to unit variance, k(x, x) = 1).
 REG_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+
+#: The untuned values: the estimators' default bandwidth and ridge, always among the candidates.
+UNTUNED_BANDWIDTH, UNTUNED_REG = 10.0, 1e-3
+#: A candidate replaces the untuned pair only if it also scores better on each of this many interleaved parts of
+#: the validation rows.
+CONSISTENCY_FOLDS = 3
 
 #: Scores validation predictions (n_val, c), on the scaled targets' scale; larger is better.
 Score = Callable[[np.ndarray], tuple]
@@ -57,6 +71,17 @@ def median_distance(
     return median if median > 0 else 1.0
 
 
+def _consistent_gain(score: Score, F: np.ndarray, F_untuned: np.ndarray, folds: int) -> bool:
+    """Whether the validation predictions F (n_val, c) score better than F_untuned on each of ``folds`` interleaved
+    parts of the rows (part j: rows j, j + folds, ...), each part scored with F_untuned on the other rows."""
+    for j in range(min(folds, F.shape[0])):
+        mixed = F_untuned.copy()
+        mixed[j::folds] = F[j::folds]
+        if not score(mixed) > score(F_untuned):
+            return False
+    return True
+
+
 def search_hyperparameters(
     engine: Engine,
     train: Rows,
@@ -73,18 +98,23 @@ def search_hyperparameters(
     weights: np.ndarray | None = None,
 ) -> Choice:
     """The (bandwidth, reg) pair whose exact solution on the search rows scores best on ``val`` (ties: the first
-    in grid order, smaller bandwidth, then smaller ridge).
+    in grid order, smaller bandwidth, then smaller ridge), if it consistently beats the untuned pair (see the module
+    docstring); else the untuned pair.
 
-    Z (n, c): the scaled training targets; ``spec``: the kernel (its bandwidth is used unless ``tune_bandwidth``);
-    ``reg``: a fixed ridge, or None to search ``REG_GRID``; ``solver``: the fit's resolved solver; ``weights`` (n,):
-    the training rows' sample weights (the search solves the weighted ridge on the search rows), or None.
+    Z (n, c): the scaled training targets; ``spec``: the kernel (its bandwidth is used unless ``tune_bandwidth``,
+    else ``UNTUNED_BANDWIDTH`` is the untuned candidate); ``reg``: a fixed ridge, or None to search ``REG_GRID``
+    (``UNTUNED_REG`` is the untuned candidate); ``solver``: the fit's resolved solver; ``weights`` (n,): the training
+    rows' sample weights (the search solves the weighted ridge on the search rows), or None.
     """
     regs = REG_GRID if reg is None else (reg,)
+    untuned_reg = UNTUNED_REG if reg is None else reg
+    if untuned_reg not in regs:
+        regs = (untuned_reg,) + regs
+    untuned = replace(spec, bandwidth=UNTUNED_BANDWIDTH) if tune_bandwidth else spec
+    specs = [untuned]
     if tune_bandwidth:
         scale = median_distance(engine, train, S, shift, rng, engine.options.tune_scale_rows)
-        specs = [replace(spec, bandwidth=factor * scale) for factor in BANDWIDTH_FACTORS]
-    else:
-        specs = [spec]
+        specs += [replace(spec, bandwidth=factor * scale) for factor in BANDWIDTH_FACTORS]
     limit = engine.options.tune_rows
     full = solver == "direct" and train.n <= limit
     if full:
@@ -94,14 +124,20 @@ def search_hyperparameters(
         rows, Zs, ws = engine.take_rows(train, index), Z[index], None if weights is None else weights[index]
     n, c = Zs.shape
     best: tuple | None = None
+    base: tuple | None = None
     for candidate in specs:
         passes = engine.operator(rows, S, shift, candidate)
         alphas, residuals = passes.ridge_path(Zs, regs, ws)
         F = passes.matvec(val, alphas.transpose(1, 0, 2).reshape(n, len(regs) * c))
         for k, r in enumerate(regs):
-            quality = score(F[:, k * c : (k + 1) * c])
-            if best is None or quality > best[0]:
-                best = (quality, candidate, r, alphas[k], residuals[k])
-    assert best is not None
-    _, chosen, r, alpha, residual = best
+            F_k = F[:, k * c : (k + 1) * c]
+            entry = (score(F_k), candidate, r, alphas[k], residuals[k], F_k)
+            if base is None and candidate is untuned and r == untuned_reg:
+                base = entry
+            if best is None or entry[0] > best[0]:
+                best = entry
+    assert best is not None and base is not None
+    if best is not base and not _consistent_gain(score, best[5], base[5], CONSISTENCY_FOLDS):
+        best = base
+    _, chosen, r, alpha, residual, _ = best
     return Choice(chosen, float(r), Solution(alpha, "direct", 0, float(residual)) if full else None)

@@ -11,7 +11,9 @@ from rfm_dask import RFMClassifier, RFMRegressor, load
 from rfm_dask.core.kernels import KernelSpec
 from rfm_dask.parallel.distributed_operator import KernelPasses
 from rfm_dask.parallel.row_blocks import put_rows
-from rfm_dask.tuning import BANDWIDTH_FACTORS, REG_GRID, median_distance
+from rfm_dask.local import LocalEngine, LocalRows
+from rfm_dask.tuning import (BANDWIDTH_FACTORS, CONSISTENCY_FOLDS, REG_GRID, UNTUNED_BANDWIDTH, UNTUNED_REG,
+                             median_distance, search_hyperparameters)
 from rfm_dask.parallel.cluster_engine import ClusterEngine
 from rfm_dask.options import SolverOptions
 
@@ -112,6 +114,84 @@ def test_reg_auto_alone_keeps_the_bandwidth_and_classifier_tunes_on_accuracy(cli
     model = RFMClassifier(bandwidth=3.0, reg="auto", iters=1, random_state=0, client=client).fit(X, labels)
     assert model.bandwidth_ == 3.0 and model.reg_ in REG_GRID
     assert all(h["bandwidth"] == 3.0 and "val_accuracy" in h for h in model.history_)
+
+
+def _search(X, Z, X_val, score, solver="direct"):
+    """search_hyperparameters over both grids with M = I on in-process rows."""
+    engine = LocalEngine(SolverOptions.from_config())
+    return search_hyperparameters(engine, LocalRows(X.astype(np.float32)), Z, LocalRows(X_val.astype(np.float32)),
+                                  score, np.eye(X.shape[1]), X.mean(axis=0), KernelSpec("laplace", 1.0), None, True,
+                                  solver, np.random.default_rng(0))
+
+
+def _untuned_predictions(X, Z, X_val):
+    """Validation predictions (n_val, 1) of the exact KRR with the untuned bandwidth and ridge, M = I, float64."""
+    K = ref.kernel(X, X, np.eye(X.shape[1]), "laplace", UNTUNED_BANDWIDTH)
+    K_val = ref.kernel(X_val, X, np.eye(X.shape[1]), "laplace", UNTUNED_BANDWIDTH)
+    return K_val @ np.linalg.solve(K + UNTUNED_REG * np.eye(len(X)), Z)
+
+
+@pytest.mark.parametrize("solver", ["direct", "nystrom"])
+def test_the_untuned_pair_is_a_candidate_and_wins_when_best_or_tied(solver):
+    """The untuned bandwidth and ridge are searched too: chosen when they score best on the validation rows, and on
+    ties (every candidate scoring the same), whichever the grid holds; with the direct solver on all rows the chosen
+    solution is the exact untuned one."""
+    X, y = _data(n=120)
+    X_val, _ = _data(n=45, seed=1)
+    Z = (y - y.mean())[:, None]
+    F_untuned = _untuned_predictions(X, Z, X_val)
+    # the score is the closeness to the untuned model's predictions: the untuned candidate is the best one
+    closest = _search(X, Z, X_val, lambda F: (-float(np.mean((F - F_untuned) ** 2)),), solver)
+    assert (closest.spec.bandwidth, closest.reg) == (UNTUNED_BANDWIDTH, UNTUNED_REG)
+    tied = _search(X, Z, X_val, lambda F: (0.0,), solver)
+    assert (tied.spec.bandwidth, tied.reg) == (UNTUNED_BANDWIDTH, UNTUNED_REG)
+    if solver == "direct":  # the search ran on all 120 rows: its solution is the fit's
+        K = ref.kernel(X, X, np.eye(X.shape[1]), "laplace", UNTUNED_BANDWIDTH)
+        expected = np.linalg.solve(K + UNTUNED_REG * np.eye(len(X)), Z)
+        # float32 rows: kernel entries off by ~1e-7 relative, amplified by cond(K + reg I) <= (1 + n) / reg
+        np.testing.assert_allclose(tied.solution.coef, expected, rtol=0,
+                                   atol=1e-7 * (1 + len(X)) / UNTUNED_REG * np.abs(expected).max())
+
+
+def test_a_gain_on_part_of_the_validation_rows_only_is_not_taken():
+    """A candidate that beats the untuned pair on the validation rows as a whole, but only through one of the
+    interleaved parts, is taken as noise: the untuned pair is kept. A gain on every part is taken."""
+    X, y = _data(n=120)
+    X_val, y_val = _data(n=45, seed=1)
+    Z, Z_val = (y - y.mean())[:, None], (y_val - y.mean())[:, None]
+    F_untuned = _untuned_predictions(X, Z, X_val)
+    part = np.arange(len(X_val)) % CONSISTENCY_FOLDS == 0
+
+    def part_0(F):  # only the rows of part 0 count: no candidate gains on the other parts
+        return (-float(np.sum((F[part] - Z_val[part]) ** 2)),)
+
+    def whole(F):
+        return (-float(np.sum((F - Z_val) ** 2)),)
+
+    chosen = _search(X, Z, X_val, whole)
+    assert (chosen.spec.bandwidth, chosen.reg) != (UNTUNED_BANDWIDTH, UNTUNED_REG)
+    F_chosen = ref.kernel(X_val, X, np.eye(4), "laplace", chosen.spec.bandwidth) @ chosen.solution.coef
+    for j in range(CONSISTENCY_FOLDS):  # the rule, against the float64 reference: better on every part
+        rows = np.arange(len(X_val)) % CONSISTENCY_FOLDS == j
+        assert np.sum((F_chosen[rows] - Z_val[rows]) ** 2) < np.sum((F_untuned[rows] - Z_val[rows]) ** 2)
+    # the same pair gains on part 0 alone (it is better there), but that gain is not consistent
+    assert part_0(F_chosen) > part_0(F_untuned)
+    kept = _search(X, Z, X_val, part_0)
+    assert (kept.spec.bandwidth, kept.reg) == (UNTUNED_BANDWIDTH, UNTUNED_REG)
+
+
+def test_tuned_validation_quality_is_at_least_the_untuned_one(client):
+    """By construction: at iteration 0 (M = I) the tuned model's validation MSE is at most that of the model with
+    the untuned bandwidth and ridge, on the same rows."""
+    X, y = _data(n=200, seed=4)
+    X_val, y_val = _data(n=80, seed=5)
+    params = dict(iters=0, solver="direct", random_state=0, client=client)
+    tuned = RFMRegressor(bandwidth="auto", reg="auto", **params).fit(X, y, X_val=X_val, y_val=y_val)
+    untuned = RFMRegressor(**params).fit(X, y, X_val=X_val, y_val=y_val)
+    assert (untuned.bandwidth_, untuned.reg_) == (UNTUNED_BANDWIDTH, UNTUNED_REG)
+    # both are exact float64 solves on the same float32 kernel tiles; they differ by rounding amplified by
+    # cond(K + reg I) <= (1 + n) / reg (2e5 here) times float64 epsilon: far below 1e-8 relative
+    assert tuned.history_[0]["val_mse"] <= untuned.history_[0]["val_mse"] * (1 + 1e-8)
 
 
 def test_auto_needs_validation_rows_and_bad_values_raise(client):

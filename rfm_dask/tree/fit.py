@@ -195,7 +195,7 @@ def fit_tree(
     target_scaling : maps (Y (m, c), weights (m,) or None) of a node's or leaf's rows to its ``TargetScaling``.
     val, Y_val : validation rows and targets (n_val, c); each leaf picks its best iteration on those routed to it,
         and keeps its last iteration if none is. A leaf whose settings tune the bandwidth or ridge but that gets no
-        validation rows uses ``split.UNTUNED_BANDWIDTH`` and ``split.UNTUNED_REG``.
+        validation rows uses ``tuning.UNTUNED_BANDWIDTH`` and ``tuning.UNTUNED_REG``.
     metrics : the validation metrics (see ``training.run_rfm``).
     checkpoint, resume : with ``checkpoint`` (a file path) the fit's state is written there atomically after the
         tree is grown and after each leaf (see ``tree.checkpoint``); with ``resume`` as well, a checkpoint of this

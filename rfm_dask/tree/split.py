@@ -12,13 +12,11 @@ from rfm_dask.core.backend import to_host
 from rfm_dask.core.targets import TargetScaling
 from rfm_dask.local import fit_local
 from rfm_dask.rfm_loop import RFMSettings
+from rfm_dask.tuning import UNTUNED_BANDWIDTH, UNTUNED_REG
 
 #: ``split_method`` values: the top eigenvector of the AGOP of a one-iteration RFM on the sample (xRFM's default),
 #: or the sample's top principal component.
 SPLIT_METHODS = ("agop", "pca")
-#: The bandwidth and ridge of a model whose settings tune them where there are no validation rows to tune on (a
-#: split model, a leaf without validation rows): the estimators' defaults.
-UNTUNED_BANDWIDTH, UNTUNED_REG = 10.0, 1e-3
 #: Smallest soft-routing scale (xRFM's floor on a node's inter-quartile range).
 MIN_SCALE = 1e-6
 
