@@ -586,44 +586,42 @@ def run_case(case: dict, client: Any, config: dict, budget: XRFMBudget) -> dict:
         row["complete_rows"] = case["complete_rows"]
     row["loadavg_before"] = _loadavg()
 
-    fits, errors = [], []
-    for r in range(repeats):
-        _log(f"{case['case']}: rfm_dask fit {r + 1}/{repeats} on {row['n_fit']} rows ...")
-        try:
-            fits.append(fit_rfm_dask(client, case["data"], config))
-            f = fits[-1]
-            _log(f"  rfm_dask: {f['fit_seconds']:.1f} s, test R^2 {f['test_r2']:.4f}, "
-                 f"peak worker {f['peak_worker_mib']:.0f} MiB, best iteration {f['best_iter']}")
-        except Exception as exc:
-            errors.append(f"{type(exc).__name__}: {exc}")
-            _log(f"  rfm_dask failed: {errors[-1]}")
-            traceback.print_exc()
-            break
-    row["rfm_dask"] = _summarise(fits, errors, ("peak_worker_mib", "peak_client_mib", "baseline_worker_mib"))
-
+    # the peers take turns (rfm_dask, xRFM, rfm_dask, ...), so that both see the same changes of the machine's load
     if not config["xrfm"]["enabled"]:
-        row["xrfm"] = {"status": "disabled", "reason": "not run (disabled)"}
+        x_skip = {"status": "disabled", "reason": "not run (disabled)"}
     else:
-        skip = budget.check(row["n_fit"])
-        if skip is not None:
-            row["xrfm"] = skip
-            _log(f"  xRFM {skip['reason']}")
-        else:
-            fits, errors = [], []
-            for r in range(repeats):
-                _log(f"{case['case']}: xRFM fit {r + 1}/{repeats} on {row['n_fit']} rows ...")
-                try:
-                    fits.append(fit_xrfm(case["data"], config))
-                    f = fits[-1]
-                    budget.record(row["n_fit"], f["fit_seconds"])
-                    _log(f"  xRFM: {f['fit_seconds']:.1f} s, test R^2 {f['test_r2']:.4f}, "
-                         f"peak process {f['peak_process_mib']:.0f} MiB")
-                except Exception as exc:
-                    errors.append(f"{type(exc).__name__}: {exc}")
-                    _log(f"  xRFM failed: {errors[-1]}")
-                    traceback.print_exc()
-                    break
-            row["xrfm"] = _summarise(fits, errors, ("peak_process_mib",))
+        x_skip = budget.check(row["n_fit"])
+        if x_skip is not None:
+            _log(f"  xRFM {x_skip['reason']}")
+    fits, errors, x_fits, x_errors = [], [], [], []
+    for r in range(repeats):
+        if not errors:
+            _log(f"{case['case']}: rfm_dask fit {r + 1}/{repeats} on {row['n_fit']} rows ...")
+            try:
+                fits.append(fit_rfm_dask(client, case["data"], config))
+                f = fits[-1]
+                f["loadavg_after"] = _loadavg()
+                _log(f"  rfm_dask: {f['fit_seconds']:.1f} s ({f['fit_cpu_seconds']:.1f} CPU s), test R^2 "
+                     f"{f['test_r2']:.4f}, peak worker {f['peak_worker_mib']:.0f} MiB, best iteration {f['best_iter']}")
+            except Exception as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+                _log(f"  rfm_dask failed: {errors[-1]}")
+                traceback.print_exc()
+        if x_skip is None and not x_errors:
+            _log(f"{case['case']}: xRFM fit {r + 1}/{repeats} on {row['n_fit']} rows ...")
+            try:
+                x_fits.append(fit_xrfm(case["data"], config))
+                f = x_fits[-1]
+                f["loadavg_after"] = _loadavg()
+                budget.record(row["n_fit"], f["fit_seconds"])
+                _log(f"  xRFM: {f['fit_seconds']:.1f} s ({f['fit_cpu_seconds']:.1f} CPU s), test R^2 "
+                     f"{f['test_r2']:.4f}, peak process {f['peak_process_mib']:.0f} MiB")
+            except Exception as exc:
+                x_errors.append(f"{type(exc).__name__}: {exc}")
+                _log(f"  xRFM failed: {x_errors[-1]}")
+                traceback.print_exc()
+    row["rfm_dask"] = _summarise(fits, errors, ("peak_worker_mib", "peak_client_mib", "baseline_worker_mib"))
+    row["xrfm"] = x_skip if x_skip is not None else _summarise(x_fits, x_errors, ("peak_process_mib",))
     row["loadavg_after"] = _loadavg()
     t_rfm, t_x = row["rfm_dask"].get("fit_seconds"), row["xrfm"].get("fit_seconds")
     row["speedup_xrfm_over_rfm_dask"] = t_x / t_rfm if t_rfm and t_x else None
