@@ -53,21 +53,31 @@ def test_distributed_cg_matches_dense_solve(client):
 
 
 def test_centre_kernel_is_the_same_on_any_number_of_threads(monkeypatch):
-    """The centre kernel's row tiles, spread over the worker's threads, give (K + K^T) / 2 of the whole tile bit for
-    bit, whatever the number of threads (3 tiles of CENTRE_TILE_ROWS = 64 rows and one of 8)."""
+    """The centre kernel's tiles on and below the diagonal, spread over the worker's threads, give the same exactly
+    symmetric K bit for bit whatever the number of threads (3 tiles of CENTRE_TILE_ROWS = 64 rows and one of 8), equal
+    to the dense float64 kernel of the same transformed centres; a duplicate row in another tile gets exactly 1."""
     from rfm_dask.parallel import tasks as wt
 
     X, M, _ = _problem(n=200)
+    X[150] = X[5]
     S = matrix_sqrt(M).astype(np.float32)
     centres = wt.transformed_centres((S, X.mean(axis=0).astype(np.float32)), X.astype(np.float32))
     spec = kn.KernelSpec("laplace", bandwidth=2.0)
     Ct = centres[0].astype(np.float64)
-    c_sq = kn.sq_norms(np, Ct)
-    whole = kn.kernel_tile(np, Ct, c_sq, Ct, c_sq, spec)
+    expected = _dense_kernel(Ct, np.eye(Ct.shape[1]), spec)
     monkeypatch.setattr(wt, "CENTRE_TILE_ROWS", 64)
+    results = []
     for threads in (1, 2, 3):
         monkeypatch.setattr(wt, "_worker_threads", lambda: threads)
-        np.testing.assert_array_equal(wt.centre_kernel(centres, spec), (whole + whole.T) / 2)
+        results.append(wt.centre_kernel(centres, spec))
+    for K in results[1:]:
+        np.testing.assert_array_equal(K, results[0])
+    K = results[0]
+    np.testing.assert_array_equal(K, K.T)
+    assert K[5, 150] == K[150, 5] == 1.0 and np.all(np.diag(K) == 1.0)
+    # the GEMM formula's float64 error on r^2, ~eps (|x|^2 + |c|^2) <= 1e-14 here (squared norms <= 18.3), is at most
+    # ~1e-13 on r for the pairs at least 0.1 apart (all but the duplicate): kernel values agree to 1e-12
+    np.testing.assert_allclose(K, expected, rtol=0, atol=1e-12)
 
 
 def test_task_graph_does_not_grow_with_cg_iterations(client):

@@ -22,6 +22,7 @@ and prints the table at the end.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import importlib.util
 import inspect
@@ -66,6 +67,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "out_dir": "out/benchmarks/scaling",
     },
     "cluster": {
+        "shared": False,  # true: the shared in-process cluster a default fit (client=None) starts; the rest is ignored
         "n_workers": 2,
         "threads_per_worker": 1,
         "memory_limit": "6GiB",
@@ -393,21 +395,22 @@ def fit_rfm_dask(client: Any, data: tuple, config: dict) -> dict:
 
     X_fit, y_fit, X_val, y_val, X_test, y_test = data
     cluster_cfg = config["cluster"]
-    if cluster_cfg["restart_between_fits"]:
+    if cluster_cfg["restart_between_fits"] and not cluster_cfg["shared"]:
         client.restart()
     baseline = client.run(_warm_worker)
     model = RFMRegressor(client=client, **rfm_dask_params(config))
     settings = {f"rfm.{key}": value for key, value in config["rfm_config"].items()}
     sampler = PeakWorkerMemory(client, cluster_cfg["memory_sample_s"])
     with dask.config.set(settings), sampler as memory, ForeignCpu() as foreign:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), _own_cpu_seconds()
         model.fit(X_fit, y_fit, X_val=X_val, y_val=y_val)
-        fit_seconds = time.perf_counter() - start
+        fit_seconds, cpu_seconds = time.perf_counter() - start, _own_cpu_seconds() - cpu_start
     start = time.perf_counter()
     pred = model.predict(X_test)
     predict_seconds = time.perf_counter() - start
     return {
         "fit_seconds": fit_seconds,
+        "fit_cpu_seconds": cpu_seconds,
         "predict_seconds": predict_seconds,
         "test_r2": r2_score(y_test, pred),
         "peak_worker_mib": memory.peak / MIB if memory.per_worker else None,
@@ -461,16 +464,17 @@ def fit_xrfm(data: tuple, config: dict) -> dict:
     torch.manual_seed(0)
     init, fit = xrfm_settings(config)
     with PeakWorkerMemory(None, config["cluster"]["memory_sample_s"]) as memory, ForeignCpu() as foreign:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), _own_cpu_seconds()
         model = RFM(**init)
         model.fit(train, val, **fit)
-        fit_seconds = time.perf_counter() - start
+        fit_seconds, cpu_seconds = time.perf_counter() - start, _own_cpu_seconds() - cpu_start
     start = time.perf_counter()
     with torch.no_grad():
         pred = model.predict(test).numpy()
     predict_seconds = time.perf_counter() - start
     return {
         "fit_seconds": fit_seconds,
+        "fit_cpu_seconds": cpu_seconds,
         "predict_seconds": predict_seconds,
         "test_r2": r2_score(y_test, pred),
         "peak_process_mib": memory.local_peak / MIB,
@@ -553,6 +557,8 @@ def _summarise(fits: list[dict], errors: list[str], extra_keys: tuple[str, ...])
     if fits:
         out["fit_seconds"] = _median([f["fit_seconds"] for f in fits])
         out["fit_seconds_all"] = [f["fit_seconds"] for f in fits]
+        out["fit_cpu_seconds"] = _median([f["fit_cpu_seconds"] for f in fits])
+        out["fit_cpu_seconds_all"] = [f["fit_cpu_seconds"] for f in fits]
         out["test_r2"] = _median([f["test_r2"] for f in fits])
         out["test_r2_all"] = [f["test_r2"] for f in fits]
         out["predict_seconds"] = _median([f["predict_seconds"] for f in fits])
@@ -580,47 +586,47 @@ def run_case(case: dict, client: Any, config: dict, budget: XRFMBudget) -> dict:
         row["complete_rows"] = case["complete_rows"]
     row["loadavg_before"] = _loadavg()
 
-    fits, errors = [], []
-    for r in range(repeats):
-        _log(f"{case['case']}: rfm_dask fit {r + 1}/{repeats} on {row['n_fit']} rows ...")
-        try:
-            fits.append(fit_rfm_dask(client, case["data"], config))
-            f = fits[-1]
-            _log(f"  rfm_dask: {f['fit_seconds']:.1f} s, test R^2 {f['test_r2']:.4f}, "
-                 f"peak worker {f['peak_worker_mib']:.0f} MiB, best iteration {f['best_iter']}")
-        except Exception as exc:
-            errors.append(f"{type(exc).__name__}: {exc}")
-            _log(f"  rfm_dask failed: {errors[-1]}")
-            traceback.print_exc()
-            break
-    row["rfm_dask"] = _summarise(fits, errors, ("peak_worker_mib", "peak_client_mib", "baseline_worker_mib"))
-
+    # the peers take turns (rfm_dask, xRFM, rfm_dask, ...), so that both see the same changes of the machine's load
     if not config["xrfm"]["enabled"]:
-        row["xrfm"] = {"status": "disabled", "reason": "not run (disabled)"}
+        x_skip = {"status": "disabled", "reason": "not run (disabled)"}
     else:
-        skip = budget.check(row["n_fit"])
-        if skip is not None:
-            row["xrfm"] = skip
-            _log(f"  xRFM {skip['reason']}")
-        else:
-            fits, errors = [], []
-            for r in range(repeats):
-                _log(f"{case['case']}: xRFM fit {r + 1}/{repeats} on {row['n_fit']} rows ...")
-                try:
-                    fits.append(fit_xrfm(case["data"], config))
-                    f = fits[-1]
-                    budget.record(row["n_fit"], f["fit_seconds"])
-                    _log(f"  xRFM: {f['fit_seconds']:.1f} s, test R^2 {f['test_r2']:.4f}, "
-                         f"peak process {f['peak_process_mib']:.0f} MiB")
-                except Exception as exc:
-                    errors.append(f"{type(exc).__name__}: {exc}")
-                    _log(f"  xRFM failed: {errors[-1]}")
-                    traceback.print_exc()
-                    break
-            row["xrfm"] = _summarise(fits, errors, ("peak_process_mib",))
+        x_skip = budget.check(row["n_fit"])
+        if x_skip is not None:
+            _log(f"  xRFM {x_skip['reason']}")
+    fits, errors, x_fits, x_errors = [], [], [], []
+    for r in range(repeats):
+        if not errors:
+            _log(f"{case['case']}: rfm_dask fit {r + 1}/{repeats} on {row['n_fit']} rows ...")
+            try:
+                fits.append(fit_rfm_dask(client, case["data"], config))
+                f = fits[-1]
+                f["loadavg_after"] = _loadavg()
+                _log(f"  rfm_dask: {f['fit_seconds']:.1f} s ({f['fit_cpu_seconds']:.1f} CPU s), test R^2 "
+                     f"{f['test_r2']:.4f}, peak worker {f['peak_worker_mib']:.0f} MiB, best iteration {f['best_iter']}")
+            except Exception as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+                _log(f"  rfm_dask failed: {errors[-1]}")
+                traceback.print_exc()
+        if x_skip is None and not x_errors:
+            _log(f"{case['case']}: xRFM fit {r + 1}/{repeats} on {row['n_fit']} rows ...")
+            try:
+                x_fits.append(fit_xrfm(case["data"], config))
+                f = x_fits[-1]
+                f["loadavg_after"] = _loadavg()
+                budget.record(row["n_fit"], f["fit_seconds"])
+                _log(f"  xRFM: {f['fit_seconds']:.1f} s ({f['fit_cpu_seconds']:.1f} CPU s), test R^2 "
+                     f"{f['test_r2']:.4f}, peak process {f['peak_process_mib']:.0f} MiB")
+            except Exception as exc:
+                x_errors.append(f"{type(exc).__name__}: {exc}")
+                _log(f"  xRFM failed: {x_errors[-1]}")
+                traceback.print_exc()
+    row["rfm_dask"] = _summarise(fits, errors, ("peak_worker_mib", "peak_client_mib", "baseline_worker_mib"))
+    row["xrfm"] = x_skip if x_skip is not None else _summarise(x_fits, x_errors, ("peak_process_mib",))
     row["loadavg_after"] = _loadavg()
     t_rfm, t_x = row["rfm_dask"].get("fit_seconds"), row["xrfm"].get("fit_seconds")
     row["speedup_xrfm_over_rfm_dask"] = t_x / t_rfm if t_rfm and t_x else None
+    c_rfm, c_x = row["rfm_dask"].get("fit_cpu_seconds"), row["xrfm"].get("fit_cpu_seconds")
+    row["cpu_ratio_xrfm_over_rfm_dask"] = c_x / c_rfm if c_rfm and c_x else None
     return row
 
 
@@ -643,7 +649,7 @@ def _peer_cells(peer: dict, r2_spec: str = ".4f") -> tuple[str, str]:
 def markdown_table(rows: list[dict]) -> str:
     header = [
         "size", "rfm_dask fit s", "rfm_dask test R^2", "peak worker MiB", "xRFM fit s", "xRFM R^2",
-        "speed-up (xRFM s / rfm_dask s)",
+        "speed-up (xRFM s / rfm_dask s)", "rfm_dask fit CPU s", "xRFM fit CPU s", "CPU ratio",
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for row in rows:
@@ -652,7 +658,9 @@ def markdown_table(rows: list[dict]) -> str:
         x_time, x_r2 = _peer_cells(row["xrfm"])
         peak = _fmt(row["rfm_dask"].get("peak_worker_mib"), ".0f")
         ratio = _fmt(row.get("speedup_xrfm_over_rfm_dask"), ".2f")
-        lines.append("| " + " | ".join([size, r_time, r_r2, peak, x_time, x_r2, ratio]) + " |")
+        cpu = [_fmt(row[peer].get("fit_cpu_seconds"), ".1f") for peer in ("rfm_dask", "xrfm")]
+        cpu_ratio = _fmt(row.get("cpu_ratio_xrfm_over_rfm_dask"), ".2f")
+        lines.append("| " + " | ".join([size, r_time, r_r2, peak, x_time, x_r2, ratio, *cpu, cpu_ratio]) + " |")
     return "\n".join(lines)
 
 
@@ -665,20 +673,22 @@ def settings_text(config: dict) -> list[str]:
     run, cl = config["run"], config["cluster"]
     init, fit = xrfm_settings(config)
     x = config["xrfm"]
+    where = ("the shared in-process `LocalCluster` of a default fit (1 worker, a thread per CPU)" if cl["shared"] else
+             f"a `LocalCluster` of {cl['n_workers']} worker processes x {cl['threads_per_worker']} thread, memory_limit "
+             f"{cl['memory_limit']} per worker" + (", workers restarted before each fit" if cl["restart_between_fits"] else ""))
     return [
         f"- data: `low_rank_projection(n, d={run['d']}, seed={run['train_seed']}, task_seed={run['task_seed']})`, "
         f"test rows `seed={run['test_seed']}` ({run['test_rows']} rows); both peers fit on the first "
         f"{1 - float(run['validation_fraction']):.0%} of the n rows and select the best iteration on the last "
         f"{float(run['validation_fraction']):.0%}",
-        f"- rfm_dask: `RFMRegressor({', '.join(f'{k}={v!r}' for k, v in rfm_dask_params(config).items())})` on a "
-        f"`LocalCluster` of {cl['n_workers']} worker processes x {cl['threads_per_worker']} thread, memory_limit "
-        f"{cl['memory_limit']} per worker" + (", workers restarted before each fit" if cl["restart_between_fits"] else "")
-        + "".join(f", `rfm.{k}` = {v!r}" for k, v in config["rfm_config"].items()),
+        f"- rfm_dask: `RFMRegressor({', '.join(f'{k}={v!r}' for k, v in rfm_dask_params(config).items())})` on "
+        + where + "".join(f", `rfm.{k}` = {v!r}" for k, v in config["rfm_config"].items()),
         f"- xRFM: `xrfm.RFM({', '.join(f'{k}={v!r}' for k, v in init.items())})`, "
         f"`.fit(train, val, {', '.join(f'{k}={v!r}' for k, v in fit.items())})`, torch CPU, "
         f"`torch.set_num_threads({x['threads']})`, in the benchmark process; time budget {float(x['time_budget_s']):g} s, "
         f"memory budget {float(x['memory_budget_gib']):g} GiB",
-        f"- fit times: median over {run['repeats']} repeat(s); peak worker MiB: maximum RSS over workers of samples "
+        f"- fit times (wall) and fit CPU seconds (of the benchmark process, its threads and child processes): median "
+        f"over {run['repeats']} repeat(s); load average before and after each size in `results.json`; peak worker MiB: maximum RSS over workers of samples "
         f"taken every {cl['memory_sample_s']} s during the fit",
     ]
 
@@ -843,17 +853,25 @@ def main(argv: list[str] | None = None) -> int:
 
     budget = XRFMBudget(config["xrfm"])
     cl = config["cluster"]
-    _log(f"starting LocalCluster: {cl['n_workers']} worker processes x {cl['threads_per_worker']} thread, "
-         f"memory_limit {cl['memory_limit']}")
     failed = False
-    with LocalCluster(
-        n_workers=int(cl["n_workers"]),
-        threads_per_worker=int(cl["threads_per_worker"]),
-        processes=True,
-        memory_limit=cl["memory_limit"],
-        # no dashboard, and the scheduler's HTTP server on a free port (8787 may be held by another cluster)
-        scheduler_kwargs={"dashboard": False, "dashboard_address": ":0"},
-    ) as cluster, Client(cluster) as client:
+    with contextlib.ExitStack() as stack:
+        if cl["shared"]:
+            from rfm_dask.parallel.cluster import local_client
+
+            _log("using the shared in-process cluster of a default fit")
+            client = local_client()
+        else:
+            _log(f"starting LocalCluster: {cl['n_workers']} worker processes x {cl['threads_per_worker']} thread, "
+                 f"memory_limit {cl['memory_limit']}")
+            cluster = stack.enter_context(LocalCluster(
+                n_workers=int(cl["n_workers"]),
+                threads_per_worker=int(cl["threads_per_worker"]),
+                processes=True,
+                memory_limit=cl["memory_limit"],
+                # no dashboard, and the scheduler's HTTP server on a free port (8787 may be held by another cluster)
+                scheduler_kwargs={"dashboard": False, "dashboard_address": ":0"},
+            ))
+            client = stack.enter_context(Client(cluster))
         for make in cases:
             case = make()
             row = run_case(case, client, config, budget)

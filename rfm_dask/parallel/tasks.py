@@ -142,7 +142,11 @@ CENTRE_TILE_ROWS = 512
 
 @single_blas_thread
 def centre_kernel(centres: Centres, spec: kn.KernelSpec) -> np.ndarray:
-    """K(C, C) (m, m) in float64 on the host, symmetrised, computed by row tiles on all the worker's threads.
+    """K(C, C) (m, m) in float64 on the host, exactly symmetric, computed by tiles on all the worker's threads.
+
+    Only the tiles on and below the diagonal are computed (half the distance GEMMs and the exp's of the whole
+    matrix); each diagonal tile is symmetrised and each tile below it is mirrored above. The tile grid depends on m
+    alone (``CENTRE_TILE_ROWS``), so K does not depend on the number of threads.
 
     Computed in float64 (m x m is small): a float32 Laplace kernel of near-duplicate centres is off by up to
     sqrt(eps32 |c|^2) / L ~ 1e-3, enough to make K_mm indefinite, which breaks the Cholesky-based solvers.
@@ -154,18 +158,15 @@ def centre_kernel(centres: Centres, spec: kn.KernelSpec) -> np.ndarray:
     tiles = [slice(s, min(s + CENTRE_TILE_ROWS, m)) for s in range(0, m, CENTRE_TILE_ROWS)]
     K = np.empty((m, m))
 
-    def fill(rows: slice) -> None:
-        K[rows] = to_host(kn.kernel_tile(xp, Ct[rows], c_sq[rows], Ct, c_sq, spec))
-
-    def symmetrise(i: int) -> None:  # (K + K^T) / 2 on the tile pairs (i, j >= i): disjoint for different i
-        for cols in tiles[i:]:
-            mean = (K[tiles[i], cols] + K[cols, tiles[i]].T) / 2
-            K[tiles[i], cols] = mean
-            K[cols, tiles[i]] = mean.T
+    def fill(rows: slice) -> None:  # row tile i against the columns of tiles 0..i, mirrored above the diagonal
+        strip = to_host(kn.kernel_tile(xp, Ct[rows], c_sq[rows], Ct[: rows.stop], c_sq[: rows.stop], spec))
+        diagonal = strip[:, rows]
+        strip[:, rows] = (diagonal + diagonal.T) / 2
+        K[rows, : rows.stop] = strip
+        K[: rows.start, rows] = strip[:, : rows.start].T
 
     with ThreadPoolExecutor(_worker_threads()) as pool:
-        list(pool.map(fill, tiles))
-        list(pool.map(symmetrise, range(len(tiles))))
+        list(pool.map(fill, tiles[::-1]))  # the longest strips first
     return K
 
 

@@ -106,8 +106,15 @@ def _float32_factor(K: np.ndarray, reg: float, pool: ThreadPoolExecutor) -> np.n
     """The float32 lower Cholesky factor of K + (reg + jitter) I for the first of ``FLOAT32_JITTERS`` that works, or
     None."""
     scale = float(np.mean(np.diag(K))) or 1.0
+    edges = _edges(K.shape[0])
+    A = np.empty(K.shape, dtype=np.float32)
+
+    def cast_lower(i: int) -> None:  # row tile i up to its diagonal tile's end: all that tiled_cholesky reads
+        rows = slice(edges[i], edges[i + 1])
+        A[rows, : rows.stop] = K[rows, : rows.stop]
+
     for jitter in FLOAT32_JITTERS:
-        A = K.astype(np.float32)
+        list(pool.map(cast_lower, range(len(edges) - 1)))
         A[np.diag_indices_from(A)] += np.float32(reg + jitter * scale)
         try:
             return tiled_cholesky(A, pool)
