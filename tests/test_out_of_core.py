@@ -38,7 +38,8 @@ def _fit_out_of_core(tmp_path, n: int, d: int, chunk_rows: int, memory_limit: in
         n_workers=n_workers, threads_per_worker=1, processes=True, memory_limit=memory_limit, dashboard_address=None
     ) as cluster, Client(cluster, set_as_default=False) as client:
         workers_before = set(client.scheduler_info()["workers"])
-        model = RFMRegressor(solver="nystrom", iters=1, patience=None, random_state=0, client=client, **params)
+        params = {"solver": "nystrom", "iters": 1, "patience": None, "random_state": 0, **params}
+        model = RFMRegressor(client=client, **params)
         with PeakWorkerMemory(client, interval=0.1) as memory:
             model.fit(data.X, data.y)
         workers_after = set(client.scheduler_info()["workers"])
@@ -57,6 +58,27 @@ def test_fit_on_zarr_four_times_larger_than_cluster_memory(tmp_path):
     print(f"peak worker RSS {memory.peak / MIB:.0f} MiB of {limit / MIB:.0f} MiB limit ({memory.samples} samples)")
     assert nbytes >= 4 * 2 * limit, "the data set must be at least 4x the cluster's total memory limit"
     assert len(model.history_) == 2
+    assert before == after, "a worker was restarted (killed) during the fit"
+    assert "Pausing worker" not in logs
+    assert memory.peak < limit
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(5400)
+def test_tree_fit_on_zarr_larger_than_a_workers_memory(tmp_path):
+    """The tree of leaf RFMs on out-of-core input (820 MB of rows, each worker limited to 600 MiB): routing passes
+    stream the blocks, the leaves are written to a leaf-ordered Zarr store by dask and each leaf is read by its own
+    task, so worker memory follows the chunk, tile and leaf sizes, not n."""
+    limit = 600 * MIB
+    nbytes, model, memory, before, after, logs = _fit_out_of_core(
+        tmp_path, n=420_000, d=512, chunk_rows=2048, memory_limit=limit, leaf_size=2000, split_samples=1000,
+        reg=1e-3, bandwidth=20.0
+    )
+    print(f"tree of {model.n_leaves_} leaves: peak worker RSS {memory.peak / MIB:.0f} MiB of {limit / MIB:.0f} MiB "
+          f"limit ({memory.samples} samples)")
+    assert nbytes > limit, "the data set must be larger than a worker's memory limit"
+    assert nbytes > 0.5 * 2 * limit, "the data must be streamed (larger than rfm.persist-fraction of the cluster)"
+    assert model.n_leaves_ >= 200 and model.leaf_sizes_.max() <= 2000
     assert before == after, "a worker was restarted (killed) during the fit"
     assert "Pausing worker" not in logs
     assert memory.peak < limit

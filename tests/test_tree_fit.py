@@ -168,6 +168,16 @@ def test_parent_init_starts_leaves_from_the_split_model(client, data):
     np.testing.assert_array_equal(identity.leaf_feature_matrices_, np.broadcast_to(np.eye(6), (4, 6, 6)))
 
 
+def test_split_samples_read_in_batches_give_the_same_tree(client, data, tree_model):
+    """With a working-rows budget of one node's sample, each node's split rows are read on their own: the same tree
+    and the same model, bit for bit."""
+    X, y, X_test, _ = data
+    with dask.config.set({"rfm.task-memory-fraction": 1e-12}):
+        batched = RFMRegressor(bandwidth=3.0, iters=2, client=client, **TREE).fit(X, y)
+    np.testing.assert_array_equal(batched.tree_.directions, tree_model.tree_.directions)
+    np.testing.assert_array_equal(batched.predict(X_test), tree_model.predict(X_test))
+
+
 def test_pca_split(client, data):
     X, y, X_test, y_test = data
     model = RFMRegressor(bandwidth=3.0, iters=1, split_method="pca", client=client, **TREE).fit(X, y)
@@ -201,8 +211,6 @@ def test_resumed_tree_equals_uninterrupted(client, data, tree_model, tmp_path, m
     """A fit killed after some of its leaves resumes from the checkpoint with them kept (only the others are
     fitted again) and ends with the uninterrupted fit's model, bit for bit."""
     from rfm_dask.tree import tasks
-
-    from rfm_dask.tree.structure import route
 
     X, y, X_test, _ = data
     fit_local, calls, kill = tasks.fit_local, [], [True]

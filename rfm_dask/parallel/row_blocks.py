@@ -154,6 +154,12 @@ def smallest_worker_memory(client: Client) -> int:
     return min(worker_memory_limits(client).values(), default=0)
 
 
+def working_rows_budget(client: Client) -> float:
+    """Bytes of gathered rows (samples, selections) a step may hold in the workers' memory beside its tasks:
+    ``rfm.task-memory-fraction`` of the cluster's memory (0 when some worker sets no limit: no bound)."""
+    return float(config.get("task-memory-fraction")) * cluster_memory(client)
+
+
 def place_rows(client: Client, X: da.Array) -> RowBlocks:
     """Persist X when it fits ``rfm.persist-fraction`` of the cluster's memory, else stream it block by block."""
     budget = float(config.get("persist-fraction")) * cluster_memory(client)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import tempfile
 from dataclasses import asdict, dataclass, replace
 from typing import Callable
@@ -29,7 +30,9 @@ from rfm_dask.core.targets import TargetScaling
 from rfm_dask.files.checkpoint import fingerprint, load_checkpoint
 from rfm_dask.model import KernelModel
 from rfm_dask.parallel.cluster_engine import ClusterEngine
-from rfm_dask.parallel.row_blocks import RowBlocks, fetch_rows, materialise, smallest_worker_memory, take_rows
+from rfm_dask.parallel.row_blocks import (
+    RowBlocks, fetch_rows, working_rows_budget, materialise, smallest_worker_memory, take_rows,
+)
 from rfm_dask.parallel.scheduling import Submitter, rows_digest
 from rfm_dask.rfm_loop import FitResult, Metrics, RFMSettings, run_rfm
 from rfm_dask.solvers.dispatch import DIRECT_BYTES_PER_ENTRY, dense_solve_fits
@@ -117,6 +120,11 @@ def _grow(
     splits: list[tuple[int, np.ndarray, float, float]] = []  # (heap, direction, threshold, scale) in node order
     sample_rows = min(tree_settings.split_samples, train.n)
     submitter = Submitter(client)
+    # the sampled rows of the nodes split together are held in worker memory twice (the batch's read and each split
+    # task's selection of it), so they are read in batches of nodes within the working-rows budget: else a deep level
+    # of a large table would hold min(n, nodes x split_samples) rows at once
+    budget = working_rows_budget(client)
+    nodes_per_read = max(1, int(budget // (2 * 4 * sample_rows * train.n_features))) if budget else sys.maxsize
     while level:
         splitting = [node for node in level if node.rows.size > tree_settings.leaf_size]
         leaves += [node for node in level if node.rows.size <= tree_settings.leaf_size]
@@ -125,16 +133,20 @@ def _grow(
         rngs = [_node_rng(seed, _SPLIT, node.heap) for node in splitting]
         samples = [np.sort(rng.choice(node.rows, min(sample_rows, node.rows.size), replace=False))
                    for rng, node in zip(rngs, splitting)]
-        pool = np.unique(np.concatenate(samples))
-        held = _held_rows(client, take_rows(client, train, pool))  # one read of the level's sampled rows
-        calls = []
-        for rng, sample in zip(rngs, samples):
-            w = None if weights is None else weights[sample]
-            calls.append((tasks.split_task, tree_settings.split_method, settings, Y[sample], w,
-                          target_scaling(Y[sample], w), rng,
-                          *take_rows(client, held, np.searchsorted(pool, sample)).futures))
-        futures = list(submitter.stream(calls, task_bytes=DIRECT_BYTES_PER_ENTRY * sample_rows**2))
-        models = client.gather(futures)
+        models = []
+        for start in range(0, len(splitting), nodes_per_read):
+            batch = slice(start, start + nodes_per_read)
+            pool = np.unique(np.concatenate(samples[batch]))
+            held = _held_rows(client, take_rows(client, train, pool))  # one read of the batch's sampled rows
+            calls = []
+            for rng, sample in zip(rngs[batch], samples[batch]):
+                w = None if weights is None else weights[sample]
+                calls.append((tasks.split_task, tree_settings.split_method, settings, Y[sample], w,
+                              target_scaling(Y[sample], w), rng,
+                              *take_rows(client, held, np.searchsorted(pool, sample)).futures))
+            futures = list(submitter.stream(calls, task_bytes=DIRECT_BYTES_PER_ENTRY * sample_rows**2))
+            models += client.gather(futures)
+            del held, futures
         projections = _projections(client, train, splitting, np.stack([v for v, _ in models]))
         level = []
         for node, (direction, M) in zip(splitting, models):
