@@ -156,8 +156,9 @@ def smallest_worker_memory(client: Client) -> int:
 
 def working_rows_budget(client: Client) -> float:
     """Bytes of gathered rows (samples, selections) a step may hold in the workers' memory beside its tasks:
-    ``rfm.task-memory-fraction`` of the cluster's memory (0 when some worker sets no limit: no bound)."""
-    return float(config.get("task-memory-fraction")) * cluster_memory(client)
+    ``rfm.task-memory-fraction`` of the smallest worker's memory limit, so that it fits even if one worker holds
+    them all (0 when some worker sets no limit: no bound)."""
+    return float(config.get("task-memory-fraction")) * smallest_worker_memory(client)
 
 
 def place_rows(client: Client, X: da.Array) -> RowBlocks:
