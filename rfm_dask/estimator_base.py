@@ -14,8 +14,6 @@ from distributed import Client
 from sklearn.base import BaseEstimator, clone
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from rfm_dask.core.backend import identity
-from rfm_dask.core.blas_threads import single_blas_thread
 from rfm_dask.files.atomic import check_writable
 from rfm_dask.files.model_file import write_model_file
 from rfm_dask.io.transformer import TableEncoder, is_pandas_frame
@@ -25,13 +23,13 @@ from rfm_dask.parallel.cluster import resolve_client
 from rfm_dask.parallel.cluster_engine import ClusterEngine
 from rfm_dask.parallel.inputs import check_dask_features, is_dask, to_host_targets
 from rfm_dask.parallel.placement import check_weights, fit_rows
-from rfm_dask.parallel.row_blocks import RowBlocks, materialise
-from rfm_dask.parallel.scheduling import Submitter
+from rfm_dask.parallel.row_blocks import RowBlocks
 from rfm_dask.parameters import PARAMETER_CONSTRAINTS, RUN_PARAMS, rfm_settings
 from rfm_dask.rfm_loop import RFMSettings, run_rfm
 from rfm_dask.tree.fit import TreeFit, fit_tree
 from rfm_dask.tree.settings import TreeSettings, check_leaf_init, resolve_leaf_size
 from rfm_dask.tree.structure import Tree
+from rfm_dask.tuning import UNTUNED_BANDWIDTH, UNTUNED_REG
 
 
 class _RFMBase(BaseEstimator):
@@ -46,9 +44,9 @@ class _RFMBase(BaseEstimator):
     def __init__(
         self,
         kernel: str = "laplace",
-        bandwidth: float | str = 10.0,
+        bandwidth: float | str = UNTUNED_BANDWIDTH,
         exponent: float = 1.0,
-        reg: float | str = 1e-3,
+        reg: float | str = UNTUNED_REG,
         iters: int = 5,
         diag: bool = False,
         agop_power: float = 1.0,
@@ -258,22 +256,6 @@ class _RFMBase(BaseEstimator):
         if isinstance(X, da.Array):
             return self.model_.decision_dask(X)
         return self.model_.decision(X)
-
-
-@single_blas_thread
-def _decision_task(model: Any, block: Any) -> np.ndarray:
-    """A fitted model's outputs (b, c) float64 on one row block (held or streamed); single-threaded BLAS, so they do
-    not depend on the worker."""
-    return model.decision(materialise(block))
-
-
-def scores_on_rows(client: Client, model: Any, rows: RowBlocks) -> np.ndarray:
-    """The outputs of a fitted model (``KernelModel`` or ``TreeModel``) on rows held on the cluster: one task per
-    block, gathered here as (n, c) float64 in row order."""
-    shared = client.submit(identity, model, pure=False)
-    calls = ((_decision_task, shared, block) for block in rows.futures)
-    futures = list(Submitter(client).stream(calls, spread=rows.streamed, task_bytes=rows.streamed_block_bytes))
-    return np.concatenate(client.gather(futures) or [np.zeros((0, model.n_outputs))])
 
 
 def _importances(M: np.ndarray) -> np.ndarray:

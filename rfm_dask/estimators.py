@@ -25,10 +25,11 @@ from rfm_dask.core.metrics import (
     scores_to_proba,
 )
 from rfm_dask.core.targets import TargetScaling
-from rfm_dask.estimator_base import _RFMBase, scores_on_rows
+from rfm_dask.estimator_base import _RFMBase
 from rfm_dask.files.model_file import ModelFileError, read_model_file
 from rfm_dask.parallel.inputs import check_finite_targets
 from rfm_dask.parallel.row_blocks import RowBlocks
+from rfm_dask.parallel.scheduling import scores_on_rows
 from rfm_dask.parameters import ATTRIBUTES_DOC, PARAMETERS_DOC
 
 

@@ -36,11 +36,10 @@ from rfm_dask.solvers.dispatch import Solution
 
 #: bandwidth="auto": candidate L as multiples of the median pairwise distance under the current M.
 BANDWIDTH_FACTORS = (0.5, 1.0, 2.0, 4.0, 8.0)
-#: reg="auto": candidate ridge values (targets scaled to unit variance, k(x, x) = 1).
-REG_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
-
 #: The untuned values: the estimators' default bandwidth and ridge, always among the candidates.
 UNTUNED_BANDWIDTH, UNTUNED_REG = 10.0, 1e-3
+#: reg="auto": candidate ridge values (targets scaled to unit variance, k(x, x) = 1); holds ``UNTUNED_REG``.
+REG_GRID = (1e-4, UNTUNED_REG, 1e-2, 1e-1, 1.0)
 #: A candidate replaces the untuned pair only if it also scores better on each of this many interleaved parts of
 #: the validation rows.
 CONSISTENCY_FOLDS = 3
@@ -108,8 +107,6 @@ def search_hyperparameters(
     """
     regs = REG_GRID if reg is None else (reg,)
     untuned_reg = UNTUNED_REG if reg is None else reg
-    if untuned_reg not in regs:
-        regs = (untuned_reg,) + regs
     untuned = replace(spec, bandwidth=UNTUNED_BANDWIDTH) if tune_bandwidth else spec
     specs = [untuned]
     if tune_bandwidth:

@@ -108,6 +108,8 @@ def _calibrated_log_loss(pred: np.ndarray, Y: np.ndarray) -> float:
 
 _CLASSIFICATION_SCORES: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "balanced_accuracy": _balanced_accuracy, "roc_auc": _roc_auc, "log_loss": _calibrated_log_loss}
+
+
 def _r2(pred: np.ndarray, Y: np.ndarray) -> float:
     """R^2 averaged over outputs; an output whose targets are constant (or a single row) scores 1 when predicted
     exactly, else 0 (scikit-learn's ``force_finite``), so the value is always finite."""

@@ -1,5 +1,5 @@
 """Bounded task submission and fixed-tree sums on a Dask cluster: how every pass over row blocks (kernel products,
-statistics, digests, batch jobs) submits its tasks and reduces their results."""
+statistics, digests, a fitted model's outputs, batch jobs) submits its tasks and reduces their results."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import numpy as np
 from distributed import Client, Future, wait
 
 from rfm_dask import config
-from rfm_dask.core.backend import to_host
+from rfm_dask.core.backend import identity, to_host
+from rfm_dask.core.blas_threads import single_blas_thread
 from rfm_dask.parallel.cluster import worker_threads
 from rfm_dask.parallel.row_blocks import (
     RowBlocks,
@@ -134,3 +135,19 @@ def rows_digest(client: Client, rows: RowBlocks) -> np.ndarray:
     calls = ((block_digest, block) for block in rows.futures)
     digests = client.gather(list(Submitter(client).stream(calls, spread=rows.streamed)))
     return np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(len(digests), 32)
+
+
+@single_blas_thread
+def _decision_task(model: Any, block: Any) -> np.ndarray:
+    """A fitted model's outputs (b, c) float64 on one row block (held or streamed); single-threaded BLAS, so they do
+    not depend on the worker."""
+    return model.decision(materialise(block))
+
+
+def scores_on_rows(client: Client, model: Any, rows: RowBlocks) -> np.ndarray:
+    """The outputs of a fitted model (``KernelModel`` or ``TreeModel``) on rows held on the cluster: one task per
+    block, gathered here as (n, c) float64 in row order."""
+    shared = client.submit(identity, model, pure=False)
+    calls = ((_decision_task, shared, block) for block in rows.futures)
+    futures = list(Submitter(client).stream(calls, spread=rows.streamed, task_bytes=rows.streamed_block_bytes))
+    return np.concatenate(client.gather(futures) or [np.zeros((0, model.n_outputs))])

@@ -31,7 +31,7 @@ from rfm_dask.files.checkpoint import fingerprint, load_checkpoint
 from rfm_dask.model import KernelModel
 from rfm_dask.parallel.cluster_engine import ClusterEngine
 from rfm_dask.parallel.row_blocks import (
-    RowBlocks, fetch_rows, working_rows_budget, materialise, smallest_worker_memory, take_rows,
+    RowBlocks, fetch_rows, materialise, smallest_worker_memory, take_rows, working_rows_budget,
 )
 from rfm_dask.parallel.scheduling import Submitter, rows_digest
 from rfm_dask.rfm_loop import FitResult, Metrics, RFMSettings, run_rfm
@@ -111,6 +111,20 @@ def _held_rows(client: Client, rows: RowBlocks) -> RowBlocks:
     return RowBlocks(futures, rows.sizes, rows.n_features, rows.device)
 
 
+def _split_models(
+    client: Client, submitter: Submitter, train: RowBlocks, samples: list[np.ndarray], heads: list[tuple],
+    sample_rows: int,
+) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """The split models of a batch of nodes: one read of their sampled rows ``samples`` (sorted global indices per
+    node), then per node the task call ``heads[i]`` with the row blocks of ``samples[i]`` appended. The rows are
+    released on return."""
+    pool = np.unique(np.concatenate(samples))
+    held = _held_rows(client, take_rows(client, train, pool))
+    calls = [(*head, *take_rows(client, held, np.searchsorted(pool, sample)).futures)
+             for head, sample in zip(heads, samples)]
+    return client.gather(list(submitter.stream(calls, task_bytes=DIRECT_BYTES_PER_ENTRY * sample_rows**2)))
+
+
 def _grow(
     client: Client, train: RowBlocks, Y: np.ndarray, settings: RFMSettings, tree_settings: TreeSettings, seed: int,
     target_scaling: Callable[[np.ndarray, np.ndarray | None], TargetScaling], weights: np.ndarray | None,
@@ -124,7 +138,8 @@ def _grow(
     # task's selection of it), so they are read in batches of nodes within the working-rows budget: else a deep level
     # of a large table would hold min(n, nodes x split_samples) rows at once
     budget = working_rows_budget(client)
-    nodes_per_read = max(1, int(budget // (2 * 4 * sample_rows * train.n_features))) if budget else sys.maxsize
+    sample_bytes = np.dtype(np.float32).itemsize * sample_rows * train.n_features
+    nodes_per_read = max(1, int(budget // (2 * sample_bytes))) if budget else sys.maxsize
     while level:
         splitting = [node for node in level if node.rows.size > tree_settings.leaf_size]
         leaves += [node for node in level if node.rows.size <= tree_settings.leaf_size]
@@ -133,20 +148,13 @@ def _grow(
         rngs = [_node_rng(seed, _SPLIT, node.heap) for node in splitting]
         samples = [np.sort(rng.choice(node.rows, min(sample_rows, node.rows.size), replace=False))
                    for rng, node in zip(rngs, splitting)]
+        sample_weights = [None if weights is None else weights[sample] for sample in samples]
+        heads = [(tasks.split_task, tree_settings.split_method, settings, Y[sample], w, target_scaling(Y[sample], w),
+                  rng) for rng, sample, w in zip(rngs, samples, sample_weights)]
         models = []
         for start in range(0, len(splitting), nodes_per_read):
             batch = slice(start, start + nodes_per_read)
-            pool = np.unique(np.concatenate(samples[batch]))
-            held = _held_rows(client, take_rows(client, train, pool))  # one read of the batch's sampled rows
-            calls = []
-            for rng, sample in zip(rngs[batch], samples[batch]):
-                w = None if weights is None else weights[sample]
-                calls.append((tasks.split_task, tree_settings.split_method, settings, Y[sample], w,
-                              target_scaling(Y[sample], w), rng,
-                              *take_rows(client, held, np.searchsorted(pool, sample)).futures))
-            futures = list(submitter.stream(calls, task_bytes=DIRECT_BYTES_PER_ENTRY * sample_rows**2))
-            models += client.gather(futures)
-            del held, futures
+            models += _split_models(client, submitter, train, samples[batch], heads[batch], sample_rows)
         projections = _projections(client, train, splitting, np.stack([v for v, _ in models]))
         level = []
         for node, (direction, M) in zip(splitting, models):
