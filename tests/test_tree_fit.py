@@ -108,6 +108,21 @@ def test_streamed_input_gives_the_held_model(client, data, tree_model, monkeypat
     np.testing.assert_array_equal(streamed.predict(X_test), tree_model.predict(X_test))
 
 
+def test_streamed_leaves_shuffled_in_batches_give_the_held_model(client, data, tree_model, monkeypatch):
+    """With a working-rows budget below one leaf's rows, each leaf's streamed rows are shuffled into a store of their
+    own (one read of the blocks per leaf): the same model, bit for bit."""
+    from rfm_dask.tree import store
+
+    X, y, X_test, _ = data
+    written = []
+    ordered = store.leaf_ordered_rows
+    monkeypatch.setattr(store, "leaf_ordered_rows", lambda *a: written.append(len(a[2])) or ordered(*a))
+    with dask.config.set({"rfm.persist-fraction": 1e-12, "rfm.task-memory-fraction": 1e-12}):
+        streamed = RFMRegressor(bandwidth=3.0, iters=2, client=client, **TREE).fit(da.from_array(X, chunks=(128, 6)), y)
+    assert written == [1] * 8  # 4 training and 4 validation stores, one leaf each
+    np.testing.assert_array_equal(streamed.predict(X_test), tree_model.predict(X_test))
+
+
 def test_model_file_round_trip(tree_model, data, tmp_path):
     _, _, X_test, _ = data
     path = tree_model.save(tmp_path / "tree.rfm")

@@ -1,6 +1,7 @@
 """A leaf-ordered copy of streamed rows: out of core, gathering one leaf's rows from row blocks that stay on disk would
-read every block once per leaf. Instead the rows are reordered leaf by leaf once, by dask's array shuffle, and
-written to a Zarr store; each leaf then reads its own consecutive rows from it."""
+read every block once per leaf. Instead the rows are reordered leaf by leaf by dask's array shuffle, a batch of leaves
+at a time (one read of the blocks per batch), and written to Zarr stores; each leaf then reads its own consecutive
+rows from its batch's store."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import numpy as np
 import zarr
 from distributed import Client
 
-from rfm_dask.parallel.row_blocks import RowBlocks, stream_rows, take_rows
+from rfm_dask.parallel.row_blocks import RowBlocks, stream_rows, take_rows, working_rows_budget
 
 
 def as_dask_rows(rows: RowBlocks) -> da.Array:
@@ -45,11 +46,26 @@ def rows_by_leaf(
     client: Client, rows: RowBlocks, groups: dict[int, np.ndarray], directory: str | os.PathLike
 ) -> dict[int, RowBlocks]:
     """The rows of each non-empty group (sorted global indices, by leaf index): cut from the blocks where they are
-    held (``take_rows``), or, for streamed blocks, read from a leaf-ordered store in ``directory``."""
+    held (``take_rows``), or, for streamed blocks, read from leaf-ordered stores in ``directory``.
+
+    Every output chunk of dask's shuffle takes rows from all the blocks, so the shuffle holds all the rows it moves
+    on the workers until its last block is read. Streamed groups are therefore shuffled in batches of consecutive
+    groups, each within half of the working-rows budget (``row_blocks.working_rows_budget``: the rows are held once
+    as the shuffle's pieces and once more as the joined output chunks), one read of the blocks per batch: worker
+    memory follows the budget, not n.
+    """
     groups = {j: g for j, g in groups.items() if g.size}
     if not rows.streamed:
         return {j: take_rows(client, rows, g) for j, g in groups.items()}
-    return dict(zip(groups, leaf_ordered_rows(client, rows, list(groups.values()), directory))) if groups else {}
+    leaves = list(groups)
+    budget = working_rows_budget(client)
+    largest = np.dtype(np.float32).itemsize * rows.n_features * max((g.size for g in groups.values()), default=0)
+    per_batch = max(1, int(budget // (2 * largest))) if budget else max(len(leaves), 1)
+    out: dict[int, RowBlocks] = {}
+    for start in range(0, len(leaves), per_batch):
+        batch = leaves[start : start + per_batch]
+        out.update(zip(batch, leaf_ordered_rows(client, rows, [groups[j] for j in batch], directory)))
+    return out
 
 
 def scratch_directory() -> str:
