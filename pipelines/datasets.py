@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dask.array as da
 import numpy as np
 
 
@@ -26,6 +27,16 @@ def low_rank_projection(n: int, d: int = 20, seed: int = 0, task_seed: int = 123
     X = np.random.default_rng(seed).normal(size=(n, d))
     Z = X @ U
     return X.astype(np.float32), 5 * Z[:, 0] * Z[:, 1] + np.sin(3 * Z[:, 0])
+
+
+def low_rank_projection_lazy(n: int, d: int, chunk_rows: int, seed: int = 0, task_seed: int = 1234):
+    """The task of ``low_rank_projection`` as dask arrays in row chunks of ``chunk_rows``, for data larger than
+    memory: x ~ N(0, I_d) float32 drawn by dask from ``seed``, y = 5 z0 z1 + sin(3 z0) with z = U^T x in float32
+    (U (d, 2) float32 from ``task_seed``). Returns (X (n, d) float32, y (n,) float32), lazy."""
+    U = np.random.default_rng(task_seed).normal(size=(d, 2)).astype(np.float32) / np.sqrt(d)
+    X = da.random.default_rng(seed).standard_normal((n, d), chunks=(chunk_rows, d), dtype=np.float32)
+    Z = X @ U
+    return X, 5 * Z[:, 0] * Z[:, 1] + da.sin(3 * Z[:, 0])
 
 
 def flights_table():

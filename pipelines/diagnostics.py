@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 from distributed import Client
 
@@ -18,8 +19,9 @@ class PeakWorkerMemory:
 
     After the block: ``peak`` (bytes, max over workers and samples; 0 without workers), ``per_worker`` (address ->
     bytes), ``local_peak`` (bytes, this process), ``samples`` (how many rounds were taken), ``failures`` and
-    ``last_error`` (rounds in which a worker could not be asked, e.g. while it restarted). With ``client=None`` only
-    this process is sampled.
+    ``last_error`` (rounds in which a worker could not be asked, e.g. while it restarted), ``timeline`` (one
+    ``(time.time(), {address: bytes})`` per round in which the workers answered). With ``client=None`` only this
+    process is sampled.
 
     Kept rather than ``distributed.diagnostics.MemorySampler``, which does worse here: it records the cluster-wide
     sum over workers (tests and benchmarks need each worker's peak), reads the memory the workers last reported in
@@ -35,6 +37,7 @@ class PeakWorkerMemory:
         self.samples = 0
         self.failures = 0
         self.last_error: str | None = None
+        self.timeline: list[tuple[float, dict[str, int]]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="peak-memory", daemon=True)
 
@@ -53,6 +56,7 @@ class PeakWorkerMemory:
                 return
             for address, value in rss.items():
                 self.per_worker[address] = max(self.per_worker.get(address, 0), value)
+            self.timeline.append((time.time(), rss))
         self.samples += 1
 
     def _run(self) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from distributed import Client, LocalCluster
 
+from pipelines.datasets import low_rank_projection_lazy
 from pipelines.diagnostics import PeakWorkerMemory
 from rfm_dask import RFMRegressor, open_zarr, write_zarr
 from rfm_dask.core import kernels as kn
@@ -21,16 +22,8 @@ from rfm_dask.parallel.row_blocks import stream_rows
 MIB = 1 << 20
 
 
-def _low_rank_task(n: int, d: int, chunk_rows: int, seed: int = 0):
-    """x ~ N(0, I_d) float32 in dask chunks, y = 5 z0 z1 + sin(3 z0) with z = U^T x (U fixed by its own seed)."""
-    U = np.random.default_rng(1234).normal(size=(d, 2)).astype(np.float32) / np.sqrt(d)
-    X = da.random.default_rng(seed).standard_normal((n, d), chunks=(chunk_rows, d), dtype=np.float32)
-    Z = X @ U
-    return X, 5 * Z[:, 0] * Z[:, 1] + da.sin(3 * Z[:, 0])
-
-
 def _fit_out_of_core(tmp_path, n: int, d: int, chunk_rows: int, memory_limit: int, n_workers: int = 2, **params):
-    X, y = _low_rank_task(n, d, chunk_rows)
+    X, y = low_rank_projection_lazy(n, d, chunk_rows)
     with dask.config.set(scheduler="threads"):
         write_zarr(tmp_path / "data.zarr", X, y, chunk_rows=chunk_rows)
     data = open_zarr(tmp_path / "data.zarr")
@@ -166,7 +159,7 @@ def test_zarr_store_round_trip_and_refusals(tmp_path):
 
 def test_streamed_fit_matches_persisted_fit(tmp_path, client):
     """With a zero memory budget the data is streamed from Zarr every pass; the model is the same."""
-    X, y = _low_rank_task(3000, 8, chunk_rows=500)
+    X, y = low_rank_projection_lazy(3000, 8, chunk_rows=500)
     write_zarr(tmp_path / "d.zarr", X, y, chunk_rows=500)
     data = open_zarr(tmp_path / "d.zarr")
     params = dict(solver="nystrom", n_centers=200, iters=2, random_state=0, client=client)

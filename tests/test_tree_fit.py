@@ -118,7 +118,8 @@ def test_streamed_leaves_shuffled_in_batches_give_the_held_model(client, data, t
     ordered = store.leaf_ordered_rows
     monkeypatch.setattr(store, "leaf_ordered_rows", lambda *a: written.append(len(a[2])) or ordered(*a))
     with dask.config.set({"rfm.persist-fraction": 1e-12, "rfm.task-memory-fraction": 1e-12}):
-        streamed = RFMRegressor(bandwidth=3.0, iters=2, client=client, **TREE).fit(da.from_array(X, chunks=(128, 6)), y)
+        X_lazy = da.from_array(X, chunks=(128, 6))
+        streamed = RFMRegressor(bandwidth=3.0, iters=2, client=client, **TREE).fit(X_lazy, y)
     assert written == [1] * 8  # 4 training and 4 validation stores, one leaf each
     np.testing.assert_array_equal(streamed.predict(X_test), tree_model.predict(X_test))
 

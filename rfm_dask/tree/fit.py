@@ -260,6 +260,7 @@ def fit_tree(
     with tempfile.TemporaryDirectory(dir=scratch_directory()) as directory:  # leaf-ordered stores of streamed rows
         leaf_train = rows_by_leaf(client, train, {j: leaves[j].rows for j in todo}, directory)
         leaf_val = {} if val is None else rows_by_leaf(client, val, val_groups, directory)
+        logger.info("tree: the rows of %d leaves gathered", len(todo))
         calls, on_cluster = [], {}
         for j in todo:
             leaf, rows_val = leaves[j], leaf_val.get(j)
