@@ -18,7 +18,9 @@ import logging
 import os
 import sys
 import tempfile
+from collections import deque
 from dataclasses import asdict, dataclass, replace
+from itertools import islice
 from typing import Callable
 
 import numpy as np
@@ -76,8 +78,11 @@ def _node_rng(seed: int, stream: int, heap: int) -> np.random.Generator:
 
 
 def _route_rows(client: Client, rows: RowBlocks, tree: Tree) -> np.ndarray:
-    """The leaf of every row of ``rows``: one task per block, (n,) int64 in row order."""
-    calls = ((tasks.route_task, block, tree) for block in rows.futures)
+    """The leaf of every row of ``rows``: one task per block, (n,) int64 in row order. The tree (k directions of d
+    float64) goes to the workers once, as a shared key: a task's arguments stay on its worker as long as its result
+    does, so a copy per task would hold the tree once per block."""
+    shared = client.submit(identity, tree, pure=False)
+    calls = ((tasks.route_task, block, shared) for block in rows.futures)
     futures = list(Submitter(client).stream(calls, spread=rows.streamed, task_bytes=rows.streamed_block_bytes))
     return np.concatenate(client.gather(futures) or [np.zeros(0, dtype=np.int64)])
 
@@ -276,14 +281,22 @@ def fit_tree(
             else:
                 on_cluster[j] = (leaf_train[j], leaf_settings, rng_leaf, rows_val, args)
         largest = max((leaves[j].rows.size for j in todo), default=0)
-        submitted = list(Submitter(client).stream(calls, task_bytes=DIRECT_BYTES_PER_ENTRY * largest**2))
-        futures = iter(submitted)
+        submitter, task_bytes = Submitter(client), DIRECT_BYTES_PER_ENTRY * largest**2
+        stream = submitter.stream(calls, task_bytes=task_bytes)
+        # leaves are submitted only as far ahead as the Submitter runs them, and each result (its centres and M) is
+        # collected, and so released on the workers, before the next leaf is submitted: the workers hold the results
+        # of a bounded number of leaves, not of all of them
+        ahead = deque(islice(stream, submitter.limit(task_bytes)))
         try:
             for j in todo:  # in leaf order, whatever order they finish in
-                done[j] = _fit_on_cluster(client, *on_cluster[j]) if j in on_cluster else next(futures).result()
+                if j in on_cluster:
+                    done[j] = _fit_on_cluster(client, *on_cluster[j])
+                else:
+                    done[j] = ahead.popleft().result()
+                    ahead.extend(islice(stream, 1))
                 save(done)
         except BaseException:
-            client.cancel(submitted)  # a failed fit leaves no leaf running on the cluster
+            client.cancel(list(ahead))  # a failed fit leaves no leaf running on the cluster
             raise
     results = [done[j] for j in range(len(leaves))]
     models = [KernelModel(r.centres, r.coef, r.feature_matrix, r.spec, r.shift, scaling)
