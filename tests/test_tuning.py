@@ -120,8 +120,8 @@ def _search(X, Z, X_val, score, solver="direct"):
     """search_hyperparameters over both grids with M = I on in-process rows."""
     engine = LocalEngine(SolverOptions.from_config())
     return search_hyperparameters(engine, LocalRows(X.astype(np.float32)), Z, LocalRows(X_val.astype(np.float32)),
-                                  score, np.eye(X.shape[1]), X.mean(axis=0), KernelSpec("laplace", 1.0), None, True,
-                                  solver, np.random.default_rng(0))
+                                  score, np.eye(X.shape[1]), X.mean(axis=0), KernelSpec("laplace", UNTUNED_BANDWIDTH),
+                                  UNTUNED_REG, True, True, solver, np.random.default_rng(0))
 
 
 def _untuned_predictions(X, Z, X_val):
@@ -187,17 +187,30 @@ def test_tuned_validation_quality_is_at_least_the_untuned_one(client):
     X_val, y_val = _data(n=80, seed=5)
     params = dict(iters=0, solver="direct", random_state=0, client=client)
     tuned = RFMRegressor(bandwidth="auto", reg="auto", **params).fit(X, y, X_val=X_val, y_val=y_val)
-    untuned = RFMRegressor(**params).fit(X, y, X_val=X_val, y_val=y_val)
+    untuned = RFMRegressor(bandwidth=UNTUNED_BANDWIDTH, reg=UNTUNED_REG, **params).fit(X, y, X_val=X_val, y_val=y_val)
     assert (untuned.bandwidth_, untuned.reg_) == (UNTUNED_BANDWIDTH, UNTUNED_REG)
     # both are exact float64 solves on the same float32 kernel tiles; they differ by rounding amplified by
     # cond(K + reg I) <= (1 + n) / reg (2e5 here) times float64 epsilon: far below 1e-8 relative
     assert tuned.history_[0]["val_mse"] <= untuned.history_[0]["val_mse"] * (1 + 1e-8)
 
 
-def test_auto_needs_validation_rows_and_bad_values_raise(client):
+def test_auto_without_validation_rows_is_the_untuned_fit(client):
+    """With no validation rows "auto" falls back to the untuned values: the model, fitted attributes and history of
+    a fit given them explicitly."""
+    X, y = _data(n=60)
+    params = dict(iters=2, validation_fraction=0.0, solver="direct", random_state=0, client=client)
+    auto = RFMRegressor(**params).fit(X, y)
+    given = RFMRegressor(bandwidth=UNTUNED_BANDWIDTH, reg=UNTUNED_REG, **params).fit(X, y)
+    assert (auto.get_params()["bandwidth"], auto.get_params()["reg"]) == ("auto", "auto")
+    assert (auto.bandwidth_, auto.reg_) == (UNTUNED_BANDWIDTH, UNTUNED_REG)
+    assert [(h["bandwidth"], h["reg"]) for h in auto.history_] == [(UNTUNED_BANDWIDTH, UNTUNED_REG)] * 3
+    np.testing.assert_array_equal(auto.model_.coef, given.model_.coef)
+    only_reg = RFMRegressor(bandwidth=3.0, **params).fit(X, y)
+    assert (only_reg.bandwidth_, only_reg.reg_) == (3.0, UNTUNED_REG)
+
+
+def test_bad_values_raise(client):
     X, y = _data(n=40)
-    with pytest.raises(ValueError, match="validation rows"):
-        RFMRegressor(bandwidth="auto", validation_fraction=0.0, client=client).fit(X, y)
     with pytest.raises(ValueError, match="bandwidth"):
         RFMRegressor(bandwidth="wide", client=client).fit(X, y)
     with pytest.raises(ValueError, match="reg"):

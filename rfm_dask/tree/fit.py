@@ -34,13 +34,13 @@ from rfm_dask.parallel.row_blocks import (
     RowBlocks, fetch_rows, materialise, smallest_worker_memory, take_rows, working_rows_budget,
 )
 from rfm_dask.parallel.scheduling import Submitter, rows_digest
-from rfm_dask.rfm_loop import FitResult, Metrics, RFMSettings, run_rfm
+from rfm_dask.rfm_loop import FitResult, Metrics, RFMSettings, run_rfm, untuned
 from rfm_dask.solvers.dispatch import DIRECT_BYTES_PER_ENTRY, dense_solve_fits
 from rfm_dask.tree import tasks
 from rfm_dask.tree.checkpoint import restore_tree_checkpoint, save_tree_checkpoint
 from rfm_dask.tree.model import TreeModel
 from rfm_dask.tree.settings import TreeSettings
-from rfm_dask.tree.split import threshold_and_scale, untuned
+from rfm_dask.tree.split import threshold_and_scale
 from rfm_dask.tree.store import rows_by_leaf, scratch_directory
 from rfm_dask.tree.structure import Tree
 
