@@ -72,7 +72,7 @@ def median_distance(
     return median if median > 0 else 1.0
 
 
-def _consistent_gain(score: Score, F: np.ndarray, F_untuned: np.ndarray, folds: int) -> bool:
+def consistent_gain(score: Score, F: np.ndarray, F_untuned: np.ndarray, folds: int) -> bool:
     """Whether the validation predictions F (n_val, c) score better than F_untuned on each of ``folds`` interleaved
     parts of the rows (part j: rows j, j + folds, ...), each part scored with F_untuned on the other rows."""
     for j in range(min(folds, F.shape[0])):
@@ -135,7 +135,7 @@ def search_hyperparameters(
             if best is None or entry[0] > best[0]:
                 best = entry
     assert best is not None and base is not None
-    if best is not base and not _consistent_gain(score, best[5], base[5], CONSISTENCY_FOLDS):
+    if best is not base and not consistent_gain(score, best[5], base[5], CONSISTENCY_FOLDS):
         best = base
     _, chosen, r, alpha, residual, _ = best
     return Choice(chosen, float(r), Solution(alpha, "direct", 0, float(residual)) if full else None)

@@ -116,19 +116,19 @@ def test_reg_auto_alone_keeps_the_bandwidth_and_classifier_tunes_on_accuracy(cli
     assert all(h["bandwidth"] == 3.0 and "val_accuracy" in h for h in model.history_)
 
 
-def _search(X, Z, X_val, score, solver="direct"):
-    """search_hyperparameters over both grids with M = I on in-process rows."""
+def _search(X, Z, X_val, score, solver="direct", bandwidth=UNTUNED_BANDWIDTH, reg=UNTUNED_REG):
+    """search_hyperparameters over both grids with M = I on in-process rows, from the untuned (bandwidth, reg)."""
     engine = LocalEngine(SolverOptions.from_config())
     return search_hyperparameters(engine, LocalRows(X.astype(np.float32)), Z, LocalRows(X_val.astype(np.float32)),
-                                  score, np.eye(X.shape[1]), X.mean(axis=0), KernelSpec("laplace", UNTUNED_BANDWIDTH),
-                                  UNTUNED_REG, True, True, solver, np.random.default_rng(0))
+                                  score, np.eye(X.shape[1]), X.mean(axis=0), KernelSpec("laplace", bandwidth), reg,
+                                  True, True, solver, np.random.default_rng(0))
 
 
-def _untuned_predictions(X, Z, X_val):
+def _untuned_predictions(X, Z, X_val, bandwidth=UNTUNED_BANDWIDTH, reg=UNTUNED_REG):
     """Validation predictions (n_val, 1) of the exact KRR with the untuned bandwidth and ridge, M = I, float64."""
-    K = ref.kernel(X, X, np.eye(X.shape[1]), "laplace", UNTUNED_BANDWIDTH)
-    K_val = ref.kernel(X_val, X, np.eye(X.shape[1]), "laplace", UNTUNED_BANDWIDTH)
-    return K_val @ np.linalg.solve(K + UNTUNED_REG * np.eye(len(X)), Z)
+    K = ref.kernel(X, X, np.eye(X.shape[1]), "laplace", bandwidth)
+    K_val = ref.kernel(X_val, X, np.eye(X.shape[1]), "laplace", bandwidth)
+    return K_val @ np.linalg.solve(K + reg * np.eye(len(X)), Z)
 
 
 @pytest.mark.parametrize("solver", ["direct", "nystrom"])
@@ -151,6 +151,27 @@ def test_the_untuned_pair_is_a_candidate_and_wins_when_best_or_tied(solver):
         # float32 rows: kernel entries off by ~1e-7 relative, amplified by cond(K + reg I) <= (1 + n) / reg
         np.testing.assert_allclose(tied.solution.coef, expected, rtol=0,
                                    atol=1e-7 * (1 + len(X)) / UNTUNED_REG * np.abs(expected).max())
+
+
+def test_the_settings_values_are_the_untuned_candidate_even_off_the_grids():
+    """The untuned candidate is the pair the settings hold (a tuned tree's leaves hold the tree's pair, see
+    ``tree.fit.tree_pair``), also off both grids: searched, and kept when it scores best or on ties, with the exact
+    solution of that pair."""
+    X, y = _data(n=120)
+    X_val, _ = _data(n=45, seed=1)
+    Z = (y - y.mean())[:, None]
+    bandwidth, reg = 2.5, 0.37
+    assert reg not in REG_GRID
+    F_pair = _untuned_predictions(X, Z, X_val, bandwidth, reg)
+    closest = _search(X, Z, X_val, lambda F: (-float(np.mean((F - F_pair) ** 2)),), "direct", bandwidth, reg)
+    assert (closest.spec.bandwidth, closest.reg) == (bandwidth, reg)
+    tied = _search(X, Z, X_val, lambda F: (0.0,), "direct", bandwidth, reg)
+    assert (tied.spec.bandwidth, tied.reg) == (bandwidth, reg)
+    K = ref.kernel(X, X, np.eye(X.shape[1]), "laplace", bandwidth)
+    expected = np.linalg.solve(K + reg * np.eye(len(X)), Z)
+    # float32 rows: kernel entries off by ~1e-7 relative, amplified by cond(K + reg I) <= (1 + n) / reg
+    np.testing.assert_allclose(closest.solution.coef, expected, rtol=0,
+                               atol=1e-7 * (1 + len(X)) / reg * np.abs(expected).max())
 
 
 def test_a_gain_on_part_of_the_validation_rows_only_is_not_taken():

@@ -13,6 +13,14 @@ LEAF_INITS = ("identity", "parent")
 #: to the global RFM on the two noisy tables (small leaves overfit) and tied on the other two.
 AUTO_LEAF_SIZE = 4000
 AUTO_MIN_LEAVES = 4
+#: Tuned leaves (``bandwidth``/``reg="auto"``): the tree first chooses one (bandwidth, ridge) pair on many
+#: validation rows (``tree.fit.tree_pair``: the tuned RFM fitted once on a seeded sample of ``leaf_size`` training
+#: rows, validated on a seeded sample of at most ``leaf_size`` validation rows). A leaf with at least this many
+#: validation rows tunes on them, with that pair as its untuned candidate (``tuning``: kept unless another pair gains
+#: consistently); a leaf with fewer uses the pair as it is. From BENCHMARKS.md ("Issue 13's measurement"): tuning on
+#: 600 validation rows (the global RFM) was at or above its untuned twin on 7 of 7 tables, leaves tuning on about 150
+#: lost to the untuned tree on 2 of 7.
+LEAF_TUNE_MIN_ROWS = 600
 
 
 @dataclass(frozen=True)
@@ -47,3 +55,8 @@ def resolve_leaf_size(leaf_size: int | str | None, n: int, tuned_reg: bool) -> i
     if isinstance(leaf_size, str) and leaf_size == "auto":
         return AUTO_LEAF_SIZE if tuned_reg and n >= AUTO_MIN_LEAVES * AUTO_LEAF_SIZE else None
     return None if leaf_size is None else int(leaf_size)
+
+
+def leaf_tunes(n_val: int) -> bool:
+    """Whether a leaf of a tuned tree with ``n_val`` validation rows tunes on them (``LEAF_TUNE_MIN_ROWS``)."""
+    return n_val >= LEAF_TUNE_MIN_ROWS
