@@ -38,7 +38,7 @@ PARAMETERS_DOC = """
         median pairwise distance under the current M, keeping the untuned L = 10 unless another value scores better
         consistently (``rfm_dask.tuning``); without validation rows (``validation_fraction=0`` and no ``X_val``)
         "auto" is L = 10. The default since tuning beat the untuned L = 10, reg = 1e-3 on 7 of 7 real tables and
-        LightGBM on 7 of 7 (README, "Automatic bandwidth and ridge"; BENCHMARKS.md, "Issue 13's measurement").
+        LightGBM on 7 of 7 (README, "Python API", "Defaults"; BENCHMARKS.md, "Issue 13's measurement").
     exponent : float, default=1.0
         The Laplace exponent q, ``0 < q <= 2``.
     reg : float or "auto", default="auto"

@@ -34,10 +34,10 @@ class RFMSettings:
 
     With ``tune_bandwidth`` (``tune_reg``) each iteration chooses the bandwidth (ridge) on the validation rows (see
     ``tuning``); the bandwidth of ``spec`` (``reg``) is then the untuned value: the candidate kept unless another
-    one gains consistently, and the value used when there are no validation rows (see ``untuned``). ``scoring``: the validation metric that ranks iterations and tuning
-    candidates (``core.metrics.validation_quality``; None: accuracy for a classifier, MSE for a regressor).
-    ``options``: how the solves run, read from dask.config when the settings are made (on the client), so a loop
-    running in a worker task uses the client's values.
+    one gains consistently, and the value used when there are no validation rows (see ``untuned``). ``scoring``:
+    the validation metric that ranks iterations and tuning candidates (``core.metrics.validation_quality``; None:
+    accuracy for a classifier, MSE for a regressor). ``options``: how the solves run, read from dask.config when the
+    settings are made (on the client), so a loop running in a worker task uses the client's values.
     """
 
     spec: KernelSpec

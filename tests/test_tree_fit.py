@@ -410,37 +410,64 @@ def test_tuned_tree_is_kept_only_if_it_beats_the_untuned_tree(client, monkeypatc
     assert bad_pair == np.array_equal(F, F_untuned)
 
 
-def test_resumed_tuned_tree_equals_uninterrupted(client, data, tmp_path, monkeypatch):
-    """A tuned tree killed at its last leaf (of the tuned leaves, collected first) resumes, choosing the leaves'
-    pair again (the same) and fitting only the unfinished leaves, to the model of an uninterrupted fit, bit for
-    bit."""
+def test_tuned_tree_whose_pair_is_the_untuned_one_fits_its_leaves_once(client, data, monkeypatch):
+    """When the tree's pair is the untuned one and no leaf has enough validation rows to tune, the tuned tree is the
+    untuned tree: its leaves are fitted once, and the model is bit for bit the fit with bandwidth=10, reg=1e-3."""
     from rfm_dask.tree import tasks
 
     X, y, X_test, _ = data
+    fit_local, pairs = tasks.fit_local, []
+
+    def recorded(rows, Y, settings, *args, **kwargs):
+        result = fit_local(rows, Y, settings, *args, **kwargs)
+        pairs.append((result.spec.bandwidth, result.reg, settings.tune_reg))
+        return result
+
+    monkeypatch.setattr(tasks, "fit_local", recorded)
     params = dict(leaf_size=250, split_samples=300, iters=1, random_state=0, client=client)
-    reference = RFMRegressor(**params).fit(X, y)
-    fit_local, calls, kill = tasks.fit_local, [], [True]
-    last = reference.n_leaves_ - 1
+    model = RFMRegressor(**params).fit(X, y)
+    assert pairs[0] == (10.0, 1e-3, True)  # the tree's tuning fit kept the untuned pair on these noise-free targets
+    assert len(pairs) == 1 + model.n_leaves_
+    untuned = RFMRegressor(bandwidth=10.0, reg=1e-3, **params).fit(X, y)
+    np.testing.assert_array_equal(model.predict(X_test), untuned.predict(X_test))
+
+
+def test_resumed_tuned_tree_equals_uninterrupted(client, data, tmp_path, monkeypatch):
+    """A tuned tree killed at its last tuned leaf (the tuned leaves are collected first) resumes, choosing the
+    leaves' pair again (the same) and fitting only the unfinished leaves (that one and the untuned leaves), to the
+    model of an uninterrupted fit, bit for bit."""
+    from rfm_dask.tree import tasks
+
+    X, y, X_test, _ = data
+    y = _noisy(y, 1)
+    params = dict(leaf_size=250, split_samples=300, iters=1, random_state=0, client=client)
+    fit_local, calls, kill = tasks.fit_local, [], [False]
+    last = []
 
     def killed_at_last_leaf(rows, Y, settings, *args, **kwargs):
         if settings.tune_reg:  # the tree's tuning fit (leaves with this few validation rows do not tune)
             calls.append("tuning")
         else:
-            calls.append(int(np.bincount(route(np, np.asarray(rows, dtype=np.float64), reference.tree_)).argmax()))
-            if calls[-1] == last and kill:  # the leaves are collected in order: all others are finished by now
+            calls.append(int(np.bincount(route(np, np.asarray(rows, dtype=np.float64), tree_of[0])).argmax()))
+            if kill[0] and calls[-1] == last[0]:  # the leaves are collected in order: all others are finished by now
                 raise Killed
         return fit_local(rows, Y, settings, *args, **kwargs)
 
-    path = tmp_path / "tuned.ckpt"
+    tree_of = [RFMRegressor(bandwidth=10.0, reg=1e-3, **params).fit(X, y).tree_]  # the same tree
     monkeypatch.setattr(tasks, "fit_local", killed_at_last_leaf)
+    reference = RFMRegressor(**params).fit(X, y)
+    L = reference.n_leaves_
+    assert calls[0] == "tuning" and sorted(calls[1:]) == sorted(2 * list(range(L)))  # tuned and untuned leaves
+    calls.clear()
+    kill[0], last[:] = True, [L - 1]
+    path = tmp_path / "tuned.ckpt"
     with pytest.raises(Killed):
         RFMRegressor(checkpoint=path, **params).fit(X, y)
-    assert calls[0] == "tuning" and last in calls[1:]
     calls.clear()
-    kill.clear()
+    kill[0] = False
     resumed = RFMRegressor(checkpoint=path, resume=True, **params).fit(X, y)
     # the leaves' pair chosen again; the tuned leaves finished before the kill kept, the others fitted
-    assert calls[0] == "tuning" and sorted(calls[1:]) == sorted([last, *range(reference.n_leaves_)])
+    assert calls[0] == "tuning" and sorted(calls[1:]) == sorted([L - 1, *range(L)])
     np.testing.assert_array_equal(resumed.predict(X_test), reference.predict(X_test))
     assert (resumed.leaf_bandwidths_.tolist(), resumed.leaf_regs_.tolist()) == (reference.leaf_bandwidths_.tolist(),
                                                                               reference.leaf_regs_.tolist())

@@ -270,8 +270,12 @@ def fit_tree(
     else:
         seed, tree, heaps, leaf_of_row, parent_Ms, done = restore_tree_checkpoint(*saved, settings.spec)
         leaves = [_Node(h, np.flatnonzero(leaf_of_row == j), M) for j, (h, M) in enumerate(zip(heaps, parent_Ms))]
-        for k in done:  # a finished leaf's centres are its training rows
-            done[k].centres = fetch_rows(client, take_rows(client, train, leaves[k % len(leaves)].rows))
+        centres: dict[int, np.ndarray] = {}
+        for k in done:  # a finished leaf's centres are its training rows (held once for its tuned and untuned fits)
+            j = k % len(leaves)
+            if j not in centres:
+                centres[j] = fetch_rows(client, take_rows(client, train, leaves[j].rows))
+            done[k].centres = centres[j]
         logger.info("resuming a tree from %s with %d of %d leaves fitted", checkpoint, len(done), len(leaves))
 
     def save(done: dict[int, FitResult]) -> None:
@@ -292,10 +296,13 @@ def fit_tree(
     todo = [k for k in range(len(variants) * len(leaves)) if k not in done]
     todo_leaves = sorted({k % len(leaves) for k in todo})
     val_leaf = _route_rows(client, val, tree) if val is not None and todo else None
-    val_groups = {} if val_leaf is None else {j: np.flatnonzero(val_leaf == j) for j in todo_leaves}
+    val_groups = {} if val_leaf is None else {j: np.flatnonzero(val_leaf == j) for j in range(len(leaves))}
     if len(variants) == 2 and todo and todo[0] < len(leaves):
         variants[0] = tree_pair(client, train, Y, val, Y_val, settings, tree_settings.leaf_size, seed,
                                 target_scaling, metrics, weights)
+        if untuned(variants[0]) == variants[1] and not any(leaf_tunes(g.size) for g in val_groups.values()):
+            variants, todo = variants[1:], [k for k in todo if k < len(leaves)]  # the tuned tree is the untuned one
+            todo_leaves = sorted({k % len(leaves) for k in todo})
     with tempfile.TemporaryDirectory(dir=scratch_directory()) as directory:  # leaf-ordered stores of streamed rows
         leaf_train = rows_by_leaf(client, train, {j: leaves[j].rows for j in todo_leaves}, directory)
         leaf_val = {} if val is None else rows_by_leaf(client, val, val_groups, directory)
@@ -321,6 +328,9 @@ def fit_tree(
         try:
             for k in todo:  # in leaf order, whatever order they finish in
                 done[k] = _fit_on_cluster(client, *on_cluster[k]) if k in on_cluster else next(futures).result()
+                twin = done.get(k - len(leaves) if k >= len(leaves) else k + len(leaves))
+                if twin is not None:  # the same training rows: held once
+                    done[k].centres = twin.centres
                 save(done)
         except BaseException:
             client.cancel(submitted)  # a failed fit leaves no leaf running on the cluster
