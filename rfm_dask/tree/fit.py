@@ -8,9 +8,7 @@ leaf. Each leaf's rows (and the validation rows routed to it) are gathered into 
 ``local.fit_local`` (exact direct solve, on the worker's device), a bounded number in flight; a leaf too large for a
 worker's memory is fitted on the distributed operator instead.
 
-A tuned tree (``bandwidth``/``reg="auto"``) with validation rows first chooses one (bandwidth, ridge) pair on many
-validation rows (``tree_pair``), from which its leaves start, fits every leaf both tuned and untuned, and keeps the
-tuned leaves only if that tree beats the untuned one on all the validation rows, consistently (``_tuned_or_untuned``).
+A tuned tree (``bandwidth``/``reg="auto"``) fits its leaves tuned and untuned and keeps the better (``tree.tuned``).
 
 Every random draw is seeded from (the fit's seed, the node's position in the tree), never from the order in which
 tasks finish, and every reduction is in row order on the client: the tree is the same on any number of workers.
@@ -29,25 +27,25 @@ import numpy as np
 from distributed import Client
 
 from rfm_dask.core.backend import identity
-from rfm_dask.core.metrics import regression_metrics, validation_quality
+from rfm_dask.core.metrics import regression_metrics
 from rfm_dask.core.targets import TargetScaling
 from rfm_dask.files.checkpoint import fingerprint, load_checkpoint
 from rfm_dask.model import KernelModel
-from rfm_dask.parallel.cluster_engine import ClusterEngine
 from rfm_dask.parallel.row_blocks import (
-    RowBlocks, fetch_rows, materialise, smallest_worker_memory, take_rows, working_rows_budget,
+    RowBlocks, fetch_rows, materialise, take_rows, working_rows_budget,
 )
-from rfm_dask.parallel.scheduling import Submitter, rows_digest, scores_on_rows
-from rfm_dask.rfm_loop import FitResult, Metrics, RFMSettings, run_rfm, untuned
-from rfm_dask.solvers.dispatch import DIRECT_BYTES_PER_ENTRY, dense_solve_fits
+from rfm_dask.parallel.scheduling import Submitter, rows_digest
+from rfm_dask.rfm_loop import FitResult, Metrics, RFMSettings, untuned
+from rfm_dask.solvers.dispatch import DIRECT_BYTES_PER_ENTRY
 from rfm_dask.tree import tasks
 from rfm_dask.tree.checkpoint import restore_tree_checkpoint, save_tree_checkpoint
+from rfm_dask.tree.leaves import fit_now, fit_on_cluster, fits_one_worker
 from rfm_dask.tree.model import TreeModel
 from rfm_dask.tree.settings import TreeSettings, leaf_tunes
 from rfm_dask.tree.split import threshold_and_scale
 from rfm_dask.tree.store import rows_by_leaf, scratch_directory
 from rfm_dask.tree.structure import Tree
-from rfm_dask.tuning import CONSISTENCY_FOLDS, consistent_gain
+from rfm_dask.tree.tuned import keep_tuned, leaf_variants, tree_pair
 
 logger = logging.getLogger("rfm_dask")
 
@@ -187,36 +185,6 @@ def _tree_of(splits: list[tuple[int, np.ndarray, float, float]], leaf_heaps: lis
                 np.array([s[3] for s in splits]), children)
 
 
-def fits_one_worker(client: Client, n_rows: int) -> bool:
-    """Whether a leaf of ``n_rows`` rows may be fitted in one task: its dense solve (``DIRECT_BYTES_PER_ENTRY`` per
-    kernel entry) within half the smallest worker's memory limit (always, when no limit is known)."""
-    return dense_solve_fits(n_rows, smallest_worker_memory(client))
-
-
-def tree_pair(
-    client: Client, train: RowBlocks, Y: np.ndarray, val: RowBlocks, Y_val: np.ndarray, settings: RFMSettings,
-    leaf_size: int, seed: int, target_scaling: Callable[[np.ndarray, np.ndarray | None], TargetScaling],
-    metrics: Metrics, weights: np.ndarray | None,
-) -> RFMSettings:
-    """The tuned leaves' settings: ``settings`` holding the (bandwidth, ridge) pair of the kept iteration of the tuned
-    RFM fitted on a seeded sample of ``leaf_size`` training rows (Y (n, c), weights (n,) or None) and validated on a
-    seeded sample of at most ``leaf_size`` rows of ``val`` (Y_val (n_val, c)), as a leaf is fitted. That pair is
-    then every leaf's untuned candidate (see ``tree.settings.LEAF_TUNE_MIN_ROWS``)."""
-    rng = _node_rng(seed, _TUNE, 1)
-    rows = np.sort(rng.choice(train.n, min(train.n, leaf_size), replace=False))
-    rows_val = np.sort(rng.choice(val.n, min(val.n, leaf_size), replace=False))
-    w = None if weights is None else weights[rows]
-    fit_rows, val_rows = take_rows(client, train, rows), take_rows(client, val, rows_val)
-    args = (Y[rows], Y_val[rows_val], metrics, target_scaling(Y[rows], w), w, None)
-    if fits_one_worker(client, rows.size):
-        result = client.submit(tasks.leaf_task, replace(settings, solver="direct"), rng, *args,
-                               len(fit_rows.futures), *fit_rows.futures, *val_rows.futures, pure=False).result()
-    else:
-        result = _fit_on_cluster(client, fit_rows, settings, rng, val_rows, args)
-    logger.info("tree: the leaves start from bandwidth %s and reg %s", result.spec.bandwidth, result.reg)
-    return replace(settings, spec=replace(settings.spec, bandwidth=result.spec.bandwidth), reg=result.reg)
-
-
 def fit_tree(
     client: Client,
     train: RowBlocks,
@@ -243,11 +211,8 @@ def fit_tree(
     rng : the fit's generator; one seed is drawn from it, from which every node's draws are seeded.
     target_scaling : maps (Y (m, c), weights (m,) or None) of a node's or leaf's rows to its ``TargetScaling``.
     val, Y_val : validation rows and targets (n_val, c); each leaf picks its best iteration on those routed to it,
-        and keeps its last iteration if none is. When the settings tune the bandwidth or ridge, the tuned leaves start
-        from the pair ``tree_pair`` chooses on the validation rows, and a leaf tunes on its own validation rows only
-        when it has at least ``tree.settings.LEAF_TUNE_MIN_ROWS`` of them (else it uses that pair untuned); the
-        leaves are also fitted untuned, and the tuned tree is kept only if it beats the untuned one on the
-        validation rows (``_tuned_or_untuned``). Without validation rows a tuned tree is the untuned tree.
+        and keeps its last iteration if none is. Tuned settings: see ``tree.tuned`` (without validation rows, the
+        untuned tree).
     metrics : the validation metrics (see ``training.run_rfm``).
     checkpoint, resume : with ``checkpoint`` (a file path) the fit's state is written there atomically after the
         tree is grown and after each leaf (see ``tree.checkpoint``); with ``resume`` as well, a checkpoint of this
@@ -270,12 +235,8 @@ def fit_tree(
     else:
         seed, tree, heaps, leaf_of_row, parent_Ms, done = restore_tree_checkpoint(*saved, settings.spec)
         leaves = [_Node(h, np.flatnonzero(leaf_of_row == j), M) for j, (h, M) in enumerate(zip(heaps, parent_Ms))]
-        centres: dict[int, np.ndarray] = {}
-        for k in done:  # a finished leaf's centres are its training rows (held once for its tuned and untuned fits)
-            j = k % len(leaves)
-            if j not in centres:
-                centres[j] = fetch_rows(client, take_rows(client, train, leaves[j].rows))
-            done[k].centres = centres[j]
+        for k in done:  # a finished leaf's centres are its training rows
+            done[k].centres = fetch_rows(client, take_rows(client, train, leaves[k % len(leaves)].rows))
         logger.info("resuming a tree from %s with %d of %d leaves fitted", checkpoint, len(done), len(leaves))
 
     def save(done: dict[int, FitResult]) -> None:
@@ -290,19 +251,14 @@ def fit_tree(
         save(done)
     logger.info("tree: %d leaves of %s rows", tree.n_leaves, [leaf.rows.size for leaf in leaves])
     scalings = [target_scaling(Y[leaf.rows], None if weights is None else weights[leaf.rows]) for leaf in leaves]
-    # a tuned tree fits its L leaves twice, tuned (leaf j is k = j) and untuned (k = L + j), and keeps the better tree
-    tuned = (settings.tune_bandwidth or settings.tune_reg) and val is not None
-    variants = [settings, untuned(settings)] if tuned else [settings]
+    val_leaf = _route_rows(client, val, tree) if val is not None else None
+    val_groups = {} if val_leaf is None else {j: np.flatnonzero(val_leaf == j) for j in range(len(leaves))}
+    # a tuned tree may fit its L leaves twice, tuned (leaf j is k = j) and untuned (k = L + j), to keep the better tree
+    variants = leaf_variants(settings if val is not None else untuned(settings), [g.size for g in val_groups.values()],
+                             lambda: tree_pair(client, train, Y, val, Y_val, settings, tree_settings.leaf_size,
+                                               _node_rng(seed, _TUNE, 1), target_scaling, metrics, weights, fit_now))
     todo = [k for k in range(len(variants) * len(leaves)) if k not in done]
     todo_leaves = sorted({k % len(leaves) for k in todo})
-    val_leaf = _route_rows(client, val, tree) if val is not None and todo else None
-    val_groups = {} if val_leaf is None else {j: np.flatnonzero(val_leaf == j) for j in range(len(leaves))}
-    if len(variants) == 2 and todo and todo[0] < len(leaves):
-        variants[0] = tree_pair(client, train, Y, val, Y_val, settings, tree_settings.leaf_size, seed,
-                                target_scaling, metrics, weights)
-        if untuned(variants[0]) == variants[1] and not any(leaf_tunes(g.size) for g in val_groups.values()):
-            variants, todo = variants[1:], [k for k in todo if k < len(leaves)]  # the tuned tree is the untuned one
-            todo_leaves = sorted({k % len(leaves) for k in todo})
     with tempfile.TemporaryDirectory(dir=scratch_directory()) as directory:  # leaf-ordered stores of streamed rows
         leaf_train = rows_by_leaf(client, train, {j: leaves[j].rows for j in todo_leaves}, directory)
         leaf_val = {} if val is None else rows_by_leaf(client, val, val_groups, directory)
@@ -327,7 +283,7 @@ def fit_tree(
         futures = iter(submitted)
         try:
             for k in todo:  # in leaf order, whatever order they finish in
-                done[k] = _fit_on_cluster(client, *on_cluster[k]) if k in on_cluster else next(futures).result()
+                done[k] = fit_on_cluster(client, *on_cluster[k]) if k in on_cluster else next(futures).result()
                 twin = done.get(k - len(leaves) if k >= len(leaves) else k + len(leaves))
                 if twin is not None:  # the same training rows: held once
                     done[k].centres = twin.centres
@@ -335,39 +291,11 @@ def fit_tree(
         except BaseException:
             client.cancel(submitted)  # a failed fit leaves no leaf running on the cluster
             raise
-    sizes = np.array([leaf.rows.size for leaf in leaves], dtype=np.int64)
     fits = []
-    for variant in range(len(variants)):
-        results = [done[variant * len(leaves) + j] for j in range(len(leaves))]
+    for results in ([done[v * len(leaves) + j] for j in range(len(leaves))] for v in range(len(variants))):
         models = [KernelModel(r.centres, r.coef, r.feature_matrix, r.spec, r.shift, scaling)
                   for r, scaling in zip(results, scalings)]
-        fits.append(TreeFit(TreeModel(tree, models, tree_settings.temperature), sizes, results))
-    return fits[0] if len(fits) == 1 else _tuned_or_untuned(client, *fits, val, Y_val, metrics, settings.scoring)
-
-
-def _tuned_or_untuned(
-    client: Client, tuned: TreeFit, untuned_fit: TreeFit, val: RowBlocks, Y_val: np.ndarray, metrics: Metrics,
-    scoring: str | None,
-) -> TreeFit:
-    """The tuned tree if its predictions on the validation rows ``val`` (targets Y_val (n_val, c)) score better than
-    the untuned tree's on all of them and on each of ``tuning.CONSISTENCY_FOLDS`` interleaved parts (the rule by which
-    tuning replaces the untuned values, see ``tuning``), else the untuned tree: so the tree is at or above the untuned
-    tree on the validation rows as a whole, whose noise a leaf's few validation rows cannot average out."""
-    def score(F: np.ndarray) -> tuple:
-        return validation_quality(metrics(F, Y_val, scoring), scoring)
-
-    F_tuned, F_untuned = (scores_on_rows(client, fit.model, val) for fit in (tuned, untuned_fit))
-    keep = score(F_tuned) > score(F_untuned) and consistent_gain(score, F_tuned, F_untuned, CONSISTENCY_FOLDS)
-    logger.info("tree: the %s leaves are kept (validation %s: tuned %s, untuned %s)", "tuned" if keep else "untuned",
-                scoring or "score", score(F_tuned), score(F_untuned))
-    return tuned if keep else untuned_fit
-
-
-def _fit_on_cluster(
-    client: Client, train: RowBlocks, settings: RFMSettings, rng: np.random.Generator, val: RowBlocks | None,
-    args: tuple,
-) -> FitResult:
-    """A leaf too large for one worker: the RFM loop on the distributed operator (``training.run_rfm``)."""
-    Y, Y_val, metrics, scaling, weights, initial_M = args
-    return run_rfm(ClusterEngine(client, settings.options), train, Y, settings, rng, val, Y_val, metrics,
-                   scaling=scaling, weights=weights, initial_M=initial_M)
+        fits.append(TreeFit(TreeModel(tree, models, tree_settings.temperature),
+                            np.array([leaf.rows.size for leaf in leaves], dtype=np.int64), results))
+    tuned = len(fits) == 2 and keep_tuned(client, fits[0].model, fits[1].model, val, Y_val, metrics, settings.scoring)
+    return fits[0] if len(fits) == 1 or tuned else fits[1]

@@ -16,7 +16,7 @@ LEAF_INITS = ("identity", "parent")
 AUTO_LEAF_SIZE = 4000
 AUTO_MIN_LEAVES = 4
 #: Tuned leaves (``bandwidth``/``reg="auto"``): the tree first chooses one (bandwidth, ridge) pair on many
-#: validation rows (``tree.fit.tree_pair``: the tuned RFM fitted once on a seeded sample of ``leaf_size`` training
+#: validation rows (``tree.tuned.tree_pair``: the tuned RFM fitted once on a seeded sample of ``leaf_size`` training
 #: rows, validated on a seeded sample of at most ``leaf_size`` validation rows). A leaf with at least this many
 #: validation rows tunes on them, with that pair as its untuned candidate (``tuning``: kept unless another pair gains
 #: consistently); a leaf with fewer uses the pair as it is. From BENCHMARKS.md ("Issue 13's measurement"): tuning on
