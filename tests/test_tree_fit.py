@@ -340,7 +340,7 @@ def _noisy(y: np.ndarray, seed: int) -> np.ndarray:
 @pytest.mark.parametrize("min_rows", [tree_settings.LEAF_TUNE_MIN_ROWS, 1])
 def test_tuned_leaves_start_from_the_trees_pair(client, data, monkeypatch, min_rows):
     """A tuned tree (the default bandwidth and reg "auto") first fits the tuned RFM once on a seeded sample
-    (``tree.fit.tree_pair``); its tuned leaves start from the (bandwidth, reg) of that fit's kept iteration. A leaf
+    (``tree.tuned.tree_pair``); its tuned leaves start from the (bandwidth, reg) of that fit's kept iteration. A leaf
     with fewer than ``LEAF_TUNE_MIN_ROWS`` validation rows (here every leaf, about 25) uses that pair untuned; with
     the minimum lowered to 1 every leaf tunes, with that pair as its untuned candidate. Every leaf is fitted untuned
     as well. The same random_state gives the same model."""

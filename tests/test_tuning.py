@@ -155,7 +155,7 @@ def test_the_untuned_pair_is_a_candidate_and_wins_when_best_or_tied(solver):
 
 def test_the_settings_values_are_the_untuned_candidate_even_off_the_grids():
     """The untuned candidate is the pair the settings hold (a tuned tree's leaves hold the tree's pair, see
-    ``tree.fit.tree_pair``), also off both grids: searched, and kept when it scores best or on ties, with the exact
+    ``tree.tuned.tree_pair``), also off both grids: searched, and kept when it scores best or on ties, with the exact
     solution of that pair."""
     X, y = _data(n=120)
     X_val, _ = _data(n=45, seed=1)
