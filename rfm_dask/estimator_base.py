@@ -29,7 +29,6 @@ from rfm_dask.rfm_loop import RFMSettings, run_rfm
 from rfm_dask.tree.fit import TreeFit, fit_tree
 from rfm_dask.tree.settings import TreeSettings, check_leaf_init, resolve_leaf_size
 from rfm_dask.tree.structure import Tree
-from rfm_dask.tuning import UNTUNED_BANDWIDTH, UNTUNED_REG
 
 
 class _RFMBase(BaseEstimator):
@@ -44,9 +43,9 @@ class _RFMBase(BaseEstimator):
     def __init__(
         self,
         kernel: str = "laplace",
-        bandwidth: float | str = UNTUNED_BANDWIDTH,
+        bandwidth: float | str = "auto",
         exponent: float = 1.0,
-        reg: float | str = UNTUNED_REG,
+        reg: float | str = "auto",
         iters: int = 5,
         diag: bool = False,
         agop_power: float = 1.0,

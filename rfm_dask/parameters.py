@@ -20,6 +20,7 @@ from rfm_dask.rfm_loop import FEATURE_UPDATES, RFMSettings
 from rfm_dask.solvers.dispatch import SOLVERS
 from rfm_dask.tree.settings import LEAF_INITS
 from rfm_dask.tree.split import SPLIT_METHODS
+from rfm_dask.tuning import UNTUNED_BANDWIDTH, UNTUNED_REG
 
 # how a fit runs, not what it learned: never written to a model file, and ignored in one (a path there could make a
 # later fit of the loaded model overwrite a file of the author's choosing)
@@ -32,14 +33,19 @@ PARAMETERS_DOC = """
         Laplace ``k = exp(-(r / L)^q)`` or Gaussian ``k = exp(-r^2 / (2 L^2))`` of the Mahalanobis distance
         ``r = ||x - z||_M``, or the product Laplace ``k = exp(-(sum_i s_i |x_i - z_i| / L)^q)`` with
         ``M = diag(s^2)`` (always a diagonal M).
-    bandwidth : float or "auto", default=10.0
+    bandwidth : float or "auto", default="auto"
         The bandwidth L; "auto" chooses it at every iteration on the validation rows, over a grid relative to the
-        median pairwise distance under the current M (``rfm_dask.tuning``).
+        median pairwise distance under the current M, keeping the untuned L = 10 unless another value scores better
+        consistently (``rfm_dask.tuning``); without validation rows (``validation_fraction=0`` and no ``X_val``)
+        "auto" is L = 10. The default since tuning beat the untuned L = 10, reg = 1e-3 on 7 of 7 real tables and
+        LightGBM on 7 of 7 (README, "Python API", "Defaults"; BENCHMARKS.md, "Issue 13's measurement").
     exponent : float, default=1.0
         The Laplace exponent q, ``0 < q <= 2``.
-    reg : float or "auto", default=1e-3
-        Ridge: every solver solves ``(K + reg I) alpha = y`` on the scaled targets; "auto" chooses it on the
-        validation rows over a fixed grid.
+    reg : float or "auto", default="auto"
+        Ridge: every solver solves ``(K + reg I) alpha = y`` on the scaled targets; "auto" chooses it at every
+        iteration on the validation rows over a fixed grid, keeping the untuned 1e-3 unless another value scores
+        better consistently; without validation rows "auto" is 1e-3. Chosen values: ``bandwidth_``, ``reg_`` and
+        every iteration's in ``history_``.
     iters : int, default=5
         RFM iterations (feature updates); 0 fits the lazy kernel only (iteration 0, ``M = I``).
     diag : bool, default=False
@@ -194,10 +200,10 @@ def rfm_settings(est: Any) -> RFMSettings:
     tune_bandwidth, tune_reg = is_auto(est.bandwidth), is_auto(est.reg)
     options = SolverOptions.from_config()
     return RFMSettings(
-        # a tuned bandwidth or reg is chosen per iteration (see ``tuning``); the placeholders are not used
-        spec=KernelSpec(est.kernel, 1.0 if tune_bandwidth else float(est.bandwidth), float(est.exponent),
-                        options.gpu_fused, options.gpu_precision),
-        reg=0.0 if tune_reg else float(est.reg),
+        # a tuned bandwidth or reg is chosen per iteration (see ``tuning``), starting from the untuned value
+        spec=KernelSpec(est.kernel, UNTUNED_BANDWIDTH if tune_bandwidth else float(est.bandwidth),
+                        float(est.exponent), options.gpu_fused, options.gpu_precision),
+        reg=UNTUNED_REG if tune_reg else float(est.reg),
         iters=int(est.iters),
         diag=bool(est.diag) or est.kernel == "l1_laplace",  # the L1 kernel is defined for a diagonal M
         agop_power=float(est.agop_power),

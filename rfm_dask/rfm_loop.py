@@ -32,11 +32,12 @@ Metrics = Callable[[np.ndarray, np.ndarray, "str | None"], dict]
 class RFMSettings:
     """Hyperparameters of one RFM fit (the estimator's parameters, validated).
 
-    With ``tune_bandwidth`` (``tune_reg``) the bandwidth of ``spec`` (``reg``) is not used: each iteration chooses
-    it on the validation rows (see ``tuning``). ``scoring``: the validation metric that ranks iterations and tuning
-    candidates (``core.metrics.validation_quality``; None: accuracy for a classifier, MSE for a regressor).
-    ``options``: how the solves run, read from dask.config when the settings are made (on the client), so a loop
-    running in a worker task uses the client's values.
+    With ``tune_bandwidth`` (``tune_reg``) each iteration chooses the bandwidth (ridge) on the validation rows (see
+    ``tuning``); the bandwidth of ``spec`` (``reg``) is then the untuned value: the candidate kept unless another
+    one gains consistently, and the value used when there are no validation rows (see ``untuned``). ``scoring``:
+    the validation metric that ranks iterations and tuning candidates (``core.metrics.validation_quality``; None:
+    accuracy for a classifier, MSE for a regressor). ``options``: how the solves run, read from dask.config when the
+    settings are made (on the client), so a loop running in a worker task uses the client's values.
     """
 
     spec: KernelSpec
@@ -58,6 +59,13 @@ class RFMSettings:
 
 
 FEATURE_UPDATES = ("agop", "fact")
+
+
+def untuned(settings: RFMSettings) -> RFMSettings:
+    """``settings`` without tuning: the bandwidth and ridge they hold (for ``"auto"``, the untuned values
+    ``tuning.UNTUNED_BANDWIDTH`` and ``tuning.UNTUNED_REG``, see ``parameters.rfm_settings``). The one rule for a fit
+    that has no validation rows to tune on: the global model's and a tree leaf's."""
+    return replace(settings, tune_bandwidth=False, tune_reg=False)
 
 
 def _next_feature_matrix(
@@ -147,7 +155,8 @@ def run_rfm(
     and cg solvers only); the validation metrics and the rows sampled for the feature update are unweighted.
 
     Iteration 0 uses M = I (the lazy kernel), or ``initial_M`` ((d, d), or (d,) with ``settings.diag``); iteration t > 0 uses the M learned from iteration t - 1's predictor.
-    Without validation rows the last iteration is kept. The centres are the training rows (direct, cg) or
+    Without validation rows the last iteration is kept, and a tuned bandwidth or ridge is not tuned: the values the
+    settings hold are used (``untuned``). The centres are the training rows (direct, cg) or
     ``n_centers`` rows sampled once per fit (nystrom); the feature update (AGOP or FACT) is taken at a fresh seeded
     sample of training rows each iteration.
 
@@ -155,6 +164,10 @@ def run_rfm(
     ``resume`` as well, a checkpoint of this same fit (settings, data, seed) continues from its last complete
     iteration and gives the model an uninterrupted fit gives.
     """
+    if (settings.tune_bandwidth or settings.tune_reg) and val is None:
+        logger.info("no validation rows: bandwidth=%s and reg=%s are used untuned", settings.spec.bandwidth,
+                    settings.reg)
+        settings = untuned(settings)
     d = train.n_features
     solver = choose_solver(settings.solver, train.n, settings.options, engine.worker_memory())
     check_weights_supported(solver, weights)
@@ -186,9 +199,6 @@ def run_rfm(
         logger.info("resuming from %s at iteration %d", checkpoint, first)
     centres = train if centre_rows is None else engine.take_rows(train, centre_rows)
     tune = settings.tune_bandwidth or settings.tune_reg
-    if tune and val is None:
-        raise ValueError("bandwidth='auto' and reg='auto' are chosen on validation rows: pass X_val and y_val or "
-                         "a validation_fraction that leaves at least one row")
 
     def validation_quality_of(F: np.ndarray) -> tuple:
         """``validation_quality`` of scaled predictions F (n_val, c) on the validation rows (tuning's score)."""
@@ -199,9 +209,8 @@ def run_rfm(
         spec, reg, sol = settings.spec, settings.reg, None
         if tune:
             choice = search_hyperparameters(
-                engine, train, Z, val, validation_quality_of, matrix_sqrt(M),
-                shift, settings.spec, None if settings.tune_reg else settings.reg, settings.tune_bandwidth, solver,
-                rng, weights,
+                engine, train, Z, val, validation_quality_of, matrix_sqrt(M), shift, settings.spec, settings.reg,
+                settings.tune_bandwidth, settings.tune_reg, solver, rng, weights,
             )
             spec, reg, sol = choice.spec, choice.reg, choice.solution
         passes = engine.operator(centres, matrix_sqrt(M), shift, spec)

@@ -13,8 +13,9 @@ are all training rows when the fit uses the direct solver on at most ``rfm.tune.
 then the fit's solution); otherwise a seeded sample of ``rfm.tune.rows`` training rows, and the fit solves once with
 the chosen values.
 
-Never worse than not tuning: the untuned values (the estimators' defaults ``UNTUNED_BANDWIDTH`` and ``UNTUNED_REG``,
-or the value given where only the other one is tuned) are always a candidate, and the search keeps them unless the
+Never worse than not tuning: the untuned values (those the settings hold, see ``rfm_loop.RFMSettings``: for
+``"auto"`` the estimators' untuned values ``UNTUNED_BANDWIDTH`` and ``UNTUNED_REG``, for a tree's leaf the pair the
+tree chose, and the value given where only the other one is tuned) are always a candidate, and the search keeps them unless the
 best candidate beats them on the whole validation set and on each of ``CONSISTENCY_FOLDS`` interleaved parts of it
 (rows i, i + k, i + 2k, ...; each part scored with the untuned predictions on the other rows, through the same
 ``score``): a gain that is not consistent across the validation rows is taken as noise. The chosen pair therefore
@@ -36,7 +37,8 @@ from rfm_dask.solvers.dispatch import Solution
 
 #: bandwidth="auto": candidate L as multiples of the median pairwise distance under the current M.
 BANDWIDTH_FACTORS = (0.5, 1.0, 2.0, 4.0, 8.0)
-#: The untuned values: the estimators' default bandwidth and ridge, always among the candidates.
+#: The untuned values: the bandwidth and ridge "auto" starts from (a candidate, kept unless a consistent gain
+#: replaces it, and the values used when there are no validation rows to tune on).
 UNTUNED_BANDWIDTH, UNTUNED_REG = 10.0, 1e-3
 #: reg="auto": candidate ridge values (targets scaled to unit variance, k(x, x) = 1); holds ``UNTUNED_REG``.
 REG_GRID = (1e-4, UNTUNED_REG, 1e-2, 1e-1, 1.0)
@@ -70,7 +72,7 @@ def median_distance(
     return median if median > 0 else 1.0
 
 
-def _consistent_gain(score: Score, F: np.ndarray, F_untuned: np.ndarray, folds: int) -> bool:
+def consistent_gain(score: Score, F: np.ndarray, F_untuned: np.ndarray, folds: int) -> bool:
     """Whether the validation predictions F (n_val, c) score better than F_untuned on each of ``folds`` interleaved
     parts of the rows (part j: rows j, j + folds, ...), each part scored with F_untuned on the other rows."""
     for j in range(min(folds, F.shape[0])):
@@ -90,8 +92,9 @@ def search_hyperparameters(
     S: np.ndarray,
     shift: np.ndarray,
     spec: kn.KernelSpec,
-    reg: float | None,
+    reg: float,
     tune_bandwidth: bool,
+    tune_reg: bool,
     solver: str,
     rng: np.random.Generator,
     weights: np.ndarray | None = None,
@@ -100,15 +103,13 @@ def search_hyperparameters(
     in grid order, smaller bandwidth, then smaller ridge), if it consistently beats the untuned pair (see the module
     docstring); else the untuned pair.
 
-    Z (n, c): the scaled training targets; ``spec``: the kernel (its bandwidth is used unless ``tune_bandwidth``,
-    else ``UNTUNED_BANDWIDTH`` is the untuned candidate); ``reg``: a fixed ridge, or None to search ``REG_GRID``
-    (``UNTUNED_REG`` is the untuned candidate); ``solver``: the fit's resolved solver; ``weights`` (n,): the training
-    rows' sample weights (the search solves the weighted ridge on the search rows), or None.
+    Z (n, c): the scaled training targets; ``spec`` and ``reg``: the kernel and ridge, the untuned candidate;
+    ``tune_bandwidth``: also search the bandwidths of ``BANDWIDTH_FACTORS``; ``tune_reg``: also search ``REG_GRID``;
+    ``solver``: the fit's resolved solver; ``weights`` (n,): the training rows' sample weights (the search solves the
+    weighted ridge on the search rows), or None.
     """
-    regs = REG_GRID if reg is None else (reg,)
-    untuned_reg = UNTUNED_REG if reg is None else reg
-    untuned = replace(spec, bandwidth=UNTUNED_BANDWIDTH) if tune_bandwidth else spec
-    specs = [untuned]
+    regs = (REG_GRID if reg in REG_GRID else REG_GRID + (reg,)) if tune_reg else (reg,)
+    specs = [spec]
     if tune_bandwidth:
         scale = median_distance(engine, train, S, shift, rng, engine.options.tune_scale_rows)
         specs += [replace(spec, bandwidth=factor * scale) for factor in BANDWIDTH_FACTORS]
@@ -129,12 +130,12 @@ def search_hyperparameters(
         for k, r in enumerate(regs):
             F_k = F[:, k * c : (k + 1) * c]
             entry = (score(F_k), candidate, r, alphas[k], residuals[k], F_k)
-            if base is None and candidate is untuned and r == untuned_reg:
+            if base is None and candidate is spec and r == reg:
                 base = entry
             if best is None or entry[0] > best[0]:
                 best = entry
     assert best is not None and base is not None
-    if best is not base and not _consistent_gain(score, best[5], base[5], CONSISTENCY_FOLDS):
+    if best is not base and not consistent_gain(score, best[5], base[5], CONSISTENCY_FOLDS):
         best = base
     _, chosen, r, alpha, residual, _ = best
     return Choice(chosen, float(r), Solution(alpha, "direct", 0, float(residual)) if full else None)

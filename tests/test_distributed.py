@@ -130,7 +130,8 @@ def test_two_worker_processes_match_in_process_fit(client, process_client):
 
 def test_cg_solver_matches_direct_solver_through_the_estimator(client):
     X_train, y_train, X_test, _ = low_rank_golden(n_train=1200, n_test=200, seed=2)
-    params = dict(iters=1, reg=1e-1, random_state=0, client=client, tol=1e-8)
+    # a fixed bandwidth: the solvers are compared on one system (a tuned one may be far worse conditioned)
+    params = dict(iters=1, bandwidth=10.0, reg=1e-1, random_state=0, client=client, tol=1e-8)
     direct = RFMRegressor(solver="direct", **params).fit(X_train, y_train)
     cg = RFMRegressor(solver="cg", **params).fit(X_train, y_train)
     assert all(h["solver"] == "cg" and h["cg_iterations"] > 0 for h in cg.history_)

@@ -39,7 +39,8 @@ def _same_model(a, b):
 @pytest.mark.parametrize("solver", ["cg", "nystrom"])
 def test_api_resume_after_a_failure(client, tmp_path, monkeypatch, solver):
     X, y, _, _ = low_rank_golden(n_train=600, n_test=1, seed=5)
-    params = dict(iters=3, solver=solver, n_centers=200, patience=None, random_state=7, client=client)
+    params = dict(iters=3, solver=solver, n_centers=200, patience=None, bandwidth=10.0, reg=1e-3, random_state=7,
+                  client=client)  # untuned: this is about resuming (a tuned fit's: test_tuning.py)
     reference = RFMRegressor(**params).fit(X, y)
 
     ckpt = tmp_path / "fit.ckpt"
@@ -65,7 +66,8 @@ def test_cli_resume_after_sigkill(tmp_path, capsys):
     pq.write_table(pa.table({**{f"x{j}": X[:, j] for j in range(X.shape[1])}, "y": y}), tmp_path / "d.parquet")
     store = tmp_path / "d.zarr"
     assert main(["ingest", str(tmp_path / "d.parquet"), str(store), "--target", "y", "--quiet"]) == 0
-    fit = ["fit", str(store), "--iters", "4", "--solver", "cg", "--patience", "10", "--quiet"]
+    fit = ["fit", str(store), "--iters", "4", "--solver", "cg", "--patience", "10", "--quiet",
+           "--bandwidth", "10", "--reg", "0.001"]  # untuned: this is about resuming (tuned: test_tuning.py)
     killed_model, ckpt = tmp_path / "killed.rfm", tmp_path / "killed.rfm.ckpt"
     proc = subprocess.Popen([sys.executable, "-m", "rfm_dask.app.cli", *fit[:2], str(killed_model), *fit[2:]],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -15,7 +15,7 @@ from rfm_dask.tree import settings as tree_settings
 from rfm_dask.tree.split import top_eigenvector
 from rfm_dask.tree.structure import route
 
-TREE = dict(leaf_size=250, split_samples=300, random_state=0)
+TREE = dict(leaf_size=250, split_samples=300, reg=1e-3, random_state=0)  # untuned leaves unless a test says
 
 
 def piecewise(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -42,7 +42,7 @@ def tree_model(client, data):
 
 def test_tree_beats_global_model_on_piecewise_task(client, data, tree_model):
     X, y, X_test, y_test = data
-    global_model = RFMRegressor(bandwidth=3.0, iters=2, random_state=0, client=client).fit(X, y)
+    global_model = RFMRegressor(bandwidth=3.0, reg=1e-3, iters=2, random_state=0, client=client).fit(X, y)  # as TREE
     tree_mse = np.mean((tree_model.predict(X_test) - y_test) ** 2)
     global_mse = np.mean((global_model.predict(X_test) - y_test) ** 2)
     assert tree_model.n_leaves_ == 4 and global_model.n_leaves_ == 1
@@ -157,8 +157,8 @@ def test_leaf_size_auto_builds_a_tree_only_with_a_tuned_ridge(client, data, monk
     global model with a fixed ridge."""
     monkeypatch.setattr(tree_settings, "AUTO_LEAF_SIZE", 200)
     X, y, _, _ = data
-    tuned = RFMRegressor(iters=1, reg="auto", random_state=0, client=client).fit(X, y)
-    fixed = RFMRegressor(iters=1, random_state=0, client=client).fit(X, y)
+    tuned = RFMRegressor(iters=1, random_state=0, client=client).fit(X, y)  # the default reg="auto"
+    fixed = RFMRegressor(iters=1, reg=1e-3, random_state=0, client=client).fit(X, y)
     assert tuned.get_params()["leaf_size"] == "auto" and tuned.n_leaves_ > 1 and fixed.n_leaves_ == 1
 
 
@@ -346,3 +346,144 @@ def test_tree_survives_a_worker_killed_among_its_leaves(data, tree_model, monkey
     assert killed
     np.testing.assert_array_equal(disturbed.predict(X_test), undisturbed.predict(X_test))
     np.testing.assert_array_equal(undisturbed.predict(X_test), tree_model.predict(X_test))
+
+
+def _noisy(y: np.ndarray, seed: int) -> np.ndarray:
+    """The piecewise targets with unit Gaussian noise: the untuned ridge (1e-3) interpolates it."""
+    return y + np.random.default_rng(seed).normal(scale=1.0, size=y.size)
+
+
+@pytest.mark.parametrize("min_rows", [tree_settings.LEAF_TUNE_MIN_ROWS, 1])
+def test_tuned_leaves_start_from_the_trees_pair(client, data, monkeypatch, min_rows):
+    """A tuned tree (the default bandwidth and reg "auto") first fits the tuned RFM once on a seeded sample
+    (``tree.tuned.tree_pair``); its tuned leaves start from the (bandwidth, reg) of that fit's kept iteration. A leaf
+    with fewer than ``LEAF_TUNE_MIN_ROWS`` validation rows (here every leaf, about 25) uses that pair untuned; with
+    the minimum lowered to 1 every leaf tunes, with that pair as its untuned candidate. Every leaf is fitted untuned
+    as well. The same random_state gives the same model."""
+    from collections import Counter
+
+    from rfm_dask.tree import tasks
+    from rfm_dask.tuning import UNTUNED_BANDWIDTH, UNTUNED_REG
+
+    monkeypatch.setattr(tree_settings, "LEAF_TUNE_MIN_ROWS", min_rows)
+    X, y, X_test, _ = data
+    fit_local, fits = tasks.fit_local, []
+
+    def recorded(rows, Y, settings, *args, **kwargs):
+        result = fit_local(rows, Y, settings, *args, **kwargs)
+        fits.append((settings, result))
+        return result
+
+    monkeypatch.setattr(tasks, "fit_local", recorded)  # the tree's tuning fit and the leaves' (not the split models')
+    params = dict(leaf_size=250, split_samples=300, iters=2, random_state=0, client=client)
+    model = RFMRegressor(**params).fit(X, _noisy(y, 1))
+    (first, chosen), leaves = fits[0], [settings for settings, _ in fits[1:]]
+    assert first.tune_bandwidth and first.tune_reg
+    assert (first.spec.bandwidth, first.reg) == (UNTUNED_BANDWIDTH, UNTUNED_REG)
+    pair = (chosen.spec.bandwidth, chosen.reg)
+    L = model.n_leaves_
+    assert L > 1 and len(leaves) == 2 * L
+    tuned_leaf = (*pair, min_rows == 1, min_rows == 1)
+    assert Counter((s.spec.bandwidth, s.reg, s.tune_bandwidth, s.tune_reg) for s in leaves) == (
+        Counter({tuned_leaf: L}) + Counter({(UNTUNED_BANDWIDTH, UNTUNED_REG, False, False): L}))
+    if min_rows > 1:  # whichever tree is kept, its leaves used one pair throughout
+        used = {(h["bandwidth"], h["reg"]) for history in model.leaf_histories_ for h in history}
+        assert used in ({pair}, {(UNTUNED_BANDWIDTH, UNTUNED_REG)})
+    again = RFMRegressor(**params).fit(X, _noisy(y, 1))
+    np.testing.assert_array_equal(again.predict(X_test), model.predict(X_test))
+
+
+@pytest.mark.parametrize("bad_pair", [False, True])
+def test_tuned_tree_is_kept_only_if_it_beats_the_untuned_tree(client, monkeypatch, bad_pair):
+    """The tuned tree is kept only if its validation MSE is below the untuned tree's on all the validation rows and
+    on each interleaved part (float64 reference on the two models' predictions); else the model is the untuned tree,
+    bit for bit the fit with bandwidth=10, reg=1e-3. On very noisy targets and 2 000 validation rows the tuned tree
+    wins; with a useless pair forced on its leaves (L = 0.05, reg = 10) it loses."""
+    from dataclasses import replace
+
+    from rfm_dask.tuning import CONSISTENCY_FOLDS
+
+    X, y = piecewise(3000, 0)
+    y = y + np.random.default_rng(1).normal(scale=2.0, size=y.size)
+    X, y, X_val, y_val = X[:1000], y[:1000], X[1000:], y[1000:]
+    if bad_pair:
+        monkeypatch.setattr(tree_fit, "tree_pair", lambda *args: replace(
+            args[5], spec=replace(args[5].spec, bandwidth=0.05), reg=10.0))
+    params = dict(leaf_size=250, split_samples=300, iters=1, random_state=0, client=client)
+    model = RFMRegressor(**params).fit(X, y, X_val=X_val, y_val=y_val)
+    untuned = RFMRegressor(bandwidth=10.0, reg=1e-3, **params).fit(X, y, X_val=X_val, y_val=y_val)
+    F, F_untuned = model.predict(X_val).astype(np.float64), untuned.predict(X_val).astype(np.float64)
+    parts = np.arange(y_val.size) % CONSISTENCY_FOLDS
+    errors, errors_untuned = (F - y_val) ** 2, (F_untuned - y_val) ** 2
+    if not bad_pair:
+        assert np.all(model.leaf_regs_ != 1e-3)  # the tuned leaves were kept: the untuned ridge is not theirs
+    if np.all(model.leaf_regs_ == 1e-3) and np.all(model.leaf_bandwidths_ == 10.0):
+        np.testing.assert_array_equal(F, F_untuned)
+    else:  # kept: better as a whole and on each part (mixing the parts as the rule does)
+        assert errors.mean() < errors_untuned.mean()
+        for j in range(CONSISTENCY_FOLDS):
+            assert np.where(parts == j, errors, errors_untuned).mean() < errors_untuned.mean()
+    assert bad_pair == np.array_equal(F, F_untuned)
+
+
+def test_tuned_tree_whose_pair_is_the_untuned_one_fits_its_leaves_once(client, data, monkeypatch):
+    """When the tree's pair is the untuned one and no leaf has enough validation rows to tune, the tuned tree is the
+    untuned tree: its leaves are fitted once, and the model is bit for bit the fit with bandwidth=10, reg=1e-3."""
+    from rfm_dask.tree import tasks
+
+    X, y, X_test, _ = data
+    fit_local, pairs = tasks.fit_local, []
+
+    def recorded(rows, Y, settings, *args, **kwargs):
+        result = fit_local(rows, Y, settings, *args, **kwargs)
+        pairs.append((result.spec.bandwidth, result.reg, settings.tune_reg))
+        return result
+
+    monkeypatch.setattr(tasks, "fit_local", recorded)
+    params = dict(leaf_size=250, split_samples=300, iters=1, random_state=0, client=client)
+    model = RFMRegressor(**params).fit(X, y)
+    assert pairs[0] == (10.0, 1e-3, True)  # the tree's tuning fit kept the untuned pair on these noise-free targets
+    assert len(pairs) == 1 + model.n_leaves_
+    untuned = RFMRegressor(bandwidth=10.0, reg=1e-3, **params).fit(X, y)
+    np.testing.assert_array_equal(model.predict(X_test), untuned.predict(X_test))
+
+
+def test_resumed_tuned_tree_equals_uninterrupted(client, data, tmp_path, monkeypatch):
+    """A tuned tree killed at its last tuned leaf (the tuned leaves are collected first) resumes, choosing the
+    leaves' pair again (the same) and fitting only the unfinished leaves (that one and the untuned leaves), to the
+    model of an uninterrupted fit, bit for bit."""
+    from rfm_dask.tree import tasks
+
+    X, y, X_test, _ = data
+    y = _noisy(y, 1)
+    params = dict(leaf_size=250, split_samples=300, iters=1, random_state=0, client=client)
+    fit_local, calls, kill = tasks.fit_local, [], [False]
+    last = []
+
+    def killed_at_last_leaf(rows, Y, settings, *args, **kwargs):
+        if settings.tune_reg:  # the tree's tuning fit (leaves with this few validation rows do not tune)
+            calls.append("tuning")
+        else:
+            calls.append(int(np.bincount(route(np, np.asarray(rows, dtype=np.float64), tree_of[0])).argmax()))
+            if kill[0] and calls[-1] == last[0]:  # the leaves are collected in order: all others are finished by now
+                raise Killed
+        return fit_local(rows, Y, settings, *args, **kwargs)
+
+    tree_of = [RFMRegressor(bandwidth=10.0, reg=1e-3, **params).fit(X, y).tree_]  # the same tree
+    monkeypatch.setattr(tasks, "fit_local", killed_at_last_leaf)
+    reference = RFMRegressor(**params).fit(X, y)
+    L = reference.n_leaves_
+    assert calls[0] == "tuning" and sorted(calls[1:]) == sorted(2 * list(range(L)))  # tuned and untuned leaves
+    calls.clear()
+    kill[0], last[:] = True, [L - 1]
+    path = tmp_path / "tuned.ckpt"
+    with pytest.raises(Killed):
+        RFMRegressor(checkpoint=path, **params).fit(X, y)
+    calls.clear()
+    kill[0] = False
+    resumed = RFMRegressor(checkpoint=path, resume=True, **params).fit(X, y)
+    # the leaves' pair chosen again; the tuned leaves finished before the kill kept, the others fitted
+    assert calls[0] == "tuning" and sorted(calls[1:]) == sorted([L - 1, *range(L)])
+    np.testing.assert_array_equal(resumed.predict(X_test), reference.predict(X_test))
+    assert (resumed.leaf_bandwidths_.tolist(), resumed.leaf_regs_.tolist()) == (reference.leaf_bandwidths_.tolist(),
+                                                                              reference.leaf_regs_.tolist())

@@ -116,19 +116,19 @@ def test_reg_auto_alone_keeps_the_bandwidth_and_classifier_tunes_on_accuracy(cli
     assert all(h["bandwidth"] == 3.0 and "val_accuracy" in h for h in model.history_)
 
 
-def _search(X, Z, X_val, score, solver="direct"):
-    """search_hyperparameters over both grids with M = I on in-process rows."""
+def _search(X, Z, X_val, score, solver="direct", bandwidth=UNTUNED_BANDWIDTH, reg=UNTUNED_REG):
+    """search_hyperparameters over both grids with M = I on in-process rows, from the untuned (bandwidth, reg)."""
     engine = LocalEngine(SolverOptions.from_config())
     return search_hyperparameters(engine, LocalRows(X.astype(np.float32)), Z, LocalRows(X_val.astype(np.float32)),
-                                  score, np.eye(X.shape[1]), X.mean(axis=0), KernelSpec("laplace", 1.0), None, True,
-                                  solver, np.random.default_rng(0))
+                                  score, np.eye(X.shape[1]), X.mean(axis=0), KernelSpec("laplace", bandwidth), reg,
+                                  True, True, solver, np.random.default_rng(0))
 
 
-def _untuned_predictions(X, Z, X_val):
+def _untuned_predictions(X, Z, X_val, bandwidth=UNTUNED_BANDWIDTH, reg=UNTUNED_REG):
     """Validation predictions (n_val, 1) of the exact KRR with the untuned bandwidth and ridge, M = I, float64."""
-    K = ref.kernel(X, X, np.eye(X.shape[1]), "laplace", UNTUNED_BANDWIDTH)
-    K_val = ref.kernel(X_val, X, np.eye(X.shape[1]), "laplace", UNTUNED_BANDWIDTH)
-    return K_val @ np.linalg.solve(K + UNTUNED_REG * np.eye(len(X)), Z)
+    K = ref.kernel(X, X, np.eye(X.shape[1]), "laplace", bandwidth)
+    K_val = ref.kernel(X_val, X, np.eye(X.shape[1]), "laplace", bandwidth)
+    return K_val @ np.linalg.solve(K + reg * np.eye(len(X)), Z)
 
 
 @pytest.mark.parametrize("solver", ["direct", "nystrom"])
@@ -151,6 +151,27 @@ def test_the_untuned_pair_is_a_candidate_and_wins_when_best_or_tied(solver):
         # float32 rows: kernel entries off by ~1e-7 relative, amplified by cond(K + reg I) <= (1 + n) / reg
         np.testing.assert_allclose(tied.solution.coef, expected, rtol=0,
                                    atol=1e-7 * (1 + len(X)) / UNTUNED_REG * np.abs(expected).max())
+
+
+def test_the_settings_values_are_the_untuned_candidate_even_off_the_grids():
+    """The untuned candidate is the pair the settings hold (a tuned tree's leaves hold the tree's pair, see
+    ``tree.tuned.tree_pair``), also off both grids: searched, and kept when it scores best or on ties, with the exact
+    solution of that pair."""
+    X, y = _data(n=120)
+    X_val, _ = _data(n=45, seed=1)
+    Z = (y - y.mean())[:, None]
+    bandwidth, reg = 2.5, 0.37
+    assert reg not in REG_GRID
+    F_pair = _untuned_predictions(X, Z, X_val, bandwidth, reg)
+    closest = _search(X, Z, X_val, lambda F: (-float(np.mean((F - F_pair) ** 2)),), "direct", bandwidth, reg)
+    assert (closest.spec.bandwidth, closest.reg) == (bandwidth, reg)
+    tied = _search(X, Z, X_val, lambda F: (0.0,), "direct", bandwidth, reg)
+    assert (tied.spec.bandwidth, tied.reg) == (bandwidth, reg)
+    K = ref.kernel(X, X, np.eye(X.shape[1]), "laplace", bandwidth)
+    expected = np.linalg.solve(K + reg * np.eye(len(X)), Z)
+    # float32 rows: kernel entries off by ~1e-7 relative, amplified by cond(K + reg I) <= (1 + n) / reg
+    np.testing.assert_allclose(closest.solution.coef, expected, rtol=0,
+                               atol=1e-7 * (1 + len(X)) / reg * np.abs(expected).max())
 
 
 def test_a_gain_on_part_of_the_validation_rows_only_is_not_taken():
@@ -187,17 +208,30 @@ def test_tuned_validation_quality_is_at_least_the_untuned_one(client):
     X_val, y_val = _data(n=80, seed=5)
     params = dict(iters=0, solver="direct", random_state=0, client=client)
     tuned = RFMRegressor(bandwidth="auto", reg="auto", **params).fit(X, y, X_val=X_val, y_val=y_val)
-    untuned = RFMRegressor(**params).fit(X, y, X_val=X_val, y_val=y_val)
+    untuned = RFMRegressor(bandwidth=UNTUNED_BANDWIDTH, reg=UNTUNED_REG, **params).fit(X, y, X_val=X_val, y_val=y_val)
     assert (untuned.bandwidth_, untuned.reg_) == (UNTUNED_BANDWIDTH, UNTUNED_REG)
     # both are exact float64 solves on the same float32 kernel tiles; they differ by rounding amplified by
     # cond(K + reg I) <= (1 + n) / reg (2e5 here) times float64 epsilon: far below 1e-8 relative
     assert tuned.history_[0]["val_mse"] <= untuned.history_[0]["val_mse"] * (1 + 1e-8)
 
 
-def test_auto_needs_validation_rows_and_bad_values_raise(client):
+def test_auto_without_validation_rows_is_the_untuned_fit(client):
+    """With no validation rows "auto" falls back to the untuned values: the model, fitted attributes and history of
+    a fit given them explicitly."""
+    X, y = _data(n=60)
+    params = dict(iters=2, validation_fraction=0.0, solver="direct", random_state=0, client=client)
+    auto = RFMRegressor(**params).fit(X, y)
+    given = RFMRegressor(bandwidth=UNTUNED_BANDWIDTH, reg=UNTUNED_REG, **params).fit(X, y)
+    assert (auto.get_params()["bandwidth"], auto.get_params()["reg"]) == ("auto", "auto")
+    assert (auto.bandwidth_, auto.reg_) == (UNTUNED_BANDWIDTH, UNTUNED_REG)
+    assert [(h["bandwidth"], h["reg"]) for h in auto.history_] == [(UNTUNED_BANDWIDTH, UNTUNED_REG)] * 3
+    np.testing.assert_array_equal(auto.model_.coef, given.model_.coef)
+    only_reg = RFMRegressor(bandwidth=3.0, **params).fit(X, y)
+    assert (only_reg.bandwidth_, only_reg.reg_) == (3.0, UNTUNED_REG)
+
+
+def test_bad_values_raise(client):
     X, y = _data(n=40)
-    with pytest.raises(ValueError, match="validation rows"):
-        RFMRegressor(bandwidth="auto", validation_fraction=0.0, client=client).fit(X, y)
     with pytest.raises(ValueError, match="bandwidth"):
         RFMRegressor(bandwidth="wide", client=client).fit(X, y)
     with pytest.raises(ValueError, match="reg"):

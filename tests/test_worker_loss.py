@@ -17,7 +17,7 @@ def test_fit_survives_a_worker_killed_mid_cg(monkeypatch):
     X, y, X_test, _ = low_rank_golden(n_train=1200, n_test=200, seed=8)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         with Client(cluster, set_as_default=False) as client:
-            params = dict(iters=1, solver="cg", tol=1e-8, random_state=0, client=client)
+            params = dict(iters=1, solver="cg", tol=1e-8, bandwidth=10.0, reg=1e-3, random_state=0, client=client)
             undisturbed = RFMRegressor(**params).fit(X, y)
 
             killed: list[int] = []

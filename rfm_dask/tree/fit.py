@@ -8,6 +8,8 @@ leaf. Each leaf's rows (and the validation rows routed to it) are gathered into 
 ``local.fit_local`` (exact direct solve, on the worker's device), a bounded number in flight; a leaf too large for a
 worker's memory is fitted on the distributed operator instead.
 
+A tuned tree (``bandwidth``/``reg="auto"``) fits its leaves tuned and untuned and keeps the better (``tree.tuned``).
+
 Every random draw is seeded from (the fit's seed, the node's position in the tree), never from the order in which
 tasks finish, and every reduction is in row order on the client: the tree is the same on any number of workers.
 """
@@ -31,25 +33,26 @@ from rfm_dask.core.metrics import regression_metrics
 from rfm_dask.core.targets import TargetScaling
 from rfm_dask.files.checkpoint import fingerprint, load_checkpoint
 from rfm_dask.model import KernelModel
-from rfm_dask.parallel.cluster_engine import ClusterEngine
 from rfm_dask.parallel.row_blocks import (
-    RowBlocks, fetch_rows, materialise, smallest_worker_memory, take_rows, working_rows_budget,
+    RowBlocks, fetch_rows, materialise, take_rows, working_rows_budget,
 )
 from rfm_dask.parallel.scheduling import Submitter, rows_digest
-from rfm_dask.rfm_loop import FitResult, Metrics, RFMSettings, run_rfm
-from rfm_dask.solvers.dispatch import DIRECT_BYTES_PER_ENTRY, dense_solve_fits
+from rfm_dask.rfm_loop import FitResult, Metrics, RFMSettings, untuned
+from rfm_dask.solvers.dispatch import DIRECT_BYTES_PER_ENTRY
 from rfm_dask.tree import tasks
 from rfm_dask.tree.checkpoint import restore_tree_checkpoint, save_tree_checkpoint
+from rfm_dask.tree.leaves import fit_now, fit_on_cluster, fits_one_worker
 from rfm_dask.tree.model import TreeModel
-from rfm_dask.tree.settings import TreeSettings
-from rfm_dask.tree.split import threshold_and_scale, untuned
+from rfm_dask.tree.settings import TreeSettings, leaf_tunes
+from rfm_dask.tree.split import threshold_and_scale
 from rfm_dask.tree.store import rows_by_leaf, scratch_directory
 from rfm_dask.tree.structure import Tree
+from rfm_dask.tree.tuned import keep_tuned, leaf_variants, tree_pair
 
 logger = logging.getLogger("rfm_dask")
 
-#: Seed streams of ``_node_rng``: a node's split sample and split model, and a leaf's fit.
-_SPLIT, _LEAF = 0, 1
+#: Seed streams of ``_node_rng``: a node's split sample and split model, a leaf's fit, and the tree's tuning fit.
+_SPLIT, _LEAF, _TUNE = 0, 1, 2
 
 
 @dataclass
@@ -187,12 +190,6 @@ def _tree_of(splits: list[tuple[int, np.ndarray, float, float]], leaf_heaps: lis
                 np.array([s[3] for s in splits]), children)
 
 
-def fits_one_worker(client: Client, n_rows: int) -> bool:
-    """Whether a leaf of ``n_rows`` rows may be fitted in one task: its dense solve (``DIRECT_BYTES_PER_ENTRY`` per
-    kernel entry) within half the smallest worker's memory limit (always, when no limit is known)."""
-    return dense_solve_fits(n_rows, smallest_worker_memory(client))
-
-
 def fit_tree(
     client: Client,
     train: RowBlocks,
@@ -219,8 +216,8 @@ def fit_tree(
     rng : the fit's generator; one seed is drawn from it, from which every node's draws are seeded.
     target_scaling : maps (Y (m, c), weights (m,) or None) of a node's or leaf's rows to its ``TargetScaling``.
     val, Y_val : validation rows and targets (n_val, c); each leaf picks its best iteration on those routed to it,
-        and keeps its last iteration if none is. A leaf whose settings tune the bandwidth or ridge but that gets no
-        validation rows uses ``tuning.UNTUNED_BANDWIDTH`` and ``tuning.UNTUNED_REG``.
+        and keeps its last iteration if none is. Tuned settings: see ``tree.tuned`` (without validation rows, the
+        untuned tree).
     metrics : the validation metrics (see ``training.run_rfm``).
     checkpoint, resume : with ``checkpoint`` (a file path) the fit's state is written there atomically after the
         tree is grown and after each leaf (see ``tree.checkpoint``); with ``resume`` as well, a checkpoint of this
@@ -243,8 +240,8 @@ def fit_tree(
     else:
         seed, tree, heaps, leaf_of_row, parent_Ms, done = restore_tree_checkpoint(*saved, settings.spec)
         leaves = [_Node(h, np.flatnonzero(leaf_of_row == j), M) for j, (h, M) in enumerate(zip(heaps, parent_Ms))]
-        for j in done:  # a finished leaf's centres are its training rows
-            done[j].centres = fetch_rows(client, take_rows(client, train, leaves[j].rows))
+        for k in done:  # a finished leaf's centres are its training rows
+            done[k].centres = fetch_rows(client, take_rows(client, train, leaves[k % len(leaves)].rows))
         logger.info("resuming a tree from %s with %d of %d leaves fitted", checkpoint, len(done), len(leaves))
 
     def save(done: dict[int, FitResult]) -> None:
@@ -259,17 +256,24 @@ def fit_tree(
         save(done)
     logger.info("tree: %d leaves of %s rows", tree.n_leaves, [leaf.rows.size for leaf in leaves])
     scalings = [target_scaling(Y[leaf.rows], None if weights is None else weights[leaf.rows]) for leaf in leaves]
-    todo = [j for j in range(len(leaves)) if j not in done]
-    val_leaf = _route_rows(client, val, tree) if val is not None and todo else None
-    val_groups = {} if val_leaf is None else {j: np.flatnonzero(val_leaf == j) for j in todo}
+    val_leaf = _route_rows(client, val, tree) if val is not None else None
+    val_groups = {} if val_leaf is None else {j: np.flatnonzero(val_leaf == j) for j in range(len(leaves))}
+    # a tuned tree may fit its L leaves twice, tuned (leaf j is k = j) and untuned (k = L + j), to keep the better tree
+    variants = leaf_variants(settings if val is not None else untuned(settings), [g.size for g in val_groups.values()],
+                             lambda: tree_pair(client, train, Y, val, Y_val, settings, tree_settings.leaf_size,
+                                               _node_rng(seed, _TUNE, 1), target_scaling, metrics, weights, fit_now))
+    todo = [k for k in range(len(variants) * len(leaves)) if k not in done]
+    todo_leaves = sorted({k % len(leaves) for k in todo})
     with tempfile.TemporaryDirectory(dir=scratch_directory()) as directory:  # leaf-ordered stores of streamed rows
-        leaf_train = rows_by_leaf(client, train, {j: leaves[j].rows for j in todo}, directory)
+        leaf_train = rows_by_leaf(client, train, {j: leaves[j].rows for j in todo_leaves}, directory)
         leaf_val = {} if val is None else rows_by_leaf(client, val, val_groups, directory)
-        logger.info("tree: the rows of %d leaves gathered", len(todo))
+        logger.info("tree: the rows of %d leaves gathered", len(todo_leaves))
         calls, on_cluster = [], {}
-        for j in todo:
+        for k in todo:
+            variant, j = divmod(k, len(leaves))
             leaf, rows_val = leaves[j], leaf_val.get(j)
-            leaf_settings = settings if rows_val is not None else untuned(settings)
+            tuned_leaf = rows_val is not None and leaf_tunes(val_groups[j].size)
+            leaf_settings = variants[variant] if tuned_leaf else untuned(variants[variant])
             args = (np.ascontiguousarray(Y[leaf.rows]), None if rows_val is None else Y_val[val_groups[j]], metrics,
                     scalings[j], None if weights is None else weights[leaf.rows],
                     leaf.parent_M if tree_settings.leaf_init == "parent" else None)
@@ -279,8 +283,8 @@ def fit_tree(
                 calls.append((tasks.leaf_task, replace(leaf_settings, solver="direct"), rng_leaf, *args,
                               len(leaf_train[j].futures), *blocks))
             else:
-                on_cluster[j] = (leaf_train[j], leaf_settings, rng_leaf, rows_val, args)
-        largest = max((leaves[j].rows.size for j in todo), default=0)
+                on_cluster[k] = (leaf_train[j], leaf_settings, rng_leaf, rows_val, args)
+        largest = max((leaves[j].rows.size for j in todo_leaves), default=0)
         submitter, task_bytes = Submitter(client), DIRECT_BYTES_PER_ENTRY * largest**2
         stream = submitter.stream(calls, task_bytes=task_bytes)
         # leaves are submitted only as far ahead as the Submitter runs them, and each result (its centres and M) is
@@ -288,28 +292,24 @@ def fit_tree(
         # of a bounded number of leaves, not of all of them
         ahead = deque(islice(stream, submitter.limit(task_bytes)))
         try:
-            for j in todo:  # in leaf order, whatever order they finish in
-                if j in on_cluster:
-                    done[j] = _fit_on_cluster(client, *on_cluster[j])
+            for k in todo:  # in leaf order, whatever order they finish in
+                if k in on_cluster:
+                    done[k] = fit_on_cluster(client, *on_cluster[k])
                 else:
-                    done[j] = ahead.popleft().result()
+                    done[k] = ahead.popleft().result()
                     ahead.extend(islice(stream, 1))
+                twin = done.get(k - len(leaves) if k >= len(leaves) else k + len(leaves))
+                if twin is not None:  # the same training rows: held once
+                    done[k].centres = twin.centres
                 save(done)
         except BaseException:
             client.cancel(list(ahead))  # a failed fit leaves no leaf running on the cluster
             raise
-    results = [done[j] for j in range(len(leaves))]
-    models = [KernelModel(r.centres, r.coef, r.feature_matrix, r.spec, r.shift, scaling)
-              for r, scaling in zip(results, scalings)]
-    return TreeFit(TreeModel(tree, models, tree_settings.temperature),
-                   np.array([leaf.rows.size for leaf in leaves], dtype=np.int64), results)
-
-
-def _fit_on_cluster(
-    client: Client, train: RowBlocks, settings: RFMSettings, rng: np.random.Generator, val: RowBlocks | None,
-    args: tuple,
-) -> FitResult:
-    """A leaf too large for one worker: the RFM loop on the distributed operator (``training.run_rfm``)."""
-    Y, Y_val, metrics, scaling, weights, initial_M = args
-    return run_rfm(ClusterEngine(client, settings.options), train, Y, settings, rng, val, Y_val, metrics,
-                   scaling=scaling, weights=weights, initial_M=initial_M)
+    fits = []
+    for results in ([done[v * len(leaves) + j] for j in range(len(leaves))] for v in range(len(variants))):
+        models = [KernelModel(r.centres, r.coef, r.feature_matrix, r.spec, r.shift, scaling)
+                  for r, scaling in zip(results, scalings)]
+        fits.append(TreeFit(TreeModel(tree, models, tree_settings.temperature),
+                            np.array([leaf.rows.size for leaf in leaves], dtype=np.int64), results))
+    tuned = len(fits) == 2 and keep_tuned(client, fits[0].model, fits[1].model, val, Y_val, metrics, settings.scoring)
+    return fits[0] if len(fits) == 1 or tuned else fits[1]

@@ -7,12 +7,22 @@ from dataclasses import dataclass
 #: ``leaf_init`` values: a leaf's RFM starts from M = I, or from the M of its parent node's split model.
 LEAF_INITS = ("identity", "parent")
 #: ``leaf_size="auto"``: leaves of this many training rows, when there are at least ``AUTO_MIN_LEAVES`` times as many
-#: and the ridge is tuned (``reg="auto"``), else the global model. From BENCHMARKS.md ("Tree of leaf RFMs"): with
-#: its ridge tuned per leaf, the tree of 4000-row leaves beat the global RFM on 3 of the 4 tables measured (all with
-#: n >= 4 x 4000) and tied on the fourth (nycflights13, -0.0003); with the fixed default ridge (1e-3) it lost 0.09 R²
-#: to the global RFM on the two noisy tables (small leaves overfit) and tied on the other two.
+#: and the ridge is tuned (``reg="auto"``, the default), else the global model. From BENCHMARKS.md ("Tree of leaf
+#: RFMs"): with its ridge tuned per leaf, the tree of 4000-row leaves beat the (untuned) global RFM on 3 of the 4
+#: tables measured (all with n >= 4 x 4000) and tied on the fourth (nycflights13, -0.0003); with a fixed ridge of 1e-3
+#: it lost 0.09 R² to the global RFM on the two noisy tables (small leaves overfit) and tied on the other two.
+#: Against the tuned global RFM (BENCHMARKS.md, "leaf_size="auto" with the new defaults"): 0.4776 against 0.4813 on
+#: the full CPS1988 table, one table; kept for the tree's linear cost at large n.
 AUTO_LEAF_SIZE = 4000
 AUTO_MIN_LEAVES = 4
+#: Tuned leaves (``bandwidth``/``reg="auto"``): the tree first chooses one (bandwidth, ridge) pair on many
+#: validation rows (``tree.tuned.tree_pair``: the tuned RFM fitted once on a seeded sample of ``leaf_size`` training
+#: rows, validated on a seeded sample of at most ``leaf_size`` validation rows). A leaf with at least this many
+#: validation rows tunes on them, with that pair as its untuned candidate (``tuning``: kept unless another pair gains
+#: consistently); a leaf with fewer uses the pair as it is. From BENCHMARKS.md ("Issue 13's measurement"): tuning on
+#: 600 validation rows (the global RFM) was at or above its untuned twin on 7 of 7 tables, leaves tuning on about 150
+#: lost to the untuned tree on 2 of 7.
+LEAF_TUNE_MIN_ROWS = 600
 
 
 @dataclass(frozen=True)
@@ -47,3 +57,8 @@ def resolve_leaf_size(leaf_size: int | str | None, n: int, tuned_reg: bool) -> i
     if isinstance(leaf_size, str) and leaf_size == "auto":
         return AUTO_LEAF_SIZE if tuned_reg and n >= AUTO_MIN_LEAVES * AUTO_LEAF_SIZE else None
     return None if leaf_size is None else int(leaf_size)
+
+
+def leaf_tunes(n_val: int) -> bool:
+    """Whether a leaf of a tuned tree with ``n_val`` validation rows tunes on them (``LEAF_TUNE_MIN_ROWS``)."""
+    return n_val >= LEAF_TUNE_MIN_ROWS

@@ -11,21 +11,13 @@ import numpy as np
 from rfm_dask.core.backend import to_host
 from rfm_dask.core.targets import TargetScaling
 from rfm_dask.local import fit_local
-from rfm_dask.rfm_loop import RFMSettings
-from rfm_dask.tuning import UNTUNED_BANDWIDTH, UNTUNED_REG
+from rfm_dask.rfm_loop import RFMSettings, untuned
 
 #: ``split_method`` values: the top eigenvector of the AGOP of a one-iteration RFM on the sample (xRFM's default),
 #: or the sample's top principal component.
 SPLIT_METHODS = ("agop", "pca")
 #: Smallest soft-routing scale (xRFM's floor on a node's inter-quartile range).
 MIN_SCALE = 1e-6
-
-
-def untuned(settings: RFMSettings) -> RFMSettings:
-    """``settings`` with a tuned bandwidth or ridge replaced by ``UNTUNED_BANDWIDTH`` / ``UNTUNED_REG``."""
-    spec = replace(settings.spec, bandwidth=UNTUNED_BANDWIDTH) if settings.tune_bandwidth else settings.spec
-    reg = UNTUNED_REG if settings.tune_reg else settings.reg
-    return replace(settings, spec=spec, reg=reg, tune_bandwidth=False, tune_reg=False)
 
 
 def split_model_settings(settings: RFMSettings, n: int) -> RFMSettings:
