@@ -11,6 +11,7 @@ from distributed import Client, LocalCluster
 
 from rfm_dask import RFMClassifier, RFMRegressor, load
 from rfm_dask.tree import fit as tree_fit
+from rfm_dask.tree import leaves as tree_leaves
 from rfm_dask.tree import settings as tree_settings
 from rfm_dask.tree.split import top_eigenvector
 from rfm_dask.tree.structure import route
@@ -341,7 +342,7 @@ def test_tree_survives_a_worker_killed_among_its_leaves(data, tree_model, monkey
                             killed.append(pid)
                         yield future
 
-            monkeypatch.setattr(tree_fit, "Submitter", KillingSubmitter)
+            monkeypatch.setattr(tree_leaves, "Submitter", KillingSubmitter)
             disturbed = RFMRegressor(**params).fit(X, y)
     assert killed
     np.testing.assert_array_equal(disturbed.predict(X_test), undisturbed.predict(X_test))

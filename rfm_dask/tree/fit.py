@@ -20,9 +20,8 @@ import logging
 import os
 import sys
 import tempfile
-from collections import deque
+from contextlib import closing
 from dataclasses import asdict, dataclass, replace
-from itertools import islice
 from typing import Callable
 
 import numpy as np
@@ -41,7 +40,7 @@ from rfm_dask.rfm_loop import FitResult, Metrics, RFMSettings, untuned
 from rfm_dask.solvers.dispatch import DIRECT_BYTES_PER_ENTRY
 from rfm_dask.tree import tasks
 from rfm_dask.tree.checkpoint import restore_tree_checkpoint, save_tree_checkpoint
-from rfm_dask.tree.leaves import fit_now, fit_on_cluster, fits_one_worker
+from rfm_dask.tree.leaves import fit_in_order, fit_now, fits_one_worker
 from rfm_dask.tree.model import TreeModel
 from rfm_dask.tree.settings import TreeSettings, leaf_tunes
 from rfm_dask.tree.split import threshold_and_scale
@@ -285,26 +284,13 @@ def fit_tree(
             else:
                 on_cluster[k] = (leaf_train[j], leaf_settings, rng_leaf, rows_val, args)
         largest = max((leaves[j].rows.size for j in todo_leaves), default=0)
-        submitter, task_bytes = Submitter(client), DIRECT_BYTES_PER_ENTRY * largest**2
-        stream = submitter.stream(calls, task_bytes=task_bytes)
-        # leaves are submitted only as far ahead as the Submitter runs them, and each result (its centres and M) is
-        # collected, and so released on the workers, before the next leaf is submitted: the workers hold the results
-        # of a bounded number of leaves, not of all of them
-        ahead = deque(islice(stream, submitter.limit(task_bytes)))
-        try:
-            for k in todo:  # in leaf order, whatever order they finish in
-                if k in on_cluster:
-                    done[k] = fit_on_cluster(client, *on_cluster[k])
-                else:
-                    done[k] = ahead.popleft().result()
-                    ahead.extend(islice(stream, 1))
+        with closing(fit_in_order(client, todo, calls, on_cluster, DIRECT_BYTES_PER_ENTRY * largest**2)) as fitted:
+            for k, result in fitted:
                 twin = done.get(k - len(leaves) if k >= len(leaves) else k + len(leaves))
                 if twin is not None:  # the same training rows: held once
-                    done[k].centres = twin.centres
+                    result.centres = twin.centres
+                done[k] = result
                 save(done)
-        except BaseException:
-            client.cancel(list(ahead))  # a failed fit leaves no leaf running on the cluster
-            raise
     fits = []
     for results in ([done[v * len(leaves) + j] for j in range(len(leaves))] for v in range(len(variants))):
         models = [KernelModel(r.centres, r.coef, r.feature_matrix, r.spec, r.shift, scaling)
