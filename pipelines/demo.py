@@ -39,9 +39,6 @@ DEFAULTS: dict[str, Any] = {
     "targets": ["arr_delay"],
     "row_group_rows": 2000,
 }
-# estimator parameters of the default run: bandwidth and ridge chosen on the validation rows (the tuned RFM beat
-# LightGBM on all 7 real tables of BENCHMARKS.md, "Issue 13's measurement"; the untuned one on 3)
-MODEL_DEFAULTS: dict[str, Any] = {"bandwidth": "auto", "reg": "auto"}
 FULL: dict[str, Any] = {"train_rows": 40000, "test_rows": 20000, "targets": ["arr_delay", "late_arrival"],
                         "solver": "nystrom", "n_centers": 4000}
 # columns known at departure time; arr_time and air_time would give arr_delay away
@@ -148,13 +145,13 @@ def write_report(out_dir: Path, cfg: dict, rows: list[dict], runs: list[dict], e
 
 
 def settings(cfg: dict) -> dict:
-    """``DEFAULTS`` and ``MODEL_DEFAULTS`` updated by ``cfg``, whose keys are settings of the job or estimator
-    parameters."""
+    """``DEFAULTS`` updated by ``cfg``, whose keys are settings of the job or estimator parameters (the estimator's
+    own defaults otherwise: bandwidth and ridge tuned on the validation rows, the global RFM)."""
     known = [*DEFAULTS, *fit_parameters()]
     unknown = sorted(set(cfg) - set(known))
     if unknown:
         raise SystemExit(f"unknown demo settings: {', '.join(unknown)} (known: {', '.join(known)})")
-    return {**DEFAULTS, **MODEL_DEFAULTS, **cfg}
+    return {**DEFAULTS, **cfg}
 
 
 def run(out_dir: Path, cfg: dict) -> list[dict]:

@@ -166,7 +166,7 @@ class _RFMBase(BaseEstimator):
         train, Y, val, Y_val, weights = fit_rows(client, X, Y, X_val, Y_val, weights, self.validation_fraction, rng)
         if weights is not None and not weights.sum() > 0:
             raise ValueError("sample_weight is zero on every training row")
-        leaf_size = resolve_leaf_size(self.leaf_size, Y.shape[0], settings.tune_reg)
+        leaf_size = resolve_leaf_size(self.leaf_size)
         if leaf_size is not None:
             tree_settings = TreeSettings(leaf_size, int(self.split_samples), self.split_method, self.leaf_init,
                                          None if self.split_temperature is None else float(self.split_temperature))

@@ -81,9 +81,9 @@ PARAMETERS_DOC = """
     leaf_size : int, "auto" or None, default="auto"
         None: one global RFM. An int: a tree of leaf RFMs (xRFM, ``rfm_dask.tree``), whose nodes with more training
         rows than this are split, each leaf an exact RFM on at most this many rows fitted in one task (validated on
-        the validation rows routed to it). "auto": a tree of leaves of ``tree.settings.AUTO_LEAF_SIZE`` (4000) rows when
-        ``reg="auto"`` and there are at least ``tree.settings.AUTO_MIN_LEAVES`` (4) times that many training rows,
-        else the global RFM (the rule and its evidence: README, "Tree of leaf RFMs").
+        the validation rows routed to it). "auto": what the measurements show wins, today the global RFM (with the
+        bandwidth and ridge tuned, the default, it was at or above the tree on every real table measured; README,
+        "Tree of leaf RFMs").
     split_samples : int, default=2000
         Rows of a node sampled (seeded) to fit its split model.
     split_method : {"agop", "pca"}, default="agop"

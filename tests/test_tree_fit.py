@@ -143,32 +143,22 @@ def test_soft_routing_classifier_round_trip(client, data, tmp_path):
     np.testing.assert_array_equal(loaded.predict_proba(X_test), model.predict_proba(X_test))
 
 
-def test_leaf_size_none_is_the_global_model(client, data):
+def test_leaf_size_none_and_auto_are_the_global_model(client, data):
     X, y, X_test, _ = data
-    today = RFMRegressor(iters=1, random_state=0, client=client).fit(X, y)
+    today = RFMRegressor(iters=1, random_state=0, client=client).fit(X, y)  # the default leaf_size="auto"
+    assert today.get_params()["leaf_size"] == "auto"
     for params in (dict(leaf_size=None, split_samples=10, split_method="pca", split_temperature=0.5),
-                   dict(leaf_size="auto")):  # 900 training rows: fewer than AUTO_MIN_LEAVES * AUTO_LEAF_SIZE
+                   dict(leaf_size="auto", reg=1e-3)):
         model = RFMRegressor(iters=1, random_state=0, client=client, **params).fit(X, y)
         assert model.n_leaves_ == 1 and not hasattr(model, "leaf_sizes_")
-        np.testing.assert_array_equal(model.predict(X_test), today.predict(X_test))
-
-
-def test_leaf_size_auto_builds_a_tree_only_with_a_tuned_ridge(client, data, monkeypatch):
-    """The default leaf_size="auto" with the rule scaled down (leaves of 200 rows): a tree with reg="auto", the
-    global model with a fixed ridge."""
-    monkeypatch.setattr(tree_settings, "AUTO_LEAF_SIZE", 200)
-    X, y, _, _ = data
-    tuned = RFMRegressor(iters=1, random_state=0, client=client).fit(X, y)  # the default reg="auto"
-    fixed = RFMRegressor(iters=1, reg=1e-3, random_state=0, client=client).fit(X, y)
-    assert tuned.get_params()["leaf_size"] == "auto" and tuned.n_leaves_ > 1 and fixed.n_leaves_ == 1
+        if params["leaf_size"] is None:
+            np.testing.assert_array_equal(model.predict(X_test), today.predict(X_test))
 
 
 def test_leaf_size_auto_rule():
-    auto = 4 * tree_settings.AUTO_LEAF_SIZE
-    assert tree_settings.resolve_leaf_size("auto", auto, tuned_reg=True) == tree_settings.AUTO_LEAF_SIZE
-    assert tree_settings.resolve_leaf_size("auto", auto - 1, tuned_reg=True) is None
-    assert tree_settings.resolve_leaf_size("auto", 10**6, tuned_reg=False) is None  # a fixed ridge: the global RFM
-    assert tree_settings.resolve_leaf_size(None, 10**6, True) is None and tree_settings.resolve_leaf_size(7, 3, False) == 7
+    """"auto" is the global model at every size (README, "Tree of leaf RFMs"); an int is a tree of that leaf size."""
+    assert tree_settings.resolve_leaf_size("auto") is None and tree_settings.resolve_leaf_size(None) is None
+    assert tree_settings.resolve_leaf_size(7) == 7 and tree_settings.resolve_leaf_size(np.int64(4000)) == 4000
 
 
 def test_parent_init_starts_leaves_from_the_split_model(client, data):

