@@ -21,7 +21,7 @@ import os
 import sys
 import tempfile
 from contextlib import closing
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Callable
 
 import numpy as np
@@ -40,7 +40,7 @@ from rfm_dask.rfm_loop import FitResult, Metrics, RFMSettings, untuned
 from rfm_dask.solvers.dispatch import DIRECT_BYTES_PER_ENTRY
 from rfm_dask.tree import tasks
 from rfm_dask.tree.checkpoint import restore_tree_checkpoint, save_tree_checkpoint
-from rfm_dask.tree.leaves import fit_in_order, fit_now, fits_one_worker
+from rfm_dask.tree.leaves import fit_in_order, fit_now, fits_one_worker, leaf_call
 from rfm_dask.tree.model import TreeModel
 from rfm_dask.tree.settings import TreeSettings, leaf_tunes
 from rfm_dask.tree.split import threshold_and_scale
@@ -278,9 +278,7 @@ def fit_tree(
                     leaf.parent_M if tree_settings.leaf_init == "parent" else None)
             rng_leaf = _node_rng(seed, _LEAF, leaf.heap)
             if fits_one_worker(client, leaf.rows.size):
-                blocks = leaf_train[j].futures + ([] if rows_val is None else rows_val.futures)
-                calls.append((tasks.leaf_task, replace(leaf_settings, solver="direct"), rng_leaf, *args,
-                              len(leaf_train[j].futures), *blocks))
+                calls.append(leaf_call(leaf_train[j], leaf_settings, rng_leaf, rows_val, args))
             else:
                 on_cluster[k] = (leaf_train[j], leaf_settings, rng_leaf, rows_val, args)
         largest = max((leaves[j].rows.size for j in todo_leaves), default=0)

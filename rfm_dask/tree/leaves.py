@@ -30,9 +30,17 @@ def fit_now(
 ) -> FitResult:
     """One RFM fitted as a leaf is (``args`` as ``fit_on_cluster`` takes them), in one task where it fits a worker."""
     if fits_one_worker(client, train.n):
-        return client.submit(tasks.leaf_task, replace(settings, solver="direct"), rng, *args, len(train.futures),
-                             *train.futures, *val.futures, pure=False).result()
+        return client.submit(*leaf_call(train, settings, rng, val, args), pure=False).result()
     return fit_on_cluster(client, train, settings, rng, val, args)
+
+
+def leaf_call(
+    train: RowBlocks, settings: RFMSettings, rng: np.random.Generator, val: RowBlocks | None, args: tuple,
+) -> tuple:
+    """A leaf's one-task fit as a call (``tasks.leaf_task`` and its arguments, the exact direct solve), for
+    ``client.submit`` or the ``Submitter``: ``args`` as ``fit_on_cluster`` takes them."""
+    blocks = train.futures + ([] if val is None else val.futures)
+    return (tasks.leaf_task, replace(settings, solver="direct"), rng, *args, len(train.futures), *blocks)
 
 
 def fit_on_cluster(
