@@ -1,7 +1,8 @@
 """A leaf-ordered copy of streamed rows: out of core, gathering one leaf's rows from row blocks that stay on disk would
 read every block once per leaf. Instead the rows are reordered leaf by leaf by dask's array shuffle, a batch of leaves
 at a time (one read of the blocks per batch), and written to Zarr stores; each leaf then reads its own consecutive
-rows from its batch's store."""
+rows from its batch's store. After each batch the workers give the memory the shuffle freed back to the operating
+system."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import numpy as np
 import zarr
 from distributed import Client
 
+from rfm_dask.parallel.freed_memory import release_freed_memory
 from rfm_dask.parallel.row_blocks import RowBlocks, stream_rows, take_rows, working_rows_budget
 
 
@@ -37,6 +39,7 @@ def leaf_ordered_rows(
     target = zarr.create_array(store=str(path), shape=ordered.shape, dtype=ordered.dtype,
                                chunks=(ordered.chunks[0][0], ordered.shape[1]), zarr_format=3, overwrite=True)
     client.compute(da.store(ordered, target, lock=False, compute=False)).result()
+    client.run(release_freed_memory, 0.0)  # the shuffle's pieces, freed by dask's own tasks
     stored = da.from_zarr(str(path))
     offsets = np.concatenate([[0], np.cumsum(sizes)])
     return [stream_rows(stored[lo:hi].rechunk({0: -1}), rows.device) for lo, hi in zip(offsets[:-1], offsets[1:])]

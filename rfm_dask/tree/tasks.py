@@ -1,6 +1,6 @@
 """The worker tasks of a tree's fit (see ``tree.fit``): each materialises its row blocks (held or streamed) and
 runs pure block functions or the local RFM loop on them, single-threaded BLAS so results do not depend on the
-worker."""
+worker, and gives the memory it freed back to the operating system on return (``parallel.freed_memory``)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import numpy as np
 from rfm_dask.core.backend import namespace_of, to_host
 from rfm_dask.core.blas_threads import single_blas_thread
 from rfm_dask.core.targets import TargetScaling
+from rfm_dask.parallel.freed_memory import releases_freed_memory
 from rfm_dask.local import fit_local
 from rfm_dask.parallel.row_blocks import materialise
 from rfm_dask.rfm_loop import FitResult, Metrics, RFMSettings
@@ -24,6 +25,7 @@ def rows_of(blocks: tuple) -> Any:
     return namespace_of(arrays[0]).concatenate(arrays, axis=0)
 
 
+@releases_freed_memory
 @single_blas_thread
 def split_task(
     method: str, settings: RFMSettings, Y: np.ndarray, weights: np.ndarray | None, scaling: TargetScaling,
@@ -33,6 +35,7 @@ def split_task(
     return split_direction(rows_of(blocks), Y, settings, rng, method, scaling, weights)
 
 
+@releases_freed_memory
 @single_blas_thread
 def project_task(block: Any, node: np.ndarray, directions: np.ndarray) -> np.ndarray:
     """Each row's projection on its node's direction (see ``structure.project_per_row``): (b,) float64."""
@@ -41,12 +44,14 @@ def project_task(block: Any, node: np.ndarray, directions: np.ndarray) -> np.nda
     return to_host(project_per_row(xp, X, xp.asarray(node), xp.asarray(directions)))
 
 
+@releases_freed_memory
 def route_task(block: Any, tree: Tree) -> np.ndarray:
     """The leaf of each row of a block: (b,) int64."""
     X = materialise(block)
     return to_host(route(namespace_of(X), X, tree))
 
 
+@releases_freed_memory
 @single_blas_thread
 def leaf_task(
     settings: RFMSettings, rng: np.random.Generator, Y: np.ndarray, Y_val: np.ndarray | None, metrics: Metrics,
