@@ -71,3 +71,20 @@ def test_a_tree_task_trims_when_it_returns(trims):
     out = tree_tasks.project_task(X, np.zeros(4, dtype=np.int64), np.array([[1.0, 0.0, 0.0]]))
     np.testing.assert_array_equal(out, X[:, 0].astype(np.float64))
     assert trims == [0]
+
+
+def test_the_leaf_stores_wait_trims_the_workers_while_dask_tasks_run(client, trims):
+    """Dask's shuffle and store tasks trim nothing themselves: while a batch is written the workers are asked to
+    trim every interval, and once more at the end; a task's own error is raised, not waited on forever."""
+    import time
+
+    from rfm_dask.tree import store
+
+    store._wait_releasing_memory(client, client.submit(time.sleep, 0.35, pure=False), interval=0.1)
+    assert len(trims) >= 2  # at least one while the 0.35 s task runs (0.1 s interval), one at the end
+
+    def fails():
+        raise TimeoutError("a task's own timeout")
+
+    with pytest.raises(TimeoutError, match="own timeout"):
+        store._wait_releasing_memory(client, client.submit(fails, pure=False), interval=0.1)

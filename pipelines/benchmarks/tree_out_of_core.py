@@ -100,7 +100,8 @@ def main() -> None:
         "phase_seconds": {name: end - start for name, end in bounds},
         "peak_rss_MiB": {name: {w: round(v) for w, v in per.items()} for name, per in peaks.items()},
         "peak_MiB": memory.peak / MIB, "samples": memory.samples, "fit_seconds": seconds,
-        "paused": "Pausing worker" in logs, "load_average_at_start": load, "machine": platform.platform(),
+        "paused": "Pausing worker" in logs, "pauses": logs.count("Pausing worker"),
+        "load_average_at_start": load, "machine": platform.platform(),
     }
     write_text(args.out / "results.json", json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))

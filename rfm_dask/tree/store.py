@@ -1,8 +1,8 @@
 """A leaf-ordered copy of streamed rows: out of core, gathering one leaf's rows from row blocks that stay on disk would
 read every block once per leaf. Instead the rows are reordered leaf by leaf by dask's array shuffle, a batch of leaves
 at a time (one read of the blocks per batch), and written to Zarr stores; each leaf then reads its own consecutive
-rows from its batch's store. After each batch the workers give the memory the shuffle freed back to the operating
-system."""
+rows from its batch's store. While a batch is written, the workers give the memory the shuffle frees back to the
+operating system every second (``parallel.freed_memory``)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,13 @@ import dask
 import dask.array as da
 import numpy as np
 import zarr
-from distributed import Client
+from distributed import Client, Future
 
 from rfm_dask.parallel.freed_memory import release_freed_memory
 from rfm_dask.parallel.row_blocks import RowBlocks, stream_rows, take_rows, working_rows_budget
+
+#: Seconds between the workers' trims of freed memory while a batch of leaf-ordered rows is written.
+TRIM_INTERVAL_S = 1.0
 
 
 def as_dask_rows(rows: RowBlocks) -> da.Array:
@@ -38,11 +41,24 @@ def leaf_ordered_rows(
     path = Path(tempfile.mkdtemp(prefix="leaves-", suffix=".zarr", dir=directory))
     target = zarr.create_array(store=str(path), shape=ordered.shape, dtype=ordered.dtype,
                                chunks=(ordered.chunks[0][0], ordered.shape[1]), zarr_format=3, overwrite=True)
-    client.compute(da.store(ordered, target, lock=False, compute=False)).result()
-    client.run(release_freed_memory, 0.0)  # the shuffle's pieces, freed by dask's own tasks
+    _wait_releasing_memory(client, client.compute(da.store(ordered, target, lock=False, compute=False)))
     stored = da.from_zarr(str(path))
     offsets = np.concatenate([[0], np.cumsum(sizes)])
     return [stream_rows(stored[lo:hi].rechunk({0: -1}), rows.device) for lo, hi in zip(offsets[:-1], offsets[1:])]
+
+
+def _wait_releasing_memory(client: Client, future: Future, interval: float = TRIM_INTERVAL_S) -> None:
+    """Wait for ``future`` (raising its error), asking the workers every ``interval`` seconds, and once at the end,
+    to give the memory freed by its tasks (dask's shuffle and store tasks, which trim nothing themselves) back to the
+    operating system."""
+    while True:
+        try:
+            future.exception(timeout=interval)  # returns, not raises, the tasks' own errors
+            break
+        except TimeoutError:
+            client.run(release_freed_memory, 0.0)
+    client.run(release_freed_memory, 0.0)
+    future.result()
 
 
 def rows_by_leaf(
