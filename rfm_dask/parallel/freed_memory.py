@@ -4,7 +4,7 @@ A worker process that interleaves large temporaries (a leaf's kernel, a split's 
 allocations from its other threads (comms, Zarr's decoding threads) fragments glibc's heaps: memory the tasks have
 freed stays in the process's RSS, which Dask counts as unmanaged memory against the worker's pause threshold.
 Distributed's ``MALLOC_TRIM_THRESHOLD_`` only trims the top of a heap; on the tree's out-of-core fit the freed but
-kept memory reached ~200 MiB per worker (BENCHMARKS.md, "The tree of leaf RFMs on out-of-core input").
+kept memory reached ~150 MiB per worker (BENCHMARKS.md, "The tree of leaf RFMs on out-of-core input").
 
 ``releases_freed_memory`` calls ``malloc_trim(0)`` (every arena, every free page) when a decorated task returns, at
 most once per ``MIN_INTERVAL_S`` per process, so that short streamed tasks do not pay for it on every block. Where
