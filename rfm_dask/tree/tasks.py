@@ -11,8 +11,8 @@ import numpy as np
 from rfm_dask.core.backend import namespace_of, to_host
 from rfm_dask.core.blas_threads import single_blas_thread
 from rfm_dask.core.targets import TargetScaling
-from rfm_dask.parallel.freed_memory import releases_freed_memory
 from rfm_dask.local import fit_local
+from rfm_dask.parallel.freed_memory import releases_freed_memory
 from rfm_dask.parallel.row_blocks import materialise
 from rfm_dask.rfm_loop import FitResult, Metrics, RFMSettings
 from rfm_dask.tree.split import split_direction
