@@ -17,33 +17,62 @@ import zarr
 from distributed import Client, Future
 
 from rfm_dask.parallel.freed_memory import release_freed_memory
-from rfm_dask.parallel.row_blocks import RowBlocks, stream_rows, take_rows, working_rows_budget
+from rfm_dask.parallel.row_blocks import (
+    LazyBlock,
+    RowBlocks,
+    select_rows,
+    stream_rows,
+    take_rows,
+    working_rows_budget,
+)
 
 #: Seconds between the workers' trims of freed memory while a batch of leaf-ordered rows is written.
 TRIM_INTERVAL_S = 1.0
 
 
 def as_dask_rows(rows: RowBlocks) -> da.Array:
-    """Streamed row blocks (``LazyBlock``s) as one dask array (n, d), their selections applied."""
-    parts = [block.recipe if block.rows is None else block.recipe[block.rows] for block in rows.futures]
-    return da.concatenate(parts, axis=0)
+    """Streamed row blocks (``LazyBlock``s) as one dask array (n, d), a chunk per block, their selections applied."""
+    return da.concatenate([_selected(block) for block in rows.futures], axis=0)
+
+
+def _selected(block: LazyBlock) -> da.Array:
+    """One streamed block's rows as a one-chunk dask array. A selection is taken inside the task that reads the block
+    (the read and the selection fused), so the workers never hold a whole block for a few of its rows."""
+    if block.rows is None:
+        return block.recipe
+    chunks = ((block.rows.size,), (block.recipe.shape[1],))
+    picked = block.recipe.map_blocks(select_rows, block.rows, chunks=chunks, dtype=block.recipe.dtype)
+    return dask.optimize(picked)[0]
+
+
+def leaf_ordered(client: Client, rows: RowBlocks, groups: list[np.ndarray]) -> da.Array:
+    """Rows ``groups[j]`` (sorted global indices, disjoint) of streamed ``rows``, group after group: a dask array
+    (sum of the group sizes, d) in chunks as long as the largest group.
+
+    Each block's read task keeps only the groups' rows of it, so the shuffle holds the rows it moves, not the blocks
+    they are in. Its input chunks are made at least as long as the largest group: dask's shuffle sizes its index dtype by
+    its input chunks and wraps it for a longer group (dask/dask#12590, open).
+    """
+    picked = np.sort(np.concatenate(groups))
+    largest = max(max(int(g.size) for g in groups), 1)
+    X = as_dask_rows(take_rows(client, rows, picked)).rechunk({0: largest})
+    indexer = [np.searchsorted(picked, g).tolist() for g in groups]
+    return X.shuffle(indexer, axis=0).rechunk({0: largest, 1: -1})
 
 
 def leaf_ordered_rows(
     client: Client, rows: RowBlocks, groups: list[np.ndarray], directory: str | os.PathLike
 ) -> list[RowBlocks]:
     """Rows ``groups[j]`` (sorted global indices, disjoint) of streamed ``rows``, written group after group into a
-    Zarr store in ``directory`` (which every worker must see), and returned as one ``RowBlocks`` per group, streamed
-    from that store (at most a few of its chunks per group)."""
-    X = as_dask_rows(rows)
-    sizes = [int(g.size) for g in groups]
-    ordered = X.shuffle([g.tolist() for g in groups], axis=0).rechunk({0: max(max(sizes), 1), 1: -1})
+    Zarr store in ``directory`` (which every worker must see) by ``leaf_ordered``, and returned as one ``RowBlocks``
+    per group, streamed from that store (at most a few of its chunks per group)."""
+    ordered = leaf_ordered(client, rows, groups)
     path = Path(tempfile.mkdtemp(prefix="leaves-", suffix=".zarr", dir=directory))
     target = zarr.create_array(store=str(path), shape=ordered.shape, dtype=ordered.dtype,
                                chunks=(ordered.chunks[0][0], ordered.shape[1]), zarr_format=3, overwrite=True)
     _wait_releasing_memory(client, client.compute(da.store(ordered, target, lock=False, compute=False)))
     stored = da.from_zarr(str(path))
-    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    offsets = np.concatenate([[0], np.cumsum([g.size for g in groups])])
     return [stream_rows(stored[lo:hi].rechunk({0: -1}), rows.device) for lo, hi in zip(offsets[:-1], offsets[1:])]
 
 
