@@ -32,7 +32,7 @@ def _disjoint_groups(n: int, sizes: list[int], seed: int) -> list[np.ndarray]:
 
 
 def test_each_leaf_reads_back_its_rows_in_order(client, tmp_path):
-    """Groups far longer than each block's share of them (700 rows against ~23 per block of 100): dask's shuffle
+    """Groups far longer than each block's share of them (700 rows against ~24 per block of 100): dask's shuffle
     would wrap its uint8 index (dask/dask#12590) if its input chunks were the blocks' picks."""
     X = np.arange(6000 * 3, dtype=np.float32).reshape(6000, 3)
     rows = stream_rows(da.from_array(X, chunks=(100, 3)))

@@ -50,8 +50,8 @@ def leaf_ordered(client: Client, rows: RowBlocks, groups: list[np.ndarray]) -> d
     (sum of the group sizes, d) in chunks as long as the largest group.
 
     Each block's read task keeps only the groups' rows of it, so the shuffle holds the rows it moves, not the blocks
-    they are in. Its input chunks are made at least as long as the largest group: dask's shuffle sizes its index dtype by
-    its input chunks and wraps it for a longer group (dask/dask#12590, open).
+    they are in. Its input chunks are made at least as long as the largest group: dask's shuffle sizes its index
+    dtype by its input chunks and wraps it for a longer group (dask/dask#12590, open).
     """
     picked = np.sort(np.concatenate(groups))
     largest = max(max(int(g.size) for g in groups), 1)
