@@ -129,6 +129,24 @@ def _set(path, value):
     return edit
 
 
+def _refuse_unpickling_in_this_thread(monkeypatch) -> None:
+    """Make ``pickle.load`` and ``pickle.loads`` fail the test when this thread calls them. Other threads (the
+    session cluster's event loop and workers) keep the real ones: a failing stand-in there would break the cluster,
+    not this test."""
+    import threading
+
+    me = threading.get_ident()
+    for name in ("load", "loads"):
+        real = getattr(pickle, name)
+
+        def refused(*args, _real=real, **kwargs):
+            if threading.get_ident() == me:
+                pytest.fail("pickle used while loading")
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(pickle, name, refused)
+
+
 def test_bad_files_are_refused(fitted, tmp_path, monkeypatch):
     _, reg, _ = fitted
     good = reg.save(tmp_path / "good.rfm")
@@ -148,8 +166,7 @@ def test_bad_files_are_refused(fitted, tmp_path, monkeypatch):
         # the L1 kernel with the full M of this model: the L1 kernel is defined for a diagonal M only
         _rewrite(good, tmp_path / "l1.rfm", _set(["state", "params", "kernel"], "l1_laplace")).name: "not a valid",
     }
-    for name in ("load", "loads"):  # numpy would unpickle an object array with pickle.load
-        monkeypatch.setattr(pickle, name, lambda *a, **k: pytest.fail("pickle used while loading"))
+    _refuse_unpickling_in_this_thread(monkeypatch)  # numpy would unpickle an object array with pickle.load
     for name, message in cases.items():
         with pytest.raises(ModelFileError, match=message):
             rfm_dask.load(tmp_path / name)
@@ -172,8 +189,7 @@ def test_pickled_array_is_refused(fitted, tmp_path, monkeypatch):
         meta["arrays"]["coef"] = {"shape": [1], "dtype": "|O", "sha256": hashlib.sha256(evil).hexdigest()}
 
     path = _rewrite(good, tmp_path / "evil.rfm", edit, edit_array=lambda _: evil)
-    for name in ("load", "loads"):
-        monkeypatch.setattr(pickle, name, lambda *a, **k: pytest.fail("pickle used while loading"))
+    _refuse_unpickling_in_this_thread(monkeypatch)
     with pytest.raises(ModelFileError, match="without pickle"):
         rfm_dask.load(path)
 
