@@ -10,6 +10,7 @@ from typing import Callable
 
 import numpy as np
 
+from rfm_dask.core.duplicates import Duplicates
 from rfm_dask.core.feature_matrix import agop_feature_matrix, fact_feature_matrix, matrix_sqrt
 from rfm_dask.core.kernel_spec import KernelSpec
 from rfm_dask.core.metrics import regression_metrics, validation_quality
@@ -70,9 +71,14 @@ def untuned(settings: RFMSettings) -> RFMSettings:
 
 def _next_feature_matrix(
     passes: KernelOperator, train: Rows, Z: np.ndarray, sol: Solution, sample: np.ndarray, settings: RFMSettings,
-    scale: np.ndarray,
+    scale: np.ndarray, duplicates: Duplicates | None = None,
 ) -> np.ndarray:
     """The next M from the fitted predictor, at the sorted sampled training rows ``sample``.
+
+    With ``duplicates`` the training rows are the distinct rows of its n rows and ``sample`` indexes those n: the
+    AGOP is taken at the sampled rows' distinct rows, each as often as sampled (the same sum); FACT, whose weights
+    are the dual coefficients, at every distinct row once (a distinct row's coefficient is the sum of its rows', and
+    ``local.fit_local`` collapses rows for FACT only where every row is sampled).
 
     Z (n, c) are the scaled targets the solve saw and ``scale`` (c,) the target scale: the update is that of the
     predictor mapped back to the targets' scale, whose coefficients are coef * scale (the offset has no gradient).
@@ -81,12 +87,17 @@ def _next_feature_matrix(
     exact solve (a positive factor, removed by the normalisation).
     """
     beta = sol.coef * scale
+    count = sample.size
     if settings.feature_update == "agop":
-        outer, grad_sum = passes.agop_sums(train, sample, beta, settings.diag)
-        return agop_feature_matrix(outer, grad_sum, sample.size, settings.agop_power, settings.centre_agop)
+        at = sample if duplicates is None else np.sort(duplicates.inverse[sample])
+        outer, grad_sum = passes.agop_sums(train, at, beta, settings.diag)
+        return agop_feature_matrix(outer, grad_sum, count, settings.agop_power, settings.centre_agop)
     residual = sol.solver == "nystrom"
+    if duplicates is not None:
+        assert count == duplicates.n_rows and not residual, "FACT on collapsed rows needs every row sampled"
+        sample = np.arange(train.n)
     U = (Z[sample] if residual else sol.coef[sample]) * scale
-    return fact_feature_matrix(passes.fact_sums(train, sample, U, residual, beta, settings.diag), sample.size)
+    return fact_feature_matrix(passes.fact_sums(train, sample, U, residual, beta, settings.diag), count)
 
 
 def _checked_initial_M(M: np.ndarray, d: int, settings: RFMSettings) -> np.ndarray:
@@ -143,6 +154,7 @@ def run_rfm(
     scaling: TargetScaling | None = None,
     weights: np.ndarray | None = None,
     initial_M: np.ndarray | None = None,
+    duplicates: Duplicates | None = None,
 ) -> FitResult:
     """Fit an RFM on the rows ``train`` with targets Y (n, c); select the best iteration on ``val`` if given.
 
@@ -153,6 +165,12 @@ def run_rfm(
     mapped back to the targets' scale with Y_val (n_val, c), and the feature updates are those of that predictor.
     ``weights`` (n,): sample weights of the training rows, for the weighted ridge (K + reg W^-1) alpha = Y (direct
     and cg solvers only); the validation metrics and the rows sampled for the feature update are unweighted.
+
+    ``duplicates``: ``train`` holds the distinct rows of n rows (``core.duplicates``), whose targets Y (n, c) and
+    weights (n,) are given: the solves run on the distinct rows, weighted by the summed weights of their rows, with
+    their rows' weighted mean targets, and the samples (feature update, bandwidth scale, tuning rows) are drawn
+    from the n rows as without ``duplicates``, so the fit is that of the n rows (to rounding) at the cost of the
+    distinct ones. Not with the nystrom solver.
 
     Iteration 0 uses M = I (the lazy kernel), or ``initial_M`` ((d, d), or (d,) with ``settings.diag``); iteration t > 0 uses the M learned from iteration t - 1's predictor.
     Without validation rows the last iteration is kept, and a tuned bandwidth or ridge is not tuned: the values the
@@ -170,15 +188,17 @@ def run_rfm(
         settings = untuned(settings)
     d = train.n_features
     solver = choose_solver(settings.solver, train.n, settings.options, engine.worker_memory())
-    check_weights_supported(solver, weights)
-    n_sample = min(train.n, settings.agop_samples)
-    shift = engine.column_means(train)
+    n_rows = train.n if duplicates is None else duplicates.n_rows
+    n_sample = min(n_rows, settings.agop_samples)
+    shift = engine.column_means(train if duplicates is None else engine.take_rows(train, duplicates.inverse))
     scaling = TargetScaling.identity(Y.shape[1]) if scaling is None else scaling
     Z = scaling.transform(Y)
+    Z_solve, w_solve = (Z, weights) if duplicates is None else duplicates.collapse(np.arange(n_rows), Z, weights)[1:]
+    check_weights_supported(solver, w_solve)
     key = None if checkpoint is None else fingerprint(
-        settings, {"rng": rng.bit_generator.state, "n": train.n},
+        settings, {"rng": rng.bit_generator.state, "n": n_rows},
         [Z, engine.rows_digest(train)] + ([] if val is None else [engine.rows_digest(val), Y_val])
-        + ([] if weights is None else [weights]))
+        + ([] if weights is None else [weights]) + ([] if duplicates is None else [duplicates.inverse]))
     saved = load_checkpoint(checkpoint, key) if checkpoint is not None and resume else None
     M = (np.ones(d) if settings.diag else np.eye(d)) if initial_M is None else _checked_initial_M(initial_M, d, settings)
     centre_rows = None
@@ -210,12 +230,12 @@ def run_rfm(
         if tune:
             choice = search_hyperparameters(
                 engine, train, Z, val, validation_quality_of, matrix_sqrt(M), shift, settings.spec, settings.reg,
-                settings.tune_bandwidth, settings.tune_reg, solver, rng, weights,
+                settings.tune_bandwidth, settings.tune_reg, solver, rng, weights, duplicates,
             )
             spec, reg, sol = choice.spec, choice.reg, choice.solution
         passes = engine.operator(centres, matrix_sqrt(M), shift, spec)
         if sol is None:
-            sol = solve_krr(passes, train, Z, reg, solver, settings.tol, rng, settings.options, weights)
+            sol = solve_krr(passes, train, Z_solve, reg, solver, settings.tol, rng, settings.options, w_solve)
         record = {"iteration": t, "bandwidth": spec.bandwidth, "reg": reg, "solver": sol.solver,
                   "cg_iterations": sol.iterations, "residual": sol.residual}
         if val is not None:
@@ -230,8 +250,8 @@ def run_rfm(
             stale += 1
         stop = t == settings.iters or (settings.patience is not None and stale >= settings.patience)
         if not stop:
-            sample = np.arange(train.n) if n_sample == train.n else rng.choice(train.n, n_sample, replace=False)
-            M = _next_feature_matrix(passes, train, Z, sol, np.sort(sample), settings, scaling.scale)
+            sample = np.arange(n_rows) if n_sample == n_rows else rng.choice(n_rows, n_sample, replace=False)
+            M = _next_feature_matrix(passes, train, Z, sol, np.sort(sample), settings, scaling.scale, duplicates)
         record["seconds"] = time.perf_counter() - start
         history.append(record)
         fields = " ".join(f"{k}={format_cell(v)}" for k, v in record.items() if k != "iteration")

@@ -32,6 +32,7 @@ import numpy as np
 from scipy.spatial.distance import pdist
 
 from rfm_dask.core import kernels as kn
+from rfm_dask.core.duplicates import Duplicates
 from rfm_dask.kernel_operator import Engine, Rows
 from rfm_dask.solvers.dispatch import Solution
 
@@ -61,11 +62,16 @@ class Choice:
 
 
 def median_distance(
-    engine: Engine, rows: Rows, S: np.ndarray, shift: np.ndarray, rng: np.random.Generator, sample: int
+    engine: Engine, rows: Rows, S: np.ndarray, shift: np.ndarray, rng: np.random.Generator, sample: int,
+    duplicates: Duplicates | None = None,
 ) -> float:
     """Median of the pairwise distances ||x - z||_M = ||S (x - z)|| among ``sample`` seeded rows (float64); 1 when
-    they are all equal. S is M^(1/2), (d, d) or (d,)."""
-    index = np.sort(rng.choice(rows.n, min(rows.n, sample), replace=False))
+    they are all equal. S is M^(1/2), (d, d) or (d,). With ``duplicates`` (``rows`` are the distinct rows of its
+    n rows) the rows are drawn from the n rows, duplicates included."""
+    n = rows.n if duplicates is None else duplicates.n_rows
+    index = np.sort(rng.choice(n, min(n, sample), replace=False))
+    if duplicates is not None:
+        index = duplicates.inverse[index]
     Xs = engine.fetch_rows(engine.take_rows(rows, index)).astype(np.float64)
     distances = pdist(kn.transform(np, Xs, S, shift))
     median = float(np.median(distances)) if distances.size else 0.0
@@ -98,6 +104,7 @@ def search_hyperparameters(
     solver: str,
     rng: np.random.Generator,
     weights: np.ndarray | None = None,
+    duplicates: Duplicates | None = None,
 ) -> Choice:
     """The (bandwidth, reg) pair whose exact solution on the search rows scores best on ``val`` (ties: the first
     in grid order, smaller bandwidth, then smaller ridge), if it consistently beats the untuned pair (see the module
@@ -106,19 +113,25 @@ def search_hyperparameters(
     Z (n, c): the scaled training targets; ``spec`` and ``reg``: the kernel and ridge, the untuned candidate;
     ``tune_bandwidth``: also search the bandwidths of ``BANDWIDTH_FACTORS``; ``tune_reg``: also search ``REG_GRID``;
     ``solver``: the fit's resolved solver; ``weights`` (n,): the training rows' sample weights (the search solves the
-    weighted ridge on the search rows), or None.
+    weighted ridge on the search rows), or None. With ``duplicates`` (``train`` holds the distinct rows of its n
+    rows, see ``rfm_loop.run_rfm``) Z and ``weights`` are those of the n rows: the search rows are drawn from the n
+    rows and solved as their weighted distinct rows.
     """
     regs = (REG_GRID if reg in REG_GRID else REG_GRID + (reg,)) if tune_reg else (reg,)
     specs = [spec]
     if tune_bandwidth:
-        scale = median_distance(engine, train, S, shift, rng, engine.options.tune_scale_rows)
+        scale = median_distance(engine, train, S, shift, rng, engine.options.tune_scale_rows, duplicates)
         specs += [replace(spec, bandwidth=factor * scale) for factor in BANDWIDTH_FACTORS]
     limit = engine.options.tune_rows
-    full = solver == "direct" and train.n <= limit
-    if full:
+    n_rows = train.n if duplicates is None else duplicates.n_rows
+    full = solver == "direct" and n_rows <= limit
+    index = np.arange(n_rows) if full else np.sort(rng.choice(n_rows, min(n_rows, limit), replace=False))
+    if duplicates is not None:
+        distinct, Zs, ws = duplicates.collapse(index, Z, weights)
+        rows = train if full else engine.take_rows(train, distinct)
+    elif full:
         rows, Zs, ws = train, Z, weights
     else:
-        index = np.sort(rng.choice(train.n, min(train.n, limit), replace=False))
         rows, Zs, ws = engine.take_rows(train, index), Z[index], None if weights is None else weights[index]
     n, c = Zs.shape
     best: tuple | None = None

@@ -2,7 +2,8 @@
 atomically after the tree is grown and after each leaf, so a killed fit resumes with its finished leaves kept.
 
 The file is a ``rfm_dask.files.checkpoint`` archive (see ``rfm_dask.files.checkpoint``: arrays + JSON, no pickle, a fingerprint
-of the fit). A finished leaf is stored without its centres: they are its training rows, fetched again on resume.
+of the fit). A finished leaf is stored without its centres: they are its training rows (or their distinct rows, where the
+leaf solved on those, see ``local.fit_local``), fetched again on resume.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ import numpy as np
 from distributed import Client
 
 from rfm_dask.core.backend import identity
+from rfm_dask.core.duplicates import Duplicates
 from rfm_dask.core.metrics import regression_metrics
 from rfm_dask.core.targets import TargetScaling
 from rfm_dask.files.checkpoint import fingerprint, load_checkpoint
@@ -239,8 +240,9 @@ def fit_tree(
     else:
         seed, tree, heaps, leaf_of_row, parent_Ms, done = restore_tree_checkpoint(*saved, settings.spec)
         leaves = [_Node(h, np.flatnonzero(leaf_of_row == j), M) for j, (h, M) in enumerate(zip(heaps, parent_Ms))]
-        for k in done:  # a finished leaf's centres are its training rows
-            done[k].centres = fetch_rows(client, take_rows(client, train, leaves[k % len(leaves)].rows))
+        for k in done:  # a finished leaf's centres: its training rows, or their distinct rows (``local.fit_local``)
+            rows = fetch_rows(client, take_rows(client, train, leaves[k % len(leaves)].rows))
+            done[k].centres = rows if len(done[k].coef) == len(rows) else rows[Duplicates.of(rows).first]
         logger.info("resuming a tree from %s with %d of %d leaves fitted", checkpoint, len(done), len(leaves))
 
     def save(done: dict[int, FitResult]) -> None:
