@@ -226,7 +226,7 @@ class _RFMBase(BaseEstimator):
         is saved with it, so the loaded model can read raw Parquet columns. ``client``, ``checkpoint`` and ``resume``
         say how a fit runs, not what it learned: they are not saved, and the loaded model has their defaults.
         A tree's file (model format 2) holds its splits and every leaf's predictor, whose centres are the leaf's
-        training rows: the file is about the size of the training data (float32).
+        (distinct) training rows: the file is at most about the size of the training data (float32).
         """
         check_is_fitted(self, "model_")
         state, arrays = fitted_state(self)
