@@ -23,9 +23,9 @@ from rfm_dask.parallel.cluster import resolve_client
 from rfm_dask.parallel.cluster_engine import ClusterEngine
 from rfm_dask.parallel.inputs import check_dask_features, is_dask, to_host_targets
 from rfm_dask.parallel.placement import check_weights, fit_rows
-from rfm_dask.parallel.row_blocks import RowBlocks
+from rfm_dask.parallel.row_blocks import RowBlocks, take_rows
 from rfm_dask.parameters import PARAMETER_CONSTRAINTS, RUN_PARAMS, rfm_settings
-from rfm_dask.rfm_loop import RFMSettings, run_rfm
+from rfm_dask.rfm_loop import RFMSettings, collapsible_duplicates, run_rfm
 from rfm_dask.tree.fit import TreeFit, fit_tree
 from rfm_dask.tree.settings import TreeSettings, check_leaf_init, resolve_leaf_size
 from rfm_dask.tree.structure import Tree
@@ -163,7 +163,8 @@ class _RFMBase(BaseEstimator):
             X_val, y_val = self._check_xy(X_val, y_val, reset=False)
         client = resolve_client(self.client)
         Y_val = None if X_val is None else self._encode(y_val, fitting=False)
-        train, Y, val, Y_val, weights = fit_rows(client, X, Y, X_val, Y_val, weights, self.validation_fraction, rng)
+        train, Y, val, Y_val, weights, kept = fit_rows(client, X, Y, X_val, Y_val, weights, self.validation_fraction,
+                                                       rng)
         if weights is not None and not weights.sum() > 0:
             raise ValueError("sample_weight is zero on every training row")
         leaf_size = resolve_leaf_size(self.leaf_size)
@@ -174,8 +175,13 @@ class _RFMBase(BaseEstimator):
                                     metrics, weights, self.checkpoint, bool(self.resume)))
         else:
             scaling = self._target_scaling(Y, weights)
-            result = run_rfm(ClusterEngine(client, settings.options), train, Y, settings, rng, val, Y_val, metrics,
-                             self.checkpoint, bool(self.resume), scaling, weights)
+            engine = ClusterEngine(client, settings.options)
+            # rows held here (not a dask collection) are solved as their distinct rows where they repeat
+            duplicates = None if is_dask(X) else collapsible_duplicates(X[kept], settings, engine.worker_memory())
+            if duplicates is not None:
+                train = take_rows(client, train, duplicates.first)
+            result = run_rfm(engine, train, Y, settings, rng, val, Y_val, metrics, self.checkpoint, bool(self.resume),
+                             scaling, weights, duplicates=duplicates)
             self._set_model(
                 KernelModel(result.centres, result.coef, result.feature_matrix, result.spec, result.shift, scaling),
                 result.reg,

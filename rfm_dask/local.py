@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 
 from rfm_dask.core.backend import like, namespace_of, to_host
-from rfm_dask.core.duplicates import Duplicates
 from rfm_dask.core.kernel_spec import KernelSpec
 from rfm_dask.core.metrics import regression_metrics
 from rfm_dask.core.targets import TargetScaling
@@ -22,12 +21,7 @@ from rfm_dask.options import SolverOptions
 from rfm_dask.parallel import tasks as wt
 from rfm_dask.parallel.row_blocks import column_stats, mean_of_stats
 from rfm_dask.parallel.scheduling import block_digest
-from rfm_dask.rfm_loop import FitResult, Metrics, RFMSettings, run_rfm
-from rfm_dask.solvers.dispatch import choose_solver
-
-#: ``fit_local`` solves on the distinct rows when there are at most this share of the rows (a tenth fewer rows
-#: saves 27% of an exact solve's O(n^3), more than collapsing them costs).
-COLLAPSE_BELOW = 0.9
+from rfm_dask.rfm_loop import FitResult, Metrics, RFMSettings, collapsible_duplicates, run_rfm
 
 
 @dataclass(frozen=True)
@@ -175,26 +169,14 @@ def fit_local(
     FitResult
         Its ``centres`` are X as NumPy (n, d), or X's distinct rows (m, d) where they are collapsed.
 
-    Rows with duplicates are solved as weighted distinct rows (``core.duplicates``), the same fit (to rounding) at
-    the cost of the distinct rows, where those are at most ``COLLAPSE_BELOW`` of the rows and the solver is exact
-    (not nystrom) and, for FACT, every row is sampled for the feature update.
+    Rows with duplicates are solved as weighted distinct rows where ``rfm_loop.collapsible_duplicates`` says so:
+    the same fit (to rounding) at the cost of the distinct rows.
     """
     engine = LocalEngine(settings.options, worker_memory)
     val = None if X_val is None else LocalRows(X_val)
-    duplicates = _worth_collapsing(X, settings, worker_memory)
+    duplicates = collapsible_duplicates(to_host(X), settings, worker_memory)
     if duplicates is not None:
         X = X[like(namespace_of(X), duplicates.first)]
     return run_rfm(engine, LocalRows(X), Y, settings, rng, val, Y_val, metrics, scaling=scaling, weights=weights,
                    initial_M=initial_M, duplicates=duplicates)
 
-
-def _worth_collapsing(X: Any, settings: RFMSettings, worker_memory: int) -> Duplicates | None:
-    """X's (n, d) duplicates where ``fit_local`` solves on its distinct rows (see there), else None."""
-    n = X.shape[0]
-    if settings.feature_update == "fact" and n > settings.agop_samples:
-        return None
-    duplicates = Duplicates.of(to_host(X))
-    m = duplicates.n_distinct
-    if m > COLLAPSE_BELOW * n or choose_solver(settings.solver, m, settings.options, worker_memory) == "nystrom":
-        return None
-    return duplicates

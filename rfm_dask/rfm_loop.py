@@ -61,6 +61,25 @@ class RFMSettings:
 
 FEATURE_UPDATES = ("agop", "fact")
 
+#: Training rows with duplicates are solved as weighted distinct rows (``core.duplicates``) where at most this share
+#: of them is distinct: a tenth fewer rows saves 27% of an exact solve's O(n^3), more than collapsing them costs.
+COLLAPSE_BELOW = 0.9
+
+
+def collapsible_duplicates(X: np.ndarray, settings: RFMSettings, worker_memory: int = 0) -> Duplicates | None:
+    """The duplicates of the training rows X (n, d), NumPy, where ``run_rfm`` is to solve on their distinct rows
+    (its ``duplicates``), else None: where at most ``COLLAPSE_BELOW`` of the rows are distinct, the solver chosen
+    for the distinct rows is exact (not nystrom, which takes no weights), and, for FACT, every row is sampled for the
+    feature update. ``worker_memory``: as for ``solvers.dispatch.choose_solver``."""
+    n = X.shape[0]
+    if settings.feature_update == "fact" and n > settings.agop_samples:
+        return None
+    duplicates = Duplicates.of(X)
+    m = duplicates.n_distinct
+    if m > COLLAPSE_BELOW * n or choose_solver(settings.solver, m, settings.options, worker_memory) == "nystrom":
+        return None
+    return duplicates
+
 
 def untuned(settings: RFMSettings) -> RFMSettings:
     """``settings`` without tuning: the bandwidth and ridge they hold (for ``"auto"``, the untuned values
@@ -190,7 +209,7 @@ def run_rfm(
     solver = choose_solver(settings.solver, train.n, settings.options, engine.worker_memory())
     n_rows = train.n if duplicates is None else duplicates.n_rows
     n_sample = min(n_rows, settings.agop_samples)
-    shift = engine.column_means(train if duplicates is None else engine.take_rows(train, duplicates.inverse))
+    shift = engine.column_means(train if duplicates is None else engine.take_rows(train, np.sort(duplicates.inverse)))
     scaling = TargetScaling.identity(Y.shape[1]) if scaling is None else scaling
     Z = scaling.transform(Y)
     Z_solve, w_solve = (Z, weights) if duplicates is None else duplicates.collapse(np.arange(n_rows), Z, weights)[1:]

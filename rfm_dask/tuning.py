@@ -71,7 +71,7 @@ def median_distance(
     n = rows.n if duplicates is None else duplicates.n_rows
     index = np.sort(rng.choice(n, min(n, sample), replace=False))
     if duplicates is not None:
-        index = duplicates.inverse[index]
+        index = np.sort(duplicates.inverse[index])
     Xs = engine.fetch_rows(engine.take_rows(rows, index)).astype(np.float64)
     distances = pdist(kn.transform(np, Xs, S, shift))
     median = float(np.median(distances)) if distances.size else 0.0

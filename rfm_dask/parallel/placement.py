@@ -42,17 +42,19 @@ def check_weights(sample_weight: Any, n: int) -> np.ndarray:
 def fit_rows(
     client: Client, X: Any, Y: np.ndarray, X_val: Any, Y_val: np.ndarray | None, weights: np.ndarray | None,
     fraction: float, rng: np.random.Generator,
-) -> tuple[RowBlocks, np.ndarray, RowBlocks | None, np.ndarray | None, np.ndarray | None]:
+) -> tuple[RowBlocks, np.ndarray, RowBlocks | None, np.ndarray | None, np.ndarray | None, np.ndarray]:
     """The training and validation rows of a fit on the cluster: X (n, d) and targets Y (n, c); the given
     validation rows, or a seeded ``fraction`` of X's rows split off (none when too few). Returns (train, Y_train,
-    val, Y_val, the training rows' weights)."""
+    val, Y_val, the training rows' weights, the training rows' indices in X (n_train,) int64, increasing)."""
     train = place(client, X)
+    everything = np.arange(Y.shape[0])
     if X_val is not None:
-        return train, Y, place(client, X_val), Y_val, weights
+        return train, Y, place(client, X_val), Y_val, weights, everything
     val_rows = validation_rows(Y.shape[0], fraction, rng)
     if val_rows is None:
-        return train, Y, None, None, weights
+        return train, Y, None, None, weights, everything
     is_val = np.zeros(Y.shape[0], dtype=bool)
     is_val[val_rows] = True
-    train, val = take_rows(client, train, np.flatnonzero(~is_val)), take_rows(client, train, val_rows)
-    return train, Y[~is_val], val, Y[is_val], None if weights is None else weights[~is_val]
+    kept = np.flatnonzero(~is_val)
+    train, val = take_rows(client, train, kept), take_rows(client, train, val_rows)
+    return train, Y[~is_val], val, Y[is_val], None if weights is None else weights[~is_val], kept
