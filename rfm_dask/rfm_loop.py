@@ -68,15 +68,25 @@ COLLAPSE_BELOW = 0.9
 
 def collapsible_duplicates(X: np.ndarray, settings: RFMSettings, worker_memory: int = 0) -> Duplicates | None:
     """The duplicates of the training rows X (n, d), NumPy, where ``run_rfm`` is to solve on their distinct rows
-    (its ``duplicates``), else None: where at most ``COLLAPSE_BELOW`` of the rows are distinct, the solver chosen
-    for the distinct rows is exact (not nystrom, which takes no weights), and, for FACT, every row is sampled for the
-    feature update. ``worker_memory``: as for ``solvers.dispatch.choose_solver``."""
+    (its ``duplicates``), else None. Where:
+
+    - at most ``COLLAPSE_BELOW`` of the rows are distinct;
+    - the solver chosen for the m distinct rows is exact (not nystrom, which takes no weights), and costs no more
+      than the one the n rows would get: exact as well, or, where the n rows would get nystrom, m at most its
+      ``n_centers`` (an exact solve on CPS1988's 5 601 distinct rows of 19 004 took longer than Nystrom's 2 000
+      centres, at the same test R^2; BENCHMARKS.md, "Duplicate rows");
+    - for FACT, every row is sampled for the feature update.
+
+    ``worker_memory``: as for ``solvers.dispatch.choose_solver``.
+    """
     n = X.shape[0]
     if settings.feature_update == "fact" and n > settings.agop_samples:
         return None
     duplicates = Duplicates.of(X)
     m = duplicates.n_distinct
     if m > COLLAPSE_BELOW * n or choose_solver(settings.solver, m, settings.options, worker_memory) == "nystrom":
+        return None
+    if choose_solver(settings.solver, n, settings.options, worker_memory) == "nystrom" and m > settings.n_centers:
         return None
     return duplicates
 

@@ -196,3 +196,15 @@ def test_estimator_collapses_rows_held_in_memory(client, monkeypatch, estimator)
     monkeypatch.undo()
     lazy = make().fit(da.from_array(X, chunks=100), y)
     assert lazy.model_.centres.shape[0] == 360
+
+
+def test_rows_for_nystrom_are_collapsed_only_onto_at_most_its_centres():
+    """Rows the Nystrom solver would take are collapsed only where the exact solve on the distinct rows costs no
+    more: at most ``n_centers`` of them."""
+    settings = _settings({**_params("laplace"), "solver": "auto", "n_centers": 30})
+    settings = replace(settings, options=replace(settings.options, direct_max_rows=50, cg_max_rows=100))
+    for n_distinct, collapsed in ((25, True), (40, False)):
+        X, _, _ = _rows_with_duplicates(9, n_distinct, 300)
+        assert (rfm_loop.collapsible_duplicates(X, settings) is not None) is collapsed, n_distinct
+    X, _, _ = _rows_with_duplicates(9, 40, 90)  # 90 rows: cg, exact, so more distinct rows than centres are collapsed
+    assert rfm_loop.collapsible_duplicates(X, settings).n_distinct > 30
