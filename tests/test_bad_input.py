@@ -165,8 +165,12 @@ def _numerical_cases() -> dict:
     rng = np.random.default_rng(4)
     X = rng.normal(size=(200, 3)).astype(np.float32)
     y = X[:, 0] - X[:, 1]
-    twice = np.repeat(X[:100], 2, axis=0)  # duplicate rows with different targets, reg=0: K is singular and
-    noisy = np.repeat(y[:100], 2) + rng.normal(size=200)  # the system inconsistent
+    # pairs of rows one float32 step apart with different targets, reg=0: their kernel entries round to the same
+    # float32 values, so K is singular and the system inconsistent (exactly equal rows would be solved as one
+    # weighted row, ``core.duplicates``: a consistent system)
+    twice = np.repeat(X[:100], 2, axis=0)
+    twice[1::2] = np.nextafter(twice[1::2], np.float32(np.inf))
+    noisy = np.repeat(y[:100], 2) + rng.normal(size=200)
     too_large = "Input X is too large in magnitude"
     return {
         "X at 1e30": (X * np.float32(1e30), y, {}, ValueError, too_large),
