@@ -179,4 +179,3 @@ def fit_local(
         X = X[like(namespace_of(X), duplicates.first)]
     return run_rfm(engine, LocalRows(X), Y, settings, rng, val, Y_val, metrics, scaling=scaling, weights=weights,
                    initial_M=initial_M, duplicates=duplicates)
-

@@ -107,7 +107,7 @@ def _next_feature_matrix(
     With ``duplicates`` the training rows are the distinct rows of its n rows and ``sample`` indexes those n: the
     AGOP is taken at the sampled rows' distinct rows, each as often as sampled (the same sum); FACT, whose weights
     are the dual coefficients, at every distinct row once (a distinct row's coefficient is the sum of its rows', and
-    ``local.fit_local`` collapses rows for FACT only where every row is sampled).
+    ``collapsible_duplicates`` collapses rows for FACT only where every row is sampled).
 
     Z (n, c) are the scaled targets the solve saw and ``scale`` (c,) the target scale: the update is that of the
     predictor mapped back to the targets' scale, whose coefficients are coef * scale (the offset has no gradient).
