@@ -39,6 +39,7 @@ def test_distinct_rows_in_order_of_first_appearance():
     np.testing.assert_array_equal(dup.inverse, [0, 1, 0, 2, 1, 3])
     np.testing.assert_array_equal(X[dup.first][dup.inverse], X)
     assert (dup.n_rows, dup.n_distinct) == (6, 4)
+    np.testing.assert_array_equal(dup.counts, [2, 2, 1, 1])
 
 
 def test_collapse_gives_summed_weights_and_weighted_mean_targets():

@@ -42,6 +42,11 @@ class Duplicates:
     def n_distinct(self) -> int:
         return int(self.first.size)
 
+    @property
+    def counts(self) -> np.ndarray:
+        """(m,) int64: the number of rows of each distinct row."""
+        return np.bincount(self.inverse, minlength=self.n_distinct)
+
     def collapse(
         self, index: np.ndarray, Z: np.ndarray, weights: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
