@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import faulthandler
+import os
+
 import dask
 import pytest
 from distributed import Client, LocalCluster
@@ -32,8 +35,13 @@ def _close_shared_local_cluster():
     close_local_client()
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_configure(config):
     config.addinivalue_line("markers", "shipped_device: leaves rfm.device at its shipped default (no forced cpu)")
+    # A crash in native code prints the crashing thread's stack only. pytest's default prints every thread, and the
+    # session cluster's idle threads then fill the tail of a CI log and hide the one that crashed. (Output capture is
+    # suspended while plugins configure, so descriptor 2 is the terminal's stderr here.)
+    faulthandler.enable(file=os.dup(2), all_threads=False)
 
 
 @pytest.fixture(autouse=True)

@@ -34,9 +34,12 @@ def _malloc_trim() -> Callable[[int], int] | None:
     """glibc's ``malloc_trim``, or None where the C library has none."""
     name = ctypes.util.find_library("c")
     try:
-        return getattr(ctypes.CDLL(name), "malloc_trim") if name else None
+        trim = getattr(ctypes.CDLL(name), "malloc_trim") if name else None
     except (OSError, AttributeError):
         return None
+    if trim is not None:  # int malloc_trim(size_t pad): declared, so ctypes passes a full-width size_t
+        trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
 
 
 def release_freed_memory(min_interval: float = MIN_INTERVAL_S) -> bool:
