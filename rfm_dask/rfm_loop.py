@@ -219,8 +219,9 @@ def run_rfm(
     solver = choose_solver(settings.solver, train.n, settings.options, engine.worker_memory())
     n_rows = train.n if duplicates is None else duplicates.n_rows
     n_sample = min(n_rows, settings.agop_samples)
-    shift = engine.column_means(train)
-    if duplicates is not None:  # the mean of all n rows (FACT depends on it): the distinct rows weighted by their counts
+    if duplicates is None:
+        shift = engine.column_means(train)
+    else:  # the mean of all n rows (FACT depends on it): the distinct rows weighted by their counts
         shift = duplicates.counts @ engine.fetch_rows(train).astype(np.float64) / n_rows
     scaling = TargetScaling.identity(Y.shape[1]) if scaling is None else scaling
     Z = scaling.transform(Y)
