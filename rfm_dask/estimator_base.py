@@ -49,7 +49,7 @@ class _RFMBase(BaseEstimator):
         iters: int = 5,
         diag: bool = False,
         agop_power: float = 1.0,
-        centre_agop: bool = False,
+        centre_agop: bool | str = "auto",
         feature_update: str = "agop",
         solver: str = "auto",
         tol: float = 1e-6,

@@ -52,8 +52,10 @@ PARAMETERS_DOC = """
         Learn a diagonal M (d values) instead of a full (d, d) one.
     agop_power : float, default=1.0
         M is the AGOP to this power (1 or 1/2).
-    centre_agop : bool, default=False
-        Centre the gradients before their outer products.
+    centre_agop : bool or "auto", default="auto"
+        Centre the gradients before their outer products (AGOP only). "auto" centres them only if the first,
+        uncentred update scores below the lazy kernel (iteration 0) on the validation rows: iteration 1 is then
+        solved again under the centred AGOP, as are all later updates (``centred_agop`` in ``history_``).
     feature_update : {"agop", "fact"}, default="agop"
         The average gradient outer product, or the Features at Convergence Theorem matrix F with
         ``M = (F F^T)^(1/2)``.
@@ -160,7 +162,7 @@ PARAMETER_CONSTRAINTS: dict = {
     "iters": [Range(Integral, 0, None, closed="left")],
     "diag": ["boolean"],
     "agop_power": [Range(Real, 0, None, closed="neither")],
-    "centre_agop": ["boolean"],
+    "centre_agop": ["boolean", StrOptions({"auto"})],
     "feature_update": [StrOptions(set(FEATURE_UPDATES))],
     "solver": [StrOptions(set(SOLVERS))],
     "tol": [Range(Real, 0, 1, closed="neither")],
@@ -207,7 +209,7 @@ def rfm_settings(est: Any) -> RFMSettings:
         iters=int(est.iters),
         diag=bool(est.diag) or est.kernel == "l1_laplace",  # the L1 kernel is defined for a diagonal M
         agop_power=float(est.agop_power),
-        centre_agop=bool(est.centre_agop),
+        centre_agop=est.centre_agop if is_auto(est.centre_agop) else bool(est.centre_agop),
         solver=est.solver,
         tol=float(est.tol),
         agop_samples=int(samples),

@@ -37,7 +37,8 @@ class RFMSettings:
     ``tuning``); the bandwidth of ``spec`` (``reg``) is then the untuned value: the candidate kept unless another
     one gains consistently, and the value used when there are no validation rows (see ``untuned``). ``scoring``:
     the validation metric that ranks iterations and tuning candidates (``core.metrics.validation_quality``; None:
-    accuracy for a classifier, MSE for a regressor). ``options``: how the solves run, read from dask.config when the
+    accuracy for a classifier, MSE for a regressor). ``centre_agop``: True, False or "auto" (see ``run_rfm``).
+    ``options``: how the solves run, read from dask.config when the
     settings are made (on the client), so a loop running in a worker task uses the client's values.
     """
 
@@ -46,7 +47,7 @@ class RFMSettings:
     iters: int = 5
     diag: bool = False
     agop_power: float = 1.0
-    centre_agop: bool = False
+    centre_agop: bool | str = False
     solver: str = "auto"
     tol: float = 1e-6
     agop_samples: int = 20000
@@ -100,9 +101,10 @@ def untuned(settings: RFMSettings) -> RFMSettings:
 
 def _next_feature_matrix(
     passes: KernelOperator, train: Rows, Z: np.ndarray, sol: Solution, sample: np.ndarray, settings: RFMSettings,
-    scale: np.ndarray, duplicates: Duplicates | None = None,
-) -> np.ndarray:
-    """The next M from the fitted predictor, at the sorted sampled training rows ``sample``.
+    scale: np.ndarray, duplicates: Duplicates | None = None, centre: tuple[bool, ...] = (False,),
+) -> list[np.ndarray]:
+    """The next M from the fitted predictor, at the sorted sampled training rows ``sample``: one per value of
+    ``centre`` (the AGOP of the gradients, or of the centred gradients, from the same sums; FACT: one M).
 
     With ``duplicates`` the training rows are the distinct rows of its n rows and ``sample`` indexes those n: the
     AGOP is taken at the sampled rows' distinct rows, each as often as sampled (the same sum); FACT, whose weights
@@ -120,13 +122,13 @@ def _next_feature_matrix(
     if settings.feature_update == "agop":
         at = sample if duplicates is None else np.sort(duplicates.inverse[sample])
         outer, grad_sum = passes.agop_sums(train, at, beta, settings.diag)
-        return agop_feature_matrix(outer, grad_sum, count, settings.agop_power, settings.centre_agop)
+        return [agop_feature_matrix(outer, grad_sum, count, settings.agop_power, c) for c in centre]
     residual = sol.solver == "nystrom"
     if duplicates is not None:
         assert count == duplicates.n_rows and not residual, "FACT on collapsed rows needs every row sampled"
         sample = np.arange(train.n)
     U = (Z[sample] if residual else sol.coef[sample]) * scale
-    return fact_feature_matrix(passes.fact_sums(train, sample, U, residual, beta, settings.diag), count)
+    return [fact_feature_matrix(passes.fact_sums(train, sample, U, residual, beta, settings.diag), count)]
 
 
 def _checked_initial_M(M: np.ndarray, d: int, settings: RFMSettings) -> np.ndarray:
@@ -155,17 +157,18 @@ class FitResult:
 
 
 def _checkpoint_state(
-    t: int, M: np.ndarray, history: list[dict], best: FitResult, best_quality: tuple | None, stale: int,
-    rng: np.random.Generator, centre_rows: np.ndarray | None,
+    next_iteration: int, M: np.ndarray, history: list[dict], best: FitResult, best_quality: tuple | None, stale: int,
+    rng: np.random.Generator, centre_rows: np.ndarray | None, centred: bool, M_centred: np.ndarray | None,
 ) -> tuple[dict, dict]:
-    """(JSON state, arrays) after iteration t: everything the loop needs to go on with iteration t + 1."""
-    state = {"next_iteration": t + 1, "history": history, "best_iter": best.best_iter,
+    """(JSON state, arrays) after an iteration: everything the loop needs to go on with ``next_iteration``."""
+    state = {"next_iteration": next_iteration, "history": history, "best_iter": best.best_iter,
              "best_bandwidth": best.spec.bandwidth, "best_reg": best.reg,
              "best_quality": None if best_quality is None else list(best_quality), "stale": stale,
-             "rng": rng.bit_generator.state}
+             "rng": rng.bit_generator.state, "centred": centred}
     arrays = {"M": M, "best_M": best.feature_matrix, "best_coef": best.coef}
-    if centre_rows is not None:
-        arrays["centre_rows"] = centre_rows
+    for key, value in (("centre_rows", centre_rows), ("M_centred", M_centred)):
+        if value is not None:
+            arrays[key] = value
     return state, arrays
 
 
@@ -201,7 +204,13 @@ def run_rfm(
     from the n rows as without ``duplicates``, so the fit is that of the n rows (to rounding) at the cost of the
     distinct ones. Not with the nystrom solver.
 
-    Iteration 0 uses M = I (the lazy kernel), or ``initial_M`` ((d, d), or (d,) with ``settings.diag``); iteration t > 0 uses the M learned from iteration t - 1's predictor.
+    Iteration 0 uses M = I (the lazy kernel), or ``initial_M`` ((d, d), or (d,) with ``settings.diag``); iteration
+    t > 0 uses the M learned from iteration t - 1's predictor: the AGOP of its gradients, or of their deviations from
+    their mean with ``settings.centre_agop`` True. With "auto" the first update is uncentred, and if iteration 1
+    scores below iteration 0 on the validation rows it is solved again under the centred AGOP (from the same
+    gradients), which every later update takes too (without validation rows "auto" is uncentred); ``history``
+    then holds both tries of iteration 1, each with its ``centred_agop``.
+
     Without validation rows the last iteration is kept, and a tuned bandwidth or ridge is not tuned: the values the
     settings hold are used (``untuned``). The centres are the training rows (direct, cg) or
     ``n_centers`` rows sampled once per fit (nystrom); the feature update (AGOP or FACT) is taken at a fresh seeded
@@ -240,9 +249,12 @@ def run_rfm(
     best_quality: tuple | None = None
     history: list[dict] = []
     stale, first = 0, 0
+    auto_centre = settings.centre_agop == "auto" and settings.feature_update == "agop" and val is not None
+    centred, M_centred = settings.centre_agop is True, None
     if saved is not None:
         state, arrays = saved
         M, history, stale, first = arrays["M"], state["history"], state["stale"], state["next_iteration"]
+        centred, M_centred = state.get("centred", settings.centre_agop is True), arrays.get("M_centred")
         best = FitResult(arrays["best_M"], arrays["best_coef"], shift, state["best_iter"],
                          replace(settings.spec, bandwidth=state["best_bandwidth"]), state["best_reg"])
         best_quality = None if state["best_quality"] is None else tuple(state["best_quality"])
@@ -256,7 +268,8 @@ def run_rfm(
         """``validation_quality`` of scaled predictions F (n_val, c) on the validation rows (tuning's score)."""
         return validation_quality(metrics(scaling.inverse(F), Y_val, settings.scoring), settings.scoring)
 
-    for t in range(first, settings.iters + 1):
+    t = first
+    while t <= settings.iters:
         start = time.perf_counter()
         spec, reg, sol = settings.spec, settings.reg, None
         if tune:
@@ -270,29 +283,41 @@ def run_rfm(
             sol = solve_krr(passes, train, Z_solve, reg, solver, settings.tol, rng, settings.options, w_solve)
         record = {"iteration": t, "bandwidth": spec.bandwidth, "reg": reg, "solver": sol.solver,
                   "cg_iterations": sol.iterations, "residual": sol.residual}
+        if auto_centre:
+            record["centred_agop"] = centred
         if val is not None:
             record.update(metrics(scaling.inverse(passes.matvec(val, sol.coef)), Y_val, settings.scoring))
             quality = validation_quality(record, settings.scoring)
             improved = best_quality is None or quality > best_quality
         else:
             improved, quality = True, None
+        # centre_agop="auto": the first (uncentred) feature update scored below iteration 0, so this iteration is
+        # solved again under the centred AGOP of the same gradients, which every later update takes as well
+        retry = not improved and M_centred is not None
         if improved:
             best, best_quality, stale = FitResult(M, sol.coef, shift, t, spec, reg), quality, 0
-        else:
+        elif not retry:
             stale += 1
-        stop = t == settings.iters or (settings.patience is not None and stale >= settings.patience)
-        if not stop:
+        stop = not retry and (t == settings.iters or (settings.patience is not None and stale >= settings.patience))
+        if retry:
+            M, M_centred, centred = M_centred, None, True
+            logger.info("iteration %d: the uncentred AGOP scored below iteration 0; solving it again centred", t)
+        elif not stop:
             sample = np.arange(n_rows) if n_sample == n_rows else rng.choice(n_rows, n_sample, replace=False)
-            M = _next_feature_matrix(passes, train, Z, sol, np.sort(sample), settings, scaling.scale, duplicates)
+            centre = (centred, True) if auto_centre and t == 0 and not centred else (centred,)
+            M, *alternative = _next_feature_matrix(passes, train, Z, sol, np.sort(sample), settings, scaling.scale,
+                                                   duplicates, centre)
+            M_centred = alternative[0] if alternative else None
         record["seconds"] = time.perf_counter() - start
         history.append(record)
         fields = " ".join(f"{k}={format_cell(v)}" for k, v in record.items() if k != "iteration")
         logger.info("iteration %d: %s", t, fields, extra={"rfm_step": ("iteration", t, settings.iters)})
         if stop:
             break
+        t += 0 if retry else 1
         if checkpoint is not None:
             save_checkpoint(checkpoint, key, *_checkpoint_state(t, M, history, best, best_quality, stale, rng,
-                                                                 centre_rows))
+                                                                 centre_rows, centred, M_centred))
     assert best is not None
     best.history = history
     best.centres = engine.fetch_rows(centres)

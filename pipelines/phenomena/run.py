@@ -102,8 +102,10 @@ def select_tasks(config: dict, only: str | None) -> dict[str, dict]:
 
 
 def estimator_params(tcfg: dict, rule: str | None, run_cfg: dict) -> dict:
-    """Keyword arguments of the estimator: the task's [model] table, the rule's own table on top (lazy: iters=0)."""
-    params = {"random_state": int(run_cfg["random_state"]), **tcfg.get("model", {})}
+    """Keyword arguments of the estimator: the task's [model] table, the rule's own table on top (lazy: iters=0).
+    The AGOP is the papers' uncentred one unless a table says otherwise (the estimator's "auto" would choose on the
+    rows passed as validation rows, which are the test rows in the test-curve fit)."""
+    params = {"random_state": int(run_cfg["random_state"]), "centre_agop": False, **tcfg.get("model", {})}
     if rule is None:
         params["iters"] = 0
     else:

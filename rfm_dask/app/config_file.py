@@ -63,7 +63,10 @@ def _config_scalar(action: argparse.Action, value: Any, where: str) -> Any:
 
 def _config_value(action: argparse.Action, value: Any, where: str) -> Any:
     """A config value as the option's command-line form would give it (see ``_config_scalar``): on/off options
-    take true or false only, list options (``nargs``) a list or a single string (one item)."""
+    take true or false only (``--name[=WORD]`` options true, false or a word), list options (``nargs``) a list or
+    a single string (one item)."""
+    if isinstance(value, bool) and action.const is True and True in (action.choices or ()):  # --name[=WORD]
+        return value
     if isinstance(action, FLAG_ACTIONS):
         if not isinstance(value, bool):
             raise ConfigError(f"{where} must be true or false (unquoted), got {value!r}")
@@ -91,8 +94,10 @@ def apply_config(parser: argparse.ArgumentParser, command: str, config: dict, pa
     section = config.get(command) or {}
     if not isinstance(section, dict):
         raise ConfigError(f"config file {path}: section {command!r} must be a mapping of options")
-    actions = {action.dest: action for action in parser._actions
-               if action.option_strings and action.dest not in {"help", "config", "version"}}
+    actions: dict[str, argparse.Action] = {}
+    for action in parser._actions:  # the first option of a dest: --name before --no-name
+        if action.option_strings and action.dest not in {"help", "config", "version"}:
+            actions.setdefault(action.dest, action)
     entries = [(f"config file {path}: [{command}] {key}", str(key).replace("-", "_"), value)
                for key, value in section.items()]
     if "scheduler" in config and "scheduler" not in {dest for _, dest, _ in entries}:

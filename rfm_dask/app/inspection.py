@@ -104,8 +104,14 @@ def draw_history(ax: Any, history: list[dict], best_iter: int, title: str | None
         ax.text(0.5, 0.5, "no validation rows:\nno metric recorded", ha="center", va="center",
                 transform=ax.transAxes)
         return
-    points = [(h["iteration"], h[key]) for h in history if key in h]
+    # an iteration solved twice (centre_agop="auto") records its replaced try first: drawn apart, off the line
+    replaced = [i + 1 < len(history) and history[i + 1]["iteration"] == h["iteration"] for i, h in enumerate(history)]
+    points = [(h["iteration"], h[key]) for h, r in zip(history, replaced) if key in h and not r]
     ax.plot(*zip(*points), marker="o", color="C0", label=HISTORY_METRICS[key])
+    tries = [(h["iteration"], h[key]) for h, r in zip(history, replaced) if key in h and r]
+    if tries:
+        ax.plot(*zip(*tries), marker="o", markerfacecolor="none", color="C7", linestyle="none",
+                label="replaced: uncentred AGOP")
     best = [value for iteration, value in points if iteration == best_iter]
     if best:
         ax.axvline(best_iter, color="C3", linestyle=":", linewidth=1)

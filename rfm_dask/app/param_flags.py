@@ -3,8 +3,9 @@
 The estimator's ``__init__`` signature names the parameters and gives their defaults, its numpydoc Parameters
 section their help, and its ``_parameter_constraints`` (scikit-learn's declarative validation) how a value is spelled
 on the command line: a number as a number, a word of a ``StrOptions`` (``auto``, a solver's name) as itself, None as
-``none``, and an on/off parameter as ``--name``/``--no-name``. A parameter added to the estimator is an option of
-``rfm-dask fit`` with no edit of the command line. Values are only parsed here; the estimator checks them.
+``none``, and an on/off parameter as ``--name``/``--no-name`` (``--name=WORD`` where it also takes words). A
+parameter added to the estimator is an option of ``rfm-dask fit`` with no edit of the command line. Values are only
+parsed here; the estimator checks them.
 """
 
 from __future__ import annotations
@@ -98,7 +99,8 @@ def add_parameter_options(parser: argparse.ArgumentParser, cls: type, names: lis
     """Add an option ``--name-with-dashes`` (its ``dest`` the name) to ``parser`` for each of the parameters
     ``names`` of ``cls`` (None: all of them, see ``parameter_names``), with the estimator's default (or the one in
     ``defaults``), its numpydoc description as help, and its value parsed as its ``_parameter_constraints`` say
-    (``value_parser``; ``["boolean"]``: ``--name``/``--no-name``).
+    (``value_parser``; ``["boolean"]``: ``--name``/``--no-name``; "boolean" and words: ``--name`` (on),
+    ``--no-name`` (off) or ``--name=WORD``).
 
     Raises ``TypeError`` for a parameter without a numpydoc entry, without constraints, or with constraints that
     have no command-line spelling.
@@ -113,6 +115,12 @@ def add_parameter_options(parser: argparse.ArgumentParser, cls: type, names: lis
         flag, text = "--" + name.replace("_", "-"), docs[name].replace("%", "%%")
         if constraints == ["boolean"]:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
+        elif "boolean" in constraints:  # on, off or a word: --name, --no-name, --name=WORD
+            words = _spelling([c for c in constraints if c != "boolean"])[1]
+            parser.add_argument(flag, nargs="?", const=True, choices=[True, *words], default=default, help=text,
+                                metavar="{" + ",".join(words) + "}")
+            parser.add_argument("--no-" + flag[2:], dest=name, action="store_false", default=default,
+                                help=f"{flag} off")
         else:
             parser.add_argument(flag, type=value_parser(constraints), default=default, help=text,
                                 metavar=_metavar(name, constraints))
