@@ -15,8 +15,9 @@ from sklearn.utils._param_validation import Interval, StrOptions, validate_param
 from rfm_dask import config
 from rfm_dask.core.kernel_spec import KERNELS, KernelSpec
 from rfm_dask.core.metrics import CLASSIFICATION_SCORINGS, REGRESSION_SCORINGS
+from rfm_dask.feature_update import FEATURE_UPDATES
 from rfm_dask.options import SolverOptions
-from rfm_dask.rfm_loop import FEATURE_UPDATES, RFMSettings
+from rfm_dask.rfm_loop import RFMSettings
 from rfm_dask.solvers.dispatch import SOLVERS
 from rfm_dask.tree.settings import LEAF_INITS
 from rfm_dask.tree.split import SPLIT_METHODS

@@ -11,14 +11,15 @@ from typing import Callable
 import numpy as np
 
 from rfm_dask.core.duplicates import Duplicates
-from rfm_dask.core.feature_matrix import agop_feature_matrix, fact_feature_matrix, matrix_sqrt
+from rfm_dask.core.feature_matrix import matrix_sqrt
 from rfm_dask.core.kernel_spec import KernelSpec
 from rfm_dask.core.metrics import regression_metrics, validation_quality
 from rfm_dask.core.targets import TargetScaling
+from rfm_dask.feature_update import checked_initial_M, next_feature_matrix
 from rfm_dask.files.checkpoint import fingerprint, load_checkpoint, save_checkpoint
-from rfm_dask.kernel_operator import Engine, KernelOperator, Rows
+from rfm_dask.kernel_operator import Engine, Rows
 from rfm_dask.options import SolverOptions
-from rfm_dask.solvers.dispatch import Solution, check_weights_supported, choose_solver, solve_krr
+from rfm_dask.solvers.dispatch import check_weights_supported, choose_solver, solve_krr
 from rfm_dask.tables import format_cell
 from rfm_dask.tuning import search_hyperparameters
 
@@ -60,8 +61,6 @@ class RFMSettings:
     options: SolverOptions = field(default_factory=SolverOptions.from_config)
 
 
-FEATURE_UPDATES = ("agop", "fact")
-
 #: Training rows with duplicates are solved as weighted distinct rows (``core.duplicates``) where at most this share
 #: of them is distinct: a tenth fewer rows saves 27% of an exact solve's O(n^3), more than collapsing them costs.
 COLLAPSE_BELOW = 0.9
@@ -97,47 +96,6 @@ def untuned(settings: RFMSettings) -> RFMSettings:
     ``tuning.UNTUNED_BANDWIDTH`` and ``tuning.UNTUNED_REG``, see ``parameters.rfm_settings``). The one rule for a fit
     that has no validation rows to tune on: the global model's and a tree leaf's."""
     return replace(settings, tune_bandwidth=False, tune_reg=False)
-
-
-def _next_feature_matrix(
-    passes: KernelOperator, train: Rows, Z: np.ndarray, sol: Solution, sample: np.ndarray, settings: RFMSettings,
-    scale: np.ndarray, duplicates: Duplicates | None = None, centre: tuple[bool, ...] = (False,),
-) -> list[np.ndarray]:
-    """The next M from the fitted predictor, at the sorted sampled training rows ``sample``: one per value of
-    ``centre`` (the AGOP of the gradients, or of the centred gradients, from the same sums; FACT: one M).
-
-    With ``duplicates`` the training rows are the distinct rows of its n rows and ``sample`` indexes those n: the
-    AGOP is taken at the sampled rows' distinct rows, each as often as sampled (the same sum); FACT, whose weights
-    are the dual coefficients, at every distinct row once (a distinct row's coefficient is the sum of its rows', and
-    ``collapsible_duplicates`` collapses rows for FACT only where every row is sampled).
-
-    Z (n, c) are the scaled targets the solve saw and ``scale`` (c,) the target scale: the update is that of the
-    predictor mapped back to the targets' scale, whose coefficients are coef * scale (the offset has no gradient).
-    AGOP: normalise(AGOP^p). FACT: the FACT matrix weighted by each row's dual coefficient alpha_i where the centres
-    are the training rows (direct, cg); for Nystrom, by the residual y_i - f(x_i), which equals reg * alpha_i for an
-    exact solve (a positive factor, removed by the normalisation).
-    """
-    beta = sol.coef * scale
-    count = sample.size
-    if settings.feature_update == "agop":
-        at = sample if duplicates is None else np.sort(duplicates.inverse[sample])
-        outer, grad_sum = passes.agop_sums(train, at, beta, settings.diag)
-        return [agop_feature_matrix(outer, grad_sum, count, settings.agop_power, c) for c in centre]
-    residual = sol.solver == "nystrom"
-    if duplicates is not None:
-        assert count == duplicates.n_rows and not residual, "FACT on collapsed rows needs every row sampled"
-        sample = np.arange(train.n)
-    U = (Z[sample] if residual else sol.coef[sample]) * scale
-    return [fact_feature_matrix(passes.fact_sums(train, sample, U, residual, beta, settings.diag), count)]
-
-
-def _checked_initial_M(M: np.ndarray, d: int, settings: RFMSettings) -> np.ndarray:
-    """``initial_M`` as float64, (d,) with a diagonal M and (d, d) otherwise (ValueError on another shape)."""
-    M = np.asarray(M, dtype=np.float64)
-    shape = (d,) if settings.diag else (d, d)
-    if M.shape != shape or not np.all(np.isfinite(M)):
-        raise ValueError(f"initial_M must be a finite {shape} array for this fit, got {M.shape}")
-    return M
 
 
 @dataclass
@@ -241,7 +199,9 @@ def run_rfm(
         [Z, engine.rows_digest(train)] + ([] if val is None else [engine.rows_digest(val), Y_val])
         + ([] if weights is None else [weights]) + ([] if duplicates is None else [duplicates.inverse]))
     saved = load_checkpoint(checkpoint, key) if checkpoint is not None and resume else None
-    M = (np.ones(d) if settings.diag else np.eye(d)) if initial_M is None else _checked_initial_M(initial_M, d, settings)
+    M = np.ones(d) if settings.diag else np.eye(d)
+    if initial_M is not None:
+        M = checked_initial_M(initial_M, d, settings.diag)
     centre_rows = None
     if solver == "nystrom":
         centre_rows = np.sort(rng.choice(train.n, min(train.n, settings.n_centers), replace=False))
@@ -305,8 +265,8 @@ def run_rfm(
         elif not stop:
             sample = np.arange(n_rows) if n_sample == n_rows else rng.choice(n_rows, n_sample, replace=False)
             centre = (centred, True) if auto_centre and t == 0 and not centred else (centred,)
-            M, *alternative = _next_feature_matrix(passes, train, Z, sol, np.sort(sample), settings, scaling.scale,
-                                                   duplicates, centre)
+            M, *alternative = next_feature_matrix(passes, train, Z, sol, np.sort(sample), settings.feature_update,
+                                                  settings.diag, settings.agop_power, scaling.scale, duplicates, centre)
             M_centred = alternative[0] if alternative else None
         record["seconds"] = time.perf_counter() - start
         history.append(record)

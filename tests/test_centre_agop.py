@@ -80,7 +80,7 @@ def test_auto_keeps_the_uncentred_agop_where_its_first_update_helps_or_there_are
 def test_a_fit_interrupted_after_the_retry_resumes_to_the_same_model(client, tmp_path, monkeypatch):
     X, y = _task(slope=100.0, d=2)
     reference = RFMRegressor(client=client, **PARAMS).fit(X, y)
-    original, calls = training._next_feature_matrix, {"n": 0}
+    original, calls = training.next_feature_matrix, {"n": 0}
 
     def failing(*args, **kwargs):  # the second update: the one after the centred retry of iteration 1
         calls["n"] += 1
@@ -89,10 +89,10 @@ def test_a_fit_interrupted_after_the_retry_resumes_to_the_same_model(client, tmp
         return original(*args, **kwargs)
 
     ckpt = tmp_path / "fit.ckpt"
-    monkeypatch.setattr(training, "_next_feature_matrix", failing)
+    monkeypatch.setattr(training, "next_feature_matrix", failing)
     with pytest.raises(RuntimeError, match="simulated"):
         RFMRegressor(client=client, checkpoint=ckpt, **PARAMS).fit(X, y)
-    monkeypatch.setattr(training, "_next_feature_matrix", original)
+    monkeypatch.setattr(training, "next_feature_matrix", original)
     resumed = RFMRegressor(client=client, checkpoint=ckpt, resume=True, **PARAMS).fit(X, y)
     _same_fit(resumed, reference)
     assert _metrics(resumed.history_) == _metrics(reference.history_)

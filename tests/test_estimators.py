@@ -138,17 +138,23 @@ def test_diagonal_feature_matrix_and_options(client, data):
     assert model.feature_matrix_.max() == pytest.approx(1.0)
 
 
-def _expected_stop(qualities: list[tuple], patience: int | None, iters: int) -> tuple[int, int]:
-    """(last iteration run, best iteration) by the documented rule, from each iteration's validation quality
-    (larger is better): keep the first strict improvement; stop after ``patience`` iterations without one."""
-    best, stale = 0, 0
-    for t, quality in enumerate(qualities):
-        if t > 0 and quality > qualities[best]:
-            best, stale = t, 0
-        elif t > 0:
+def _expected_stop(qualities: list[tuple], patience: int | None, iters: int) -> tuple[list[int], int]:
+    """(the iterations run, in order, best iteration) by the documented rule, from each recorded solve's validation
+    quality (larger is better): keep the first strict improvement; stop after ``patience`` iterations without one;
+    centre_agop="auto": a first update that does not improve on iteration 0 is solved again (centred), and the
+    replaced try does not count."""
+    run, best, stale, t = [], 0, 0, 0
+    for k, quality in enumerate(qualities):
+        run.append(t)
+        if k > 0 and quality > qualities[best]:
+            best, stale = k, 0
+        elif t == 1 and run.count(1) == 1:
+            continue  # solved again: the next record is iteration 1 as well
+        elif k > 0:
             stale += 1
         if t == iters or (patience is not None and stale >= patience):
-            return t, best
+            return run, run[best]
+        t += 1
     raise AssertionError("the recorded history ends before the rule stops")
 
 
@@ -159,16 +165,18 @@ def test_early_stopping_at_the_exact_iteration(client, patience):
     y = rng.normal(size=400)  # pure noise: validation MSE soon stops improving
     model = RFMRegressor(iters=6, patience=patience, random_state=0, client=client).fit(X, y)
     qualities = [(-h["val_mse"],) for h in model.history_]
-    last, best = _expected_stop(qualities, patience, 6)
-    assert [h["iteration"] for h in model.history_] == list(range(last + 1))
+    run, best = _expected_stop(qualities, patience, 6)
+    assert [h["iteration"] for h in model.history_] == run
     assert model.best_iter_ == best
+    retried = run[1:3] == [1, 1]  # pure noise: the first update does not improve, so it is solved again centred
+    assert retried and [h["centred_agop"] for h in model.history_] == [k > 1 for k in range(len(run))]
     if patience is not None:
-        assert last < 6  # the rule did stop early here, so the test checks when
+        assert run[-1] < 6  # the rule did stop early here, so the test checks when
     labels = (X[:, 0] + 0.3 * rng.normal(size=400) > 0).astype(int)
     clf = RFMClassifier(iters=6, patience=patience, random_state=0, client=client).fit(X, labels)
     qualities = [(h["val_accuracy"], -h["val_mse"]) for h in clf.history_]
-    last, best = _expected_stop(qualities, patience, 6)
-    assert len(clf.history_) == last + 1 and clf.best_iter_ == best
+    run, best = _expected_stop(qualities, patience, 6)
+    assert [h["iteration"] for h in clf.history_] == run and clf.best_iter_ == best
 
 
 def test_validation_split_is_seeded(client, data):
