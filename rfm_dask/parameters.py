@@ -120,7 +120,9 @@ ATTRIBUTES_DOC = """
     reg_ : float
         The ridge of the kept iteration (the parameter, or the tuned value).
     history_ : list of dict
-        One record per iteration: validation metrics, solver, CG iterations, residual, seconds.
+        One record per solve, in order: iteration, bandwidth, ridge, validation metrics, solver, CG iterations,
+        residual, seconds; with ``centre_agop="auto"`` also ``centred_agop``, and iteration 1 twice where it was
+        solved again centred.
     n_features_in_ : int
         The number of input features d.
     n_leaves_ : int

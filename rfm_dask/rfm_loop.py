@@ -92,10 +92,12 @@ def collapsible_duplicates(X: np.ndarray, settings: RFMSettings, worker_memory: 
 
 
 def untuned(settings: RFMSettings) -> RFMSettings:
-    """``settings`` without tuning: the bandwidth and ridge they hold (for ``"auto"``, the untuned values
-    ``tuning.UNTUNED_BANDWIDTH`` and ``tuning.UNTUNED_REG``, see ``parameters.rfm_settings``). The one rule for a fit
-    that has no validation rows to tune on: the global model's and a tree leaf's."""
-    return replace(settings, tune_bandwidth=False, tune_reg=False)
+    """``settings`` without the choices made on validation rows: the bandwidth and ridge they hold (for ``"auto"``,
+    the untuned values ``tuning.UNTUNED_BANDWIDTH`` and ``tuning.UNTUNED_REG``, see ``parameters.rfm_settings``), and
+    ``centre_agop="auto"`` as the uncentred AGOP it starts from. The one rule for a fit that has no validation rows
+    to choose on, or too few (a tree leaf's, see ``tree.settings.LEAF_TUNE_MIN_ROWS``)."""
+    centre = False if settings.centre_agop == "auto" else settings.centre_agop
+    return replace(settings, tune_bandwidth=False, tune_reg=False, centre_agop=centre)
 
 
 @dataclass

@@ -102,6 +102,47 @@ def test_a_fit_interrupted_after_the_retry_resumes_to_the_same_model(client, tmp
     _same_fit(resumed, reference)
 
 
+def test_untuned_settings_start_from_the_uncentred_agop():
+    from dataclasses import replace
+
+    from rfm_dask.rfm_loop import untuned
+    from rfm_dask.parameters import rfm_settings
+
+    settings = rfm_settings(RFMRegressor())
+    assert settings.centre_agop == "auto" and untuned(settings).centre_agop is False
+    for fixed in (True, False):
+        assert untuned(replace(settings, centre_agop=fixed)).centre_agop is fixed
+
+
+def test_a_tree_decides_the_centring_once_on_many_validation_rows(client, monkeypatch):
+    """Leaves with few validation rows (here about 40, below ``LEAF_TUNE_MIN_ROWS``) do not decide alone: a tuned
+    tree's leaves take the decision of its tuning fit (``tree.tuned.tree_pair``, on up to ``leaf_size`` validation
+    rows), and an untuned tree's leaves are uncentred, as the tree is with ``centre_agop=False``."""
+    from rfm_dask.tree import tasks
+
+    X, y = _task(slope=100.0, d=2, n=1600)
+    fit_local, fits = tasks.fit_local, []
+
+    def recorded(rows, Y, settings, *args, **kwargs):
+        result = fit_local(rows, Y, settings, *args, **kwargs)
+        fits.append((settings, result))
+        return result
+
+    monkeypatch.setattr(tasks, "fit_local", recorded)
+    tree = dict(leaf_size=400, split_samples=400, iters=2, random_state=0, client=client)
+    model = RFMRegressor(**tree).fit(X, y)
+    (first, chosen), leaves = fits[0], [settings for settings, _ in fits[1:]]
+    assert first.centre_agop == "auto" and any(h["centred_agop"] for h in chosen.history)
+    assert sorted(s.centre_agop for s in leaves) == [False] * model.n_leaves_ + [True] * model.n_leaves_
+    monkeypatch.setattr(tasks, "fit_local", fit_local)
+
+    untuned = dict(tree, bandwidth=10.0, reg=1e-3)
+    auto = RFMRegressor(**untuned).fit(X, y)
+    uncentred = RFMRegressor(centre_agop=False, **untuned).fit(X, y)
+    assert auto.n_leaves_ > 1
+    np.testing.assert_array_equal(auto.predict(X), uncentred.predict(X))
+
+
 def test_the_history_plot_draws_the_replaced_try_apart(client):
     X, y = _task(slope=100.0, d=2)
     model = RFMRegressor(client=client, **PARAMS).fit(X, y)

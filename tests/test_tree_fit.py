@@ -388,9 +388,12 @@ def test_tuned_leaves_start_from_the_trees_pair(client, data, monkeypatch, min_r
     pair = (chosen.spec.bandwidth, chosen.reg)
     L = model.n_leaves_
     assert L > 1 and len(leaves) == 2 * L
-    tuned_leaf = (*pair, min_rows == 1, min_rows == 1)
-    assert Counter((s.spec.bandwidth, s.reg, s.tune_bandwidth, s.tune_reg) for s in leaves) == (
-        Counter({tuned_leaf: L}) + Counter({(UNTUNED_BANDWIDTH, UNTUNED_REG, False, False): L}))
+    # centre_agop="auto" is decided by that fit too: the tuned leaves centre if it did, the untuned ones never
+    centred = any(h.get("centred_agop", False) for h in chosen.history)
+    tuned_leaf = (*pair, min_rows == 1, min_rows == 1, centred)
+    assert first.centre_agop == "auto"
+    assert Counter((s.spec.bandwidth, s.reg, s.tune_bandwidth, s.tune_reg, s.centre_agop) for s in leaves) == (
+        Counter({tuned_leaf: L}) + Counter({(UNTUNED_BANDWIDTH, UNTUNED_REG, False, False, False): L}))
     if min_rows > 1:  # whichever tree is kept, its leaves used one pair throughout
         used = {(h["bandwidth"], h["reg"]) for history in model.leaf_histories_ for h in history}
         assert used in ({pair}, {(UNTUNED_BANDWIDTH, UNTUNED_REG)})

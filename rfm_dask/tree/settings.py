@@ -12,7 +12,8 @@ LEAF_INITS = ("identity", "parent")
 #: validation rows tunes on them, with that pair as its untuned candidate (``tuning``: kept unless another pair gains
 #: consistently); a leaf with fewer uses the pair as it is. From BENCHMARKS.md ("Issue 13's measurement"): tuning on
 #: 600 validation rows (the global RFM) was at or above its untuned twin on 7 of 7 tables, leaves tuning on about 150
-#: lost to the untuned tree on 2 of 7.
+#: lost to the untuned tree on 2 of 7. ``centre_agop="auto"`` follows the same rule: a leaf with fewer validation rows
+#: takes the tuned tree's decision (``tree_pair``), or the uncentred AGOP in an untuned tree (``rfm_loop.untuned``).
 LEAF_TUNE_MIN_ROWS = 600
 
 

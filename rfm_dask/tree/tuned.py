@@ -37,15 +37,21 @@ def tree_pair(
     RFM fitted on a seeded sample of ``leaf_size`` training rows (Y (n, c), weights (n,) or None) and validated on a
     seeded sample of at most ``leaf_size`` rows of ``val`` (Y_val (n_val, c)), fitted by ``fit_leaf`` as a leaf is;
     ``rng`` draws both samples and seeds the fit. That pair is then every leaf's untuned candidate (see
-    ``tree.settings.LEAF_TUNE_MIN_ROWS``)."""
+    ``tree.settings.LEAF_TUNE_MIN_ROWS``). With ``centre_agop="auto"`` the same fit decides the centring too: the
+    tuned leaves centre the AGOP if that fit did (its first, uncentred update scored below its iteration 0)."""
     rows = np.sort(rng.choice(train.n, min(train.n, leaf_size), replace=False))
     rows_val = np.sort(rng.choice(val.n, min(val.n, leaf_size), replace=False))
     w = None if weights is None else weights[rows]
     fit_rows, val_rows = take_rows(client, train, rows), take_rows(client, val, rows_val)
     args = (Y[rows], Y_val[rows_val], metrics, target_scaling(Y[rows], w), w, None)
     result = fit_leaf(client, fit_rows, settings, rng, val_rows, args)
-    logger.info("tree: the leaves start from bandwidth %s and reg %s", result.spec.bandwidth, result.reg)
-    return replace(settings, spec=replace(settings.spec, bandwidth=result.spec.bandwidth), reg=result.reg)
+    centre = settings.centre_agop
+    if centre == "auto":
+        centre = any(record.get("centred_agop", False) for record in result.history)
+    logger.info("tree: the leaves start from bandwidth %s and reg %s (centred AGOP: %s)", result.spec.bandwidth,
+                result.reg, centre)
+    return replace(settings, spec=replace(settings.spec, bandwidth=result.spec.bandwidth), reg=result.reg,
+                   centre_agop=centre)
 
 
 def leaf_variants(settings: RFMSettings, leaf_val_rows: list[int], pair: Callable[[], RFMSettings]) -> list[RFMSettings]:
