@@ -117,7 +117,8 @@ def test_untuned_settings_start_from_the_uncentred_agop():
 def test_a_tree_decides_the_centring_once_on_many_validation_rows(client, monkeypatch):
     """Leaves with few validation rows (here about 40, below ``LEAF_TUNE_MIN_ROWS``) do not decide alone: a tuned
     tree's leaves take the decision of its tuning fit (``tree.tuned.tree_pair``, on up to ``leaf_size`` validation
-    rows), and an untuned tree's leaves are uncentred, as the tree is with ``centre_agop=False``."""
+    rows: centred, as the M of its kept iteration was), and an untuned tree's leaves are uncentred, as the tree is
+    with ``centre_agop=False``."""
     from rfm_dask.tree import tasks
 
     X, y = _task(slope=100.0, d=2, n=1600)
@@ -132,7 +133,7 @@ def test_a_tree_decides_the_centring_once_on_many_validation_rows(client, monkey
     tree = dict(leaf_size=400, split_samples=400, iters=2, random_state=0, client=client)
     model = RFMRegressor(**tree).fit(X, y)
     (first, chosen), leaves = fits[0], [settings for settings, _ in fits[1:]]
-    assert first.centre_agop == "auto" and any(h["centred_agop"] for h in chosen.history)
+    assert first.centre_agop == "auto" and chosen.best_iter > 0 and chosen.history[-1]["centred_agop"]
     assert sorted(s.centre_agop for s in leaves) == [False] * model.n_leaves_ + [True] * model.n_leaves_
     monkeypatch.setattr(tasks, "fit_local", fit_local)
 

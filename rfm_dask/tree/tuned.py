@@ -38,7 +38,8 @@ def tree_pair(
     seeded sample of at most ``leaf_size`` rows of ``val`` (Y_val (n_val, c)), fitted by ``fit_leaf`` as a leaf is;
     ``rng`` draws both samples and seeds the fit. That pair is then every leaf's untuned candidate (see
     ``tree.settings.LEAF_TUNE_MIN_ROWS``). With ``centre_agop="auto"`` the same fit decides the centring too: the
-    tuned leaves centre the AGOP if that fit did (its first, uncentred update scored below its iteration 0)."""
+    tuned leaves centre the AGOP if the M of that fit's kept iteration came from a centred update (its first,
+    uncentred update scored below iteration 0, and a centred one then scored best)."""
     rows = np.sort(rng.choice(train.n, min(train.n, leaf_size), replace=False))
     rows_val = np.sort(rng.choice(val.n, min(val.n, leaf_size), replace=False))
     w = None if weights is None else weights[rows]
@@ -46,8 +47,9 @@ def tree_pair(
     args = (Y[rows], Y_val[rows_val], metrics, target_scaling(Y[rows], w), w, None)
     result = fit_leaf(client, fit_rows, settings, rng, val_rows, args)
     centre = settings.centre_agop
-    if centre == "auto":
-        centre = any(record.get("centred_agop", False) for record in result.history)
+    if centre == "auto":  # as the kept iteration: centred if its M came from a centred update
+        kept = [record for record in result.history if record["iteration"] == result.best_iter][-1]
+        centre = result.best_iter > 0 and kept.get("centred_agop", False)
     logger.info("tree: the leaves start from bandwidth %s and reg %s (centred AGOP: %s)", result.spec.bandwidth,
                 result.reg, centre)
     return replace(settings, spec=replace(settings.spec, bandwidth=result.spec.bandwidth), reg=result.reg,
