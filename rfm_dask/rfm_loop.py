@@ -263,7 +263,6 @@ def run_rfm(
         stop = not retry and (t == settings.iters or (settings.patience is not None and stale >= settings.patience))
         if retry:
             M, M_centred, centred = M_centred, None, True
-            logger.info("iteration %d: the uncentred AGOP scored below iteration 0; solving it again centred", t)
         elif not stop:
             sample = np.arange(n_rows) if n_sample == n_rows else rng.choice(n_rows, n_sample, replace=False)
             centre = (centred, True) if auto_centre and t == 0 and not centred else (centred,)
@@ -274,6 +273,8 @@ def run_rfm(
         history.append(record)
         fields = " ".join(f"{k}={format_cell(v)}" for k, v in record.items() if k != "iteration")
         logger.info("iteration %d: %s", t, fields, extra={"rfm_step": ("iteration", t, settings.iters)})
+        if retry:
+            logger.info("iteration %d: the uncentred AGOP scored below iteration 0; solving it again centred", t)
         if stop:
             break
         t += 0 if retry else 1

@@ -186,15 +186,26 @@ def test_progress_bars_on_a_terminal(files, capsys, monkeypatch, tmp_path):
     assert quiet.getvalue() == ""
 
 
-def test_python_fits_log_one_line_per_iteration(client, caplog):
-    """From Python, the documented ``rfm_dask`` logger at INFO shows one line per iteration."""
+@pytest.mark.parametrize("seed", [0, 25], ids=["no-retry", "retry"])
+def test_python_fits_log_one_line_per_iteration(client, caplog, seed):
+    """From Python, the documented ``rfm_dask`` logger at INFO shows one line per solve, in history order: one per
+    iteration, and where ``centre_agop="auto"`` solves iteration 1 again (seed 25's validation rows make the first
+    update score below iteration 0), a line that says so and one for the second try."""
     rng = np.random.default_rng(0)
     X = rng.normal(size=(200, 3))
     y = X[:, 0] ** 2
     with caplog.at_level(logging.INFO, logger="rfm_dask"):
-        rfm_dask.RFMRegressor(iters=2, patience=None, solver="direct", client=client).fit(X, y)
+        model = rfm_dask.RFMRegressor(iters=2, patience=None, solver="direct", random_state=seed,
+                                      client=client).fit(X, y)
     lines = [r.getMessage() for r in caplog.records if r.name == "rfm_dask"]
-    assert [line.split(":")[0] for line in lines] == ["iteration 0", "iteration 1", "iteration 2"], lines
+    retry = [line for line in lines if "solving it again centred" in line]
+    solves = [line.split(":")[0] for line in lines if line not in retry]
+    assert solves == [f"iteration {h['iteration']}" for h in model.history_], lines
+    expected = ["iteration 0", "iteration 1", "iteration 2"] if seed == 0 else \
+        ["iteration 0", "iteration 1", "iteration 1", "iteration 2"]
+    assert solves == expected and len(retry) == (seed == 25), lines
+    if retry:
+        assert lines.index(retry[0]) == 2, lines  # between the two tries of iteration 1
 
 
 def test_fit_dashboard_on_request_prints_a_loopback_link(files, capsys, tmp_path):
