@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
@@ -21,7 +22,7 @@ from rfm_dask.kernel_operator import Engine, Rows
 from rfm_dask.options import SolverOptions
 from rfm_dask.solvers.dispatch import check_weights_supported, choose_solver, solve_krr
 from rfm_dask.tables import format_cell
-from rfm_dask.tuning import search_hyperparameters
+from rfm_dask.tuning import CONSISTENCY_FOLDS, consistent_gain, search_hyperparameters
 
 logger = logging.getLogger("rfm_dask")
 
@@ -119,12 +120,13 @@ class FitResult:
 def _checkpoint_state(
     next_iteration: int, M: np.ndarray, history: list[dict], best: FitResult, best_quality: tuple | None, stale: int,
     rng: np.random.Generator, centre_rows: np.ndarray | None, centred: bool, M_centred: np.ndarray | None,
+    tune: bool,
 ) -> tuple[dict, dict]:
     """(JSON state, arrays) after an iteration: everything the loop needs to go on with ``next_iteration``."""
     state = {"next_iteration": next_iteration, "history": history, "best_iter": best.best_iter,
              "best_bandwidth": best.spec.bandwidth, "best_reg": best.reg,
              "best_quality": None if best_quality is None else list(best_quality), "stale": stale,
-             "rng": rng.bit_generator.state, "centred": centred}
+             "rng": rng.bit_generator.state, "centred": centred, "tune": tune}
     arrays = {"M": M, "best_M": best.feature_matrix, "best_coef": best.coef}
     for key, value in (("centre_rows", centre_rows), ("M_centred", M_centred)):
         if value is not None:
@@ -211,12 +213,14 @@ def run_rfm(
     best_quality: tuple | None = None
     history: list[dict] = []
     stale, first = 0, 0
+    tune = settings.tune_bandwidth or settings.tune_reg
     auto_centre = settings.centre_agop == "auto" and settings.feature_update == "agop" and val is not None
     centred, M_centred = settings.centre_agop is True, None
     if saved is not None:
         state, arrays = saved
         M, history, stale, first = arrays["M"], state["history"], state["stale"], state["next_iteration"]
         centred, M_centred = state.get("centred", settings.centre_agop is True), arrays.get("M_centred")
+        tune = state.get("tune", tune)
         best = FitResult(arrays["best_M"], arrays["best_coef"], shift, state["best_iter"],
                          replace(settings.spec, bandwidth=state["best_bandwidth"]), state["best_reg"])
         best_quality = None if state["best_quality"] is None else tuple(state["best_quality"])
@@ -224,7 +228,6 @@ def run_rfm(
         centre_rows = arrays.get("centre_rows")
         logger.info("resuming from %s at iteration %d", checkpoint, first)
     centres = train if centre_rows is None else engine.take_rows(train, centre_rows)
-    tune = settings.tune_bandwidth or settings.tune_reg
 
     def validation_quality_of(F: np.ndarray) -> tuple:
         """``validation_quality`` of scaled predictions F (n_val, c) on the validation rows (tuning's score)."""
@@ -241,14 +244,33 @@ def run_rfm(
             )
             spec, reg, sol = choice.spec, choice.reg, choice.solution
         passes = engine.operator(centres, matrix_sqrt(M), shift, spec)
+        sampled = sol is None and tune
         if sol is None:
             sol = solve_krr(passes, train, Z_solve, reg, solver, settings.tol, rng, settings.options, w_solve)
+        F_val = None if val is None else passes.matvec(val, sol.coef)
+        kept = None
+        if sampled and t == 0 and (spec.bandwidth, reg) != (settings.spec.bandwidth, settings.reg):
+            # the pair chosen on sampled rows is checked on the fit itself (both pairs solved on all the training
+            # rows): where the untuned pair scores better by the search's rule (on all the validation rows and on
+            # each of its interleaved parts), the fit is untuned from here on. The check's solve draws from a copy
+            # of the generator, so where the choice is kept the fit is the one without the check.
+            base = engine.operator(centres, matrix_sqrt(M), shift, settings.spec)
+            base_sol = solve_krr(base, train, Z_solve, settings.reg, solver, settings.tol, copy.deepcopy(rng),
+                                 settings.options, w_solve)
+            F_base = base.matvec(val, base_sol.coef)
+            kept = not consistent_gain(validation_quality_of, F_base, F_val, CONSISTENCY_FOLDS)
+            if not kept:
+                spec, reg, sol, passes, F_val, tune = settings.spec, settings.reg, base_sol, base, F_base, False
+                logger.info("iteration 0: the bandwidth and ridge chosen on sampled rows scored below the untuned "
+                            "pair on the fit; bandwidth=%s and reg=%s are used untuned", spec.bandwidth, reg)
         record = {"iteration": t, "bandwidth": spec.bandwidth, "reg": reg, "solver": sol.solver,
                   "cg_iterations": sol.iterations, "residual": sol.residual}
+        if kept is not None:
+            record["sampled_choice_kept"] = kept
         if auto_centre:
             record["centred_agop"] = centred
-        if val is not None:
-            record.update(metrics(scaling.inverse(passes.matvec(val, sol.coef)), Y_val, settings.scoring))
+        if F_val is not None:
+            record.update(metrics(scaling.inverse(F_val), Y_val, settings.scoring))
             quality = validation_quality(record, settings.scoring)
             improved = best_quality is None or quality > best_quality
         else:
@@ -280,7 +302,7 @@ def run_rfm(
         t += 0 if retry else 1
         if checkpoint is not None:
             save_checkpoint(checkpoint, key, *_checkpoint_state(t, M, history, best, best_quality, stale, rng,
-                                                                 centre_rows, centred, M_centred))
+                                                                 centre_rows, centred, M_centred, tune))
     assert best is not None
     best.history = history
     best.centres = engine.fetch_rows(centres)

@@ -272,3 +272,55 @@ def test_resume_keeps_the_tuned_values(client, tmp_path, monkeypatch):
     np.testing.assert_array_equal(resumed.model_.coef, reference.model_.coef)
     assert [(h["bandwidth"], h["reg"]) for h in resumed.history_] == [(h["bandwidth"], h["reg"])
                                                                       for h in reference.history_]
+
+
+def _sampled_search_fit(client, tune_rows, random_state, **extra):
+    """A tuned fit on 300 rows whose search runs on ``tune_rows`` sampled rows (direct solver)."""
+    X, y = _data(n=300)
+    X_val, y_val = _data(n=100, seed=1)
+    params = dict(iters=2, patience=None, solver="direct", random_state=random_state, client=client, **extra)
+    with dask.config.set({"rfm.tune.rows": tune_rows}):
+        model = RFMRegressor(**params).fit(X, y, X_val=X_val, y_val=y_val)
+    lazy = RFMRegressor(bandwidth=UNTUNED_BANDWIDTH, reg=UNTUNED_REG, **dict(params, iters=0)).fit(
+        X, y, X_val=X_val, y_val=y_val)
+    return model, lazy.history_[0]["val_mse"]
+
+
+def test_a_sampled_choice_that_loses_on_the_fit_leaves_the_fit_untuned(client):
+    """The pair chosen on 40 sampled rows scores below the untuned pair once both are solved on all 300 rows: the
+    fit uses the untuned pair from iteration 0 on (seed 1 is such a case, seed 0 of the test below is not)."""
+    model, untuned_mse = _sampled_search_fit(client, 40, 1)
+    assert model.history_[0]["sampled_choice_kept"] is False
+    assert all("sampled_choice_kept" not in h for h in model.history_[1:])
+    assert [(h["bandwidth"], h["reg"]) for h in model.history_] == [(UNTUNED_BANDWIDTH, UNTUNED_REG)] * 3
+    assert (model.bandwidth_, model.reg_) == (UNTUNED_BANDWIDTH, UNTUNED_REG)
+    # iteration 0 is the untuned solve on all rows (M = I): the lazy untuned fit's, to rounding
+    assert model.history_[0]["val_mse"] == pytest.approx(untuned_mse, rel=1e-8)
+
+
+def test_a_sampled_choice_that_wins_on_the_fit_is_kept_and_tuning_goes_on(client):
+    """On 100 sampled rows the search chooses a pair that beats the untuned pair on the fit too: it is kept, the
+    check runs at iteration 0 only, and the later iterations search again."""
+    model, untuned_mse = _sampled_search_fit(client, 100, 0)
+    first = model.history_[0]
+    assert first["sampled_choice_kept"] is True and (first["bandwidth"], first["reg"]) != (UNTUNED_BANDWIDTH,
+                                                                                          UNTUNED_REG)
+    assert first["val_mse"] < untuned_mse
+    assert all("sampled_choice_kept" not in h for h in model.history_[1:])
+    assert (model.history_[1]["bandwidth"], model.history_[1]["reg"]) != (UNTUNED_BANDWIDTH, UNTUNED_REG)
+
+
+def test_resume_keeps_a_fit_left_untuned_by_the_check(client, tmp_path, monkeypatch):
+    """The check's decision is in the checkpoint: a fit it left untuned, interrupted in iteration 2, resumes to the
+    uninterrupted fit's model (untuned in every iteration)."""
+    X, y = _data(n=300)
+    # seed 8: resumed with tuning on, iteration 2 would choose reg 1e-4 and another model
+    params = dict(iters=3, patience=None, solver="direct", random_state=8, validation_fraction=0.25, client=client)
+    with dask.config.set({"rfm.tune.rows": 40}):
+        reference = RFMRegressor(**params).fit(X, y)
+        assert reference.history_[0]["sampled_choice_kept"] is False
+        ckpt = tmp_path / "fit.ckpt"
+        fit_crashing_in_iteration_2(monkeypatch, RFMRegressor(checkpoint=ckpt, **params), X, y)
+        resumed = RFMRegressor(checkpoint=ckpt, resume=True, **params).fit(X, y)
+    np.testing.assert_array_equal(resumed.model_.coef, reference.model_.coef)
+    assert resumed.history_ == [dict(h, seconds=r["seconds"]) for h, r in zip(reference.history_, resumed.history_)]
