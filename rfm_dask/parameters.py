@@ -122,7 +122,8 @@ ATTRIBUTES_DOC = """
     history_ : list of dict
         One record per solve, in order: iteration, bandwidth, ridge, validation metrics, solver, CG iterations,
         residual, seconds; with ``centre_agop="auto"`` also ``centred_agop``, and iteration 1 twice where it was
-        solved again centred.
+        solved again centred; ``sampled_choice_kept`` in iteration 0's where a search on sampled rows was checked
+        on the fit (False: the fit is untuned from there on).
     n_features_in_ : int
         The number of input features d.
     n_leaves_ : int

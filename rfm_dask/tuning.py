@@ -20,7 +20,9 @@ best candidate beats them on the whole validation set and on each of ``CONSISTEN
 (rows i, i + k, i + 2k, ...; each part scored with the untuned predictions on the other rows, through the same
 ``score``): a gain that is not consistent across the validation rows is taken as noise. The chosen pair therefore
 scores at least as well as the untuned pair on the validation rows under the same M, both solved on the search rows
-(which are the fit's solutions when the search runs on all training rows).
+(which are the fit's solutions when the search runs on all training rows). Where the search ran on sampled rows,
+``rfm_loop.run_rfm`` checks its choice at iteration 0 on the fit itself by the same rule, the other way round: if the
+untuned pair, solved on all the training rows, scores better consistently, the fit is untuned from there on.
 """
 
 from __future__ import annotations
